@@ -1,0 +1,37 @@
+"""crys_pipeline: CrysMMNet (graph + Robocrystallographer text) as a cached Snakemake DAG.
+
+Only configuration, validation and includes live here; every stage is one rule file in
+workflow/rules/ calling one `crys-pipeline` subcommand.
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+scattergather:
+    describe=config["describe"]["shards"],
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/splits.smk"
+include: "workflow/rules/describe.smk"
+include: "workflow/rules/sections.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/graphs.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        table_outputs(),

@@ -1,0 +1,38 @@
+# Stage `describe`: Robocrystallographer descriptions, fanned out over scattergather shards.
+
+
+rule describe:
+    input:
+        structures="results/structures/{source}.parquet",
+    output:
+        shard=scatter.describe("results/text/{{source}}/describe/{scatteritem}.parquet"),
+    params:
+        timeout=config["describe"]["timeout_s"],
+        fmt=config["describe"]["fmt"],
+        symprec_retry=config["describe"]["symprec_retry"],
+    threads: 2
+    log:
+        "logs/describe/{source}/{scatteritem}.log",
+    benchmark:
+        "benchmarks/describe/{source}/{scatteritem}.tsv"
+    conda:
+        "../../envs/describe.yaml"
+    shell:
+        "crys-pipeline describe shard --structures {input.structures} --shard {wildcards.scatteritem}"
+        " --timeout-s {params.timeout} --fmt {params.fmt} --symprec-retry {params.symprec_retry}"
+        " --workers {threads} --out {output.shard} 2> {log}"
+
+
+rule describe_gather:
+    input:
+        shards=gather.describe("results/text/{{source}}/describe/{scatteritem}.parquet"),
+        structures="results/structures/{source}.parquet",
+    output:
+        descriptions="results/text/{source}/descriptions.parquet",
+    log:
+        "logs/describe/{source}/gather.log",
+    conda:
+        "../../envs/describe.yaml"
+    shell:
+        "crys-pipeline describe merge --structures {input.structures} --out {output.descriptions}"
+        " {input.shards} 2> {log}"

@@ -1,0 +1,23 @@
+# Stage `ingest`: snapshot -> one validated row per material, rejected records with a reason.
+
+
+rule ingest:
+    input:
+        manifest="resources/snapshots/{source}.json",
+    output:
+        structures="results/structures/{source}.parquet",
+        rejected="results/structures/{source}.rejected.parquet",
+    params:
+        targets=targets_json,
+        subset=lambda w: json.dumps(source_cfg(w).get("subset")),
+        stratify=lambda w: source_cfg(w)["stratify_target"],
+    log:
+        "logs/ingest/{source}.log",
+    benchmark:
+        "benchmarks/ingest/{source}.tsv"
+    conda:
+        "../../envs/describe.yaml"
+    shell:
+        "crys-pipeline ingest --manifest {input.manifest} --targets '{params.targets}'"
+        " --subset '{params.subset}' --stratify-target {params.stratify}"
+        " --out {output.structures} --rejected {output.rejected} 2> {log}"

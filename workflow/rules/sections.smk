@@ -1,0 +1,17 @@
+# Stage `sections`: full / global / local texts from the robocrys parts.
+
+
+rule sections:
+    input:
+        descriptions="results/text/{source}/descriptions.parquet",
+    output:
+        sections="results/text/{source}/sections.parquet",
+    params:
+        header="--global-header" if config["sections"]["global_header"] else "--no-global-header",
+    log:
+        "logs/sections/{source}.log",
+    conda:
+        "../../envs/describe.yaml"
+    shell:
+        "crys-pipeline sections --descriptions {input.descriptions} {params.header}"
+        " --out {output.sections} 2> {log}"

@@ -1,0 +1,19 @@
+# Stage `tables`: paper tables (CSV + Markdown) assembled from run summaries, and the report.
+
+
+rule tables:
+    input:
+        runs=table_runs,
+    output:
+        csv="results/{table}.csv",
+        md="results/{table}.md",
+    params:
+        spec=lambda w: json.dumps(config["tables"][w.table], sort_keys=True),
+        units=lambda w: json.dumps({t: d["unit"] for t, d in config["sources"][config["tables"][w.table]["source"]]["targets"].items()}),
+    log:
+        "logs/tables/{table}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "crys-pipeline tables --table {wildcards.table} --spec '{params.spec}' --units '{params.units}'"
+        " --out-csv {output.csv} --out-md {output.md} {input.runs} 2> {log}"
