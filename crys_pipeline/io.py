@@ -153,3 +153,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def parquet_head(path: str | Path, rows: int) -> tuple[pa.Schema, int, dict[str, Any], pa.Table]:
+    """(schema, row count, crys_pipeline metadata, first `rows` rows) of any Parquet file, without a full read."""
+    pfile = pq.ParquetFile(path)
+    head = next(pfile.iter_batches(batch_size=max(rows, 1)), None)
+    table = pa.Table.from_batches([head]) if head is not None else pfile.schema_arrow.empty_table()
+    return pfile.schema_arrow, pfile.metadata.num_rows, read_meta(path), table.slice(0, rows)
+
+
+def h5_summary(path: str | Path, rows: int) -> tuple[dict[str, Any], list[tuple[str, tuple, str, Any]]]:
+    """(root attributes, [(dataset, shape, dtype, first rows)]) of an HDF5 file."""
+    import h5py
+
+    items: list[tuple[str, tuple, str, Any]] = []
+    with h5py.File(path, "r") as handle:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                items.append((name, obj.shape, str(obj.dtype), obj[: min(rows, obj.shape[0])] if obj.shape else obj[()]))
+
+        handle.visititems(visit)
+    return attrs, items

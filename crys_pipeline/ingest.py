@@ -1,0 +1,295 @@
+"""Stage `ingest`: a source snapshot -> one validated row per material (structures Parquet).
+
+Reads the snapshot named in the `download` manifest (after checking its sha256), maps each record to
+canonical fields, optionally keeps a deterministic subset inside each official split, and validates
+every structure. Records that cannot become a sound structure (unparseable, non-positive volume,
+atoms closer than `MIN_DISTANCE` Angstrom, NaN coordinates, unknown element) go to the rejected
+table with a reason; every selected input id lands in exactly one of the two files. Row order is the
+snapshot's order, which ALIGNN's seed-123 split depends on.
+
+Missing targets (None, the string 'na', NaN) become null, as in ALIGNN's filter (SPEC.md 1.2).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from crys_pipeline.io import read_json, sha256_file, write_parquet
+from crys_pipeline.schemas import split_column
+
+log = logging.getLogger(__name__)
+
+MIN_DISTANCE = 0.5  # Angstrom; closer atoms are a broken structure
+SPLIT_LABELS = ("train", "val", "test")
+
+#: jarvis-leaderboard benchmark files holding the official split of each canonical field.
+LEADERBOARD_BENCHMARKS = {
+    "formation_energy_peratom": "dft_3d_formation_energy_peratom",
+    "optb88vdw_bandgap": "dft_3d_optb88vdw_bandgap",
+    "mbj_bandgap": "dft_3d_mbj_bandgap",
+    "optb88vdw_total_energy": "dft_3d_optb88vdw_total_energy",
+    "bulk_modulus_kv": "dft_3d_bulk_modulus_kv",
+    "shear_modulus_gv": "dft_3d_shear_modulus_gv",
+    "e_form": "megnet_e_form",
+    "gap_pbe": "megnet_gappbe",
+}
+JARVIS_FIELDS = tuple(k for k, v in LEADERBOARD_BENCHMARKS.items() if v.startswith("dft_3d"))
+
+
+@dataclass
+class RawRecord:
+    """A snapshot record mapped to canonical names, before validation."""
+
+    material_id: str
+    lattice: Any
+    species: Any
+    frac_coords: Any
+    values: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, str | None] = field(default_factory=dict)
+
+
+def _open_text(path: Path):
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
+
+
+def _offline_records(path: Path, provider: str) -> Iterator[RawRecord]:
+    with _open_text(path) as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if provider == "jarvis":
+                yield RawRecord(
+                    rec["jid"], rec.get("lattice_mat"), rec.get("species"), rec.get("frac_coords"),
+                    {f: rec.get(f) for f in JARVIS_FIELDS}, dict(rec.get("split") or {}),
+                )
+            else:
+                split = rec.get("split_megnet_2018")
+                yield RawRecord(
+                    rec["material_id"], rec.get("lattice_mat"), rec.get("species"), rec.get("frac_coords"),
+                    {"e_form": rec.get("e_form_mp2018"), "gap_pbe": rec.get("gap_pbe_mp2018"),
+                     "K_VRH": rec.get("K_VRH"), "G_VRH": rec.get("G_VRH")},
+                    {"e_form": split, "gap_pbe": split},
+                )
+
+
+def leaderboard_splits(fields: list[str]) -> dict[str, dict[str, str]]:
+    """Official {field: {id: split label}} from the installed jarvis-leaderboard package."""
+    from importlib.resources import files
+
+    root = files("jarvis_leaderboard") / "benchmarks" / "AI" / "SinglePropertyPrediction"
+    out: dict[str, dict[str, str]] = {}
+    for name in fields:
+        bench = LEADERBOARD_BENCHMARKS.get(name)
+        if bench is None:
+            continue
+        with zipfile.ZipFile(str(root / f"{bench}.json.zip")) as zf:
+            data = json.loads(zf.read(f"{bench}.json"))
+        labels: dict[str, str] = {}
+        for label in SPLIT_LABELS:
+            for mid in data.get(label, {}):
+                labels[mid] = f"{labels[mid]}|{label}" if mid in labels else label
+        out[name] = labels
+    return out
+
+
+def _figshare_records(path: Path, provider: str, moduli: dict[str, dict[str, Any]]) -> Iterator[RawRecord]:
+    with zipfile.ZipFile(path) as zf:
+        data = json.loads(zf.read(zf.namelist()[0]))
+    id_key = "jid" if provider == "jarvis" else "id"
+    fields = list(JARVIS_FIELDS) if provider == "jarvis" else ["e_form", "gap_pbe"]
+    official = leaderboard_splits(fields)
+    for rec in data:
+        atoms = rec.get("atoms") or {}
+        coords = np.asarray(atoms.get("coords"), dtype=float)
+        lattice = np.asarray(atoms.get("lattice_mat"), dtype=float)
+        frac = np.linalg.solve(lattice.T, coords.T).T if atoms.get("cartesian") else coords
+        mid = str(rec[id_key])
+        values = {f: rec.get(f) for f in JARVIS_FIELDS} if provider == "jarvis" else {
+            "e_form": rec.get("e_form"), "gap_pbe": rec.get("gap pbe"), **moduli.get(mid, {})}
+        yield RawRecord(mid, lattice.tolist(), atoms.get("elements"), frac.tolist(), values,
+                        {f: official[f].get(mid) for f in official})
+
+
+def read_snapshot(manifest: dict[str, Any]) -> Iterator[RawRecord]:
+    """Iterate the canonical records of a manifest's snapshot after checking its sha256."""
+    for entry in manifest["files"].values():
+        if sha256_file(entry["path"]) != entry["sha256"]:
+            raise ValueError(f"snapshot {entry['path']} changed since download (sha256 mismatch); rerun download")
+    provider = manifest["provider"]
+    main = manifest["files"]["structures"]
+    if main["format"] == "offline_jsonl":
+        return _offline_records(Path(main["path"]), provider)
+    moduli_entry = manifest["files"].get("moduli")
+    moduli = {r["material_id"]: r for r in read_json(moduli_entry["path"])} if moduli_entry else {}
+    return _figshare_records(Path(main["path"]), provider, moduli)
+
+
+def clean_value(value: Any, transform: str) -> float | None:
+    """ALIGNN's missing-value rule (None, 'na', NaN -> None), then the target transform."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "na"):
+        return None
+    number = float(value)
+    if math.isnan(number):
+        return None
+    if transform == "log10":
+        return math.log10(number) if number > 0 else None
+    return number
+
+
+def row_to_structure(row: dict[str, Any]):
+    """A pymatgen Structure from a structures-table row (or a dict with the same keys)."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice(row["lattice"]), row["species"], row["frac_coords"], coords_are_cartesian=False)
+
+
+def validate(rec: RawRecord) -> str | None:
+    """Why a record is not a sound structure, or None when it is."""
+    from pymatgen.core import Element
+
+    try:
+        frac = np.asarray(rec.frac_coords, dtype=float)
+        lattice = np.asarray(rec.lattice, dtype=float)
+        if lattice.shape != (3, 3) or frac.ndim != 2 or frac.shape[1:] != (3,) or len(frac) == 0:
+            return f"unparseable: lattice shape {lattice.shape}, coordinates shape {frac.shape}"
+        if not (np.isfinite(frac).all() and np.isfinite(lattice).all()):
+            return "NaN or infinite coordinates or lattice"
+        if len(rec.species) != len(frac):
+            return f"unparseable: {len(rec.species)} species for {len(frac)} sites"
+        unknown = sorted({str(el) for el in rec.species if not Element.is_valid_symbol(str(el))})
+        if unknown:
+            return f"unknown element(s) {', '.join(unknown)}"
+        volume = float(np.linalg.det(lattice))
+        if volume <= 0:
+            return f"non-positive cell volume {volume:.4g} A^3"
+        structure = row_to_structure({"lattice": lattice, "species": rec.species, "frac_coords": frac})
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unparseable: {type(exc).__name__}: {exc}"
+    if len(structure) > 1:
+        dmin = structure.distance_matrix[np.triu_indices(len(structure), 1)].min()
+        if dmin < MIN_DISTANCE:
+            return f"atoms closer than {MIN_DISTANCE} A (min distance {dmin:.3f} A)"
+    return None
+
+
+def _hash_key(material_id: str) -> str:
+    return hashlib.sha256(material_id.encode()).hexdigest()
+
+
+def select_subset(records: list[RawRecord], subset: dict[str, int] | None, stratify_field: str) -> list[RawRecord]:
+    """Keep `subset[label]` records per official split label of `stratify_field`, chosen by id hash.
+
+    Deterministic and stable: the records with the smallest sha256(id) in each split are kept, and
+    the snapshot order is preserved. Records without an official label are dropped by a subset.
+    """
+    if subset is None:
+        return records
+    chosen: set[str] = set()
+    for label in SPLIT_LABELS:
+        ids = [r.material_id for r in records if r.splits.get(stratify_field) == label]
+        chosen.update(sorted(ids, key=_hash_key)[: subset.get(label, 0)])
+    return [r for r in records if r.material_id in chosen]
+
+
+def _structure_rows(records: list[RawRecord], targets: dict[str, dict[str, Any]]) -> pa.Table:
+    from pymatgen.core import Composition
+
+    columns: dict[str, list[Any]] = {k: [] for k in ("material_id", "formula", "natoms", "lattice", "species",
+                                                     "frac_coords")}
+    for name in targets:
+        columns[name], columns[split_column(name)] = [], []
+    for rec in records:
+        columns["material_id"].append(rec.material_id)
+        columns["formula"].append(Composition(_counts(rec.species)).reduced_formula)
+        columns["natoms"].append(len(rec.species))
+        columns["lattice"].append(np.asarray(rec.lattice, dtype=float).tolist())
+        columns["species"].append(list(rec.species))
+        columns["frac_coords"].append(np.asarray(rec.frac_coords, dtype=float).tolist())
+        for name, spec in targets.items():
+            columns[name].append(clean_value(rec.values.get(spec["field"]), spec.get("transform", "none")))
+            official = spec.get("split", "official") == "official"
+            columns[split_column(name)].append(rec.splits.get(spec["field"]) if official else None)
+    arrays = {k: pa.array(v, type=pa.float64() if k in targets else None) for k, v in columns.items()}
+    for name in targets:
+        arrays[split_column(name)] = pa.array(columns[split_column(name)], type=pa.string())
+    return pa.table(arrays)
+
+
+def _counts(species: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for el in species:
+        counts[el] = counts.get(el, 0) + 1
+    return counts
+
+
+def _check_not_logged(table: pa.Table, targets: dict[str, dict[str, Any]]) -> None:
+    for name, spec in targets.items():
+        if spec.get("transform") != "log10":
+            continue
+        values = [v for v in table.column(name).to_pylist() if v is not None]
+        if values and max(values) < math.log10(3.5):
+            raise ValueError(f"target {name}: raw {spec['field']} values look already log10-transformed "
+                             f"(all <= 3.5); set transform: none")
+
+
+def ingest(
+    manifest_path: Path,
+    targets: dict[str, dict[str, Any]],
+    subset: dict[str, int] | None,
+    stratify_target: str,
+    out: Path,
+    rejected_out: Path,
+) -> tuple[int, int]:
+    """Build the structures and rejected tables of one source.
+
+    Args:
+        manifest_path: the `download` manifest.
+        targets: target name -> {field, unit, transform, split} (config).
+        subset: per-split counts of materials to keep, or None for all.
+        stratify_target: target whose official split the subset is drawn within.
+        out: structures Parquet.
+        rejected_out: rejected Parquet (material_id, reason).
+
+    Returns:
+        (kept, rejected) row counts; kept + rejected equals the number of selected input records.
+    """
+    manifest = read_json(manifest_path)
+    if stratify_target not in targets:
+        raise ValueError(f"stratify_target {stratify_target!r} is not one of the targets {sorted(targets)}")
+    records = list(read_snapshot(manifest))
+    n_input = len(records)
+    dupes = n_input - len({r.material_id for r in records})
+    if dupes:
+        raise ValueError(f"snapshot has {dupes} duplicate material ids")
+    records = select_subset(records, subset, targets[stratify_target]["field"])
+    good, bad = [], []
+    for rec in records:
+        reason = validate(rec)
+        (bad.append((rec.material_id, reason)) if reason else good.append(rec))
+    table = _structure_rows(good, targets)
+    _check_not_logged(table, targets)
+    meta = {"source": manifest["source"], "targets": list(targets), "snapshot_sha256": manifest["files"]
+            ["structures"]["sha256"], "n_snapshot": n_input, "n_selected": len(records), "units":
+            {k: v.get("unit", "") for k, v in targets.items()}}
+    params = {"targets": targets, "subset": subset, "stratify_target": stratify_target}
+    write_parquet(table, out, "structures", params, meta)
+    rejected = pa.table({"material_id": [m for m, _ in bad], "reason": [r for _, r in bad]},
+                        schema=pa.schema([("material_id", pa.string()), ("reason", pa.string())]))
+    write_parquet(rejected, rejected_out, "rejected", params, {"source": manifest["source"]})
+    log.info("%s: %d snapshot records, %d selected, %d kept, %d rejected", manifest["source"], n_input,
+             len(records), len(good), len(bad))
+    return len(good), len(bad)

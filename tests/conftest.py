@@ -1,0 +1,72 @@
+"""Shared fixtures: real structures from ../shared/data ingested once per test session."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CRYS_SHARED_DATA", REPO.parent / "shared" / "data"))
+TINY = {"jarvis": "jarvis_dft3d_2021_tiny.jsonl", "mp": "mp_2018_tiny.jsonl"}
+SOURCES = {"jarvis": "jarvis_dft_3d_2021", "mp": "mp_2018"}
+
+
+def default_config() -> dict:
+    """The repository's config.yaml."""
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def tiny_snapshot_dir(dest: Path) -> Path:
+    """A snapshot folder whose offline files are the 100-record tiny subsets (gzipped)."""
+    from crys_pipeline.download import OFFLINE_FILES
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for provider, name in TINY.items():
+        with open(SHARED_DATA / name, "rb") as src, gzip.open(dest / OFFLINE_FILES[provider], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return dest
+
+
+def ingest_tiny(provider: str, workdir: Path) -> Path:
+    """Run download + ingest on a tiny snapshot; returns the structures Parquet path."""
+    from crys_pipeline import download, ingest
+
+    snap = tiny_snapshot_dir(workdir / "snapshot")
+    source = SOURCES[provider]
+    cfg = default_config()["sources"][source]
+    manifest = workdir / f"{source}.json"
+    download.fetch(source, provider, cfg["jarvis_key"], snap, workdir / "dl", manifest)
+    out = workdir / f"{source}.parquet"
+    ingest.ingest(manifest, cfg["targets"], None, cfg["stratify_target"], out, workdir / f"{source}.rejected.parquet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real JARVIS / MP snapshots)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data folder {SHARED_DATA} not found (set CRYS_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def jarvis_structures(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Structures Parquet of the 100 real JARVIS tiny records."""
+    return ingest_tiny("jarvis", tmp_path_factory.mktemp("jarvis"))
+
+
+@pytest.fixture(scope="session")
+def mp_structures(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Structures Parquet of the 100 real MP tiny records."""
+    return ingest_tiny("mp", tmp_path_factory.mktemp("mp"))
+
+
+def tiny_records(provider: str) -> list[dict]:
+    """The raw tiny JSON-lines records of a provider."""
+    return [json.loads(line) for line in (SHARED_DATA / TINY[provider]).read_text().splitlines() if line.strip()]
