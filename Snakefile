@@ -20,6 +20,18 @@ scattergather:
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    source="|".join(config["sources"]),
+    target=r"[A-Za-z0-9_]+",
+    variant=r"crysmmnet|alignn|crystextnet|crysmmnet_global|crysmmnet_local|cgcnn|crysmmnet_cgcnn",
+    regime=r"full|low20",
+    seed=r"\d+",
+    table=r"table[1-6]",
+    scatteritem=r"\d+-of-\d+",
+
+
 include: "workflow/rules/download.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/splits.smk"

@@ -1,16 +1,7 @@
-# Shared helpers for the rule files: target lists, wildcard constraints and params rendering.
-# No stage logic lives here; the functions only read `config`.
+# Shared helpers: target lists and params rendering for the rules. No stage logic lives here;
+# the functions only read `config`.
 
 import json
-
-
-wildcard_constraints:
-    source="|".join(config["sources"]),
-    target=r"[A-Za-z0-9_]+",
-    variant=r"crysmmnet|alignn|crystextnet|crysmmnet_global|crysmmnet_local|cgcnn|crysmmnet_cgcnn",
-    regime=r"full|low20",
-    seed=r"\d+",
-    table=r"table[1-6]",
 
 
 TEXT_VARIANT = {"crysmmnet": "full", "crysmmnet_global": "global", "crysmmnet_local": "local",

@@ -5,7 +5,7 @@ rule describe:
     input:
         structures="results/structures/{source}.parquet",
     output:
-        shard=scatter.describe("results/text/{{source}}/describe/{scatteritem}.parquet"),
+        shard="results/text/{source}/describe/{scatteritem}.parquet",
     params:
         timeout=config["describe"]["timeout_s"],
         fmt=config["describe"]["fmt"],
