@@ -118,11 +118,35 @@ def _run_inspect(a: argparse.Namespace) -> None:
     print(inspect.describe_artifact(a.path, a.rows))  # noqa: T201 - the command's output
 
 
+# --- export-leaderboard ---------------------------------------------------------------------------
+def _add_export_leaderboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-leaderboard",
+        help="write a run's test predictions as a JARVIS-Leaderboard contribution (csv.zip + metadata.json)",
+    )
+    p.add_argument("run_dir", type=Path, help="results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
+    p.add_argument("--out-dir", type=Path, default=None, help="contribution folder (default: RUN_DIR/leaderboard)")
+    p.add_argument("--project-url", default="", help="metadata project_url")
+    p.add_argument("--author-email", default="", help="metadata author_email")
+    p.add_argument("--team-name", default="crys_pipeline", help="metadata team_name")
+    p.add_argument("--git-url", default="", help="metadata git_url")
+    p.set_defaults(handler=_run_export_leaderboard)
+
+
+def _run_export_leaderboard(a: argparse.Namespace) -> None:
+    from crys_pipeline import leaderboard
+
+    contact = {"project_url": a.project_url, "author_email": a.author_email, "team_name": a.team_name,
+               "git_url": a.git_url}
+    leaderboard.export_leaderboard(a.run_dir, a.out_dir or a.run_dir / "leaderboard", contact)
+
+
 STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
     _add_splits,
     _add_inspect,
+    _add_export_leaderboard,
 ]
 
 
