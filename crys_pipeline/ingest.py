@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from crys_pipeline.io import read_json, sha256_file, write_parquet
 from crys_pipeline.schemas import split_column
@@ -277,7 +278,7 @@ def ingest(
         raise ValueError(f"snapshot has {dupes} duplicate material ids")
     records = select_subset(records, subset, targets[stratify_target]["field"])
     good, bad = [], []
-    for rec in records:
+    for rec in tqdm(records, desc=f"validate {manifest['source']}", unit="structure", disable=None):
         reason = validate(rec)
         (bad.append((rec.material_id, reason)) if reason else good.append(rec))
     table = _structure_rows(good, targets)
