@@ -146,6 +146,22 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def write_text(text: str, path: str | Path) -> None:
+    """Write a text artifact (CSV, Markdown) atomically."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Read a JSON-lines artifact (one JSON value per non-empty line)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
