@@ -1,0 +1,285 @@
+"""Stage `tables`: paper-style tables (CSV + Markdown) assembled from training-run summaries.
+
+A table block of config.yaml (`{source, targets, variants, regime}`) names a grid of cells, one
+per (target, variant); each cell gathers the `summary.json` of every seed trained for it. A row
+reports the test MAE of the validation-selected checkpoint as mean and sample standard deviation
+over seeds (blank with one seed), the last-epoch and min-over-epochs test MAE (diagnostics, SPEC.md
+5), the split sizes and hash, the text encoder, and the paper's MAE for the same cell with its
+source (package data `data/paper_values.csv`, only numbers stated in SPEC.md) and our ratio to it.
+
+Every run must belong to the table (same source and regime, a listed target and variant), every
+cell must have at least one run, and the seeds of a cell must share split, sizes and encoder:
+anything else raises `TableSpecError` naming the offending file, so a table is never assembled
+from runs of another configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import logging
+import math
+import statistics
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from crys_pipeline import __version__
+from crys_pipeline.io import read_json, write_text
+
+log = logging.getLogger(__name__)
+
+#: Columns of a table CSV, in order.
+COLUMNS = [
+    "table", "source", "regime", "property", "unit", "variant", "encoder", "n_train", "n_val", "n_test",
+    "n_dropped", "n_seeds", "seeds", "mae_mean", "mae_std", "last_mae_mean", "min_test_mae_mean",
+    "paper_mae", "ratio_to_paper", "paper_label", "paper_ref", "split_hash",
+]
+#: Keys every run summary must carry.
+SUMMARY_KEYS = (
+    "source", "target", "variant", "regime", "seed", "test_mae", "last_test_mae", "min_test_mae",
+    "n_train", "n_val", "n_test", "dropped", "encoder", "split_hash",
+)
+#: Keys that must agree between the seeds of one cell.
+SHARED_KEYS = ("split_hash", "n_train", "n_val", "n_test", "encoder")
+_INT_COLUMNS = {"n_train", "n_val", "n_test", "n_dropped", "n_seeds"}
+_FLOAT_COLUMNS = {"mae_mean", "mae_std", "last_mae_mean", "min_test_mae_mean", "paper_mae", "ratio_to_paper"}
+
+CellKey = tuple[str, str, str, str, str]  # (table, source, target, variant, regime)
+
+
+class TableSpecError(ValueError):
+    """A run summary disagrees with its table's spec, or the runs do not cover the table."""
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    """One MAE reported by the CrysMMNet paper, as quoted in SPEC.md.
+
+    Attributes:
+        mae: the paper's MAE in the target's unit.
+        label: the paper's column name (e.g. "CrysMMNet", "Global+Local").
+        reference: where in SPEC.md the number is stated.
+    """
+
+    mae: float
+    label: str
+    reference: str
+
+
+def load_paper_values(path: str | Path | None = None) -> dict[CellKey, PaperValue]:
+    """The paper's MAE per table cell, keyed by (table, source, target, variant, regime).
+
+    Args:
+        path: a CSV of the package-data layout; default the shipped `data/paper_values.csv`.
+    """
+    source = Path(path) if path else files("crys_pipeline") / "data" / "paper_values.csv"
+    values: dict[CellKey, PaperValue] = {}
+    for rec in csv.DictReader(_stdio.StringIO(source.read_text())):
+        if not rec["mae"]:
+            continue
+        key = (rec["table"], rec["source"], rec["target"], rec["variant"], rec["regime"])
+        values[key] = PaperValue(float(rec["mae"]), rec["paper_label"], rec["reference"])
+    return values
+
+
+def spec_targets(spec: dict[str, Any], units: dict[str, str]) -> list[str]:
+    """The table's target names, `all` expanded to every target of the source (units order)."""
+    targets = spec["targets"]
+    names = list(units) if targets == "all" else list(targets)
+    unknown = [t for t in names if t not in units]
+    if unknown:
+        raise TableSpecError(f"targets {unknown} have no unit; known targets: {sorted(units)}")
+    return names
+
+
+def _load_summary(path: Path) -> dict[str, Any]:
+    summary = read_json(path)
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise TableSpecError(f"{path}: run summary lacks keys {missing}")
+    return summary
+
+
+def _check_run(path: Path, summary: dict[str, Any], spec: dict[str, Any], targets: list[str]) -> None:
+    expected = {"source": spec["source"], "regime": spec["regime"]}
+    for key, want in expected.items():
+        if summary[key] != want:
+            raise TableSpecError(f"{path}: run has {key}={summary[key]!r} but the table spec says {want!r}")
+    if summary["target"] not in targets:
+        raise TableSpecError(f"{path}: run target {summary['target']!r} is not in the table's targets {targets}")
+    if summary["variant"] not in spec["variants"]:
+        raise TableSpecError(
+            f"{path}: run variant {summary['variant']!r} is not in the table's variants {spec['variants']}"
+        )
+
+
+def group_runs(
+    runs: list[Path], spec: dict[str, Any], targets: list[str]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Load and check every run summary; returns {(target, variant): summaries sorted by seed}.
+
+    Raises:
+        TableSpecError: a run outside the spec, a duplicated seed, or a cell without runs.
+    """
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {(t, v): [] for t in targets for v in spec["variants"]}
+    for path in map(Path, runs):
+        summary = _load_summary(path)
+        _check_run(path, summary, spec, targets)
+        cell = cells[(summary["target"], summary["variant"])]
+        if any(s["seed"] == summary["seed"] for s in cell):
+            raise TableSpecError(f"{path}: seed {summary['seed']} of {summary['target']}/{summary['variant']} given twice")
+        cell.append({**summary, "_path": str(path)})
+    empty = [f"{t}/{v}" for (t, v), cell in cells.items() if not cell]
+    if empty:
+        raise TableSpecError(f"no runs given for table cells {empty}")
+    return {key: sorted(cell, key=lambda s: s["seed"]) for key, cell in cells.items()}
+
+
+def _num(value: Any) -> float:
+    """A summary number as float; a missing one (null, e.g. a diverged run) as NaN."""
+    return math.nan if value is None else float(value)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _shared(cell: list[dict[str, Any]]) -> dict[str, Any]:
+    first = cell[0]
+    for summary in cell[1:]:
+        for key in SHARED_KEYS:
+            if summary[key] != first[key]:
+                raise TableSpecError(
+                    f"seeds of {first['target']}/{first['variant']} disagree on {key}: "
+                    f"{first['_path']} has {first[key]!r}, {summary['_path']} has {summary[key]!r}"
+                )
+    return {key: first[key] for key in SHARED_KEYS}
+
+
+def cell_row(
+    table: str, spec: dict[str, Any], unit: str, cell: list[dict[str, Any]], paper: PaperValue | None
+) -> dict[str, Any]:
+    """One table row from the summaries of one (target, variant) cell."""
+    shared = _shared(cell)
+    maes = [_num(s["test_mae"]) for s in cell]
+    mae_mean = _mean(maes)
+    return {
+        "table": table, "source": spec["source"], "regime": spec["regime"], "property": cell[0]["target"],
+        "unit": unit, "variant": cell[0]["variant"], "encoder": shared["encoder"] or "",
+        "n_train": shared["n_train"], "n_val": shared["n_val"], "n_test": shared["n_test"],
+        "n_dropped": len(cell[0]["dropped"]), "n_seeds": len(cell), "seeds": " ".join(str(s["seed"]) for s in cell),
+        "mae_mean": mae_mean, "mae_std": _std(maes),
+        "last_mae_mean": _mean([_num(s["last_test_mae"]) for s in cell]),
+        "min_test_mae_mean": _mean([_num(s["min_test_mae"]) for s in cell]),
+        "paper_mae": paper.mae if paper else math.nan,
+        "ratio_to_paper": mae_mean / paper.mae if paper else math.nan,
+        "paper_label": paper.label if paper else "", "paper_ref": paper.reference if paper else "",
+        "split_hash": shared["split_hash"],
+    }
+
+
+def assemble_table(
+    table: str,
+    spec: dict[str, Any],
+    units: dict[str, str],
+    runs: list[Path],
+    paper_values: dict[CellKey, PaperValue] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of one paper table (targets in spec order, then variants in spec order).
+
+    Args:
+        table: table name (table1..table6), the key of the paper values.
+        spec: the config block {source, targets ("all" or a list), variants, regime}.
+        units: {target: unit} of every target of the source.
+        runs: summary.json paths of every seed of every cell.
+        paper_values: default the shipped paper values.
+    """
+    paper_values = load_paper_values() if paper_values is None else paper_values
+    targets = spec_targets(spec, units)
+    cells = group_runs(runs, spec, targets)
+    rows = []
+    for (target, variant), cell in cells.items():
+        paper = paper_values.get((table, spec["source"], target, variant, spec["regime"]))
+        rows.append(cell_row(table, spec, units[target], cell, paper))
+    return rows
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if isinstance(value, float) and math.isnan(value) else value
+
+
+def table_csv(rows: list[dict[str, Any]]) -> str:
+    """The CSV text of a table (NaN written as an empty field)."""
+    out = _stdio.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_value(row[k]) for k in COLUMNS} for row in rows)
+    return out.getvalue()
+
+
+def read_table_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a table CSV with numbers parsed back (empty float fields become NaN)."""
+    rows = []
+    for rec in csv.DictReader(_stdio.StringIO(Path(path).read_text())):
+        missing = [c for c in COLUMNS if c not in rec]
+        if missing:
+            raise TableSpecError(f"{path}: not a table CSV, columns {missing} missing")
+        for col in _INT_COLUMNS:
+            rec[col] = int(rec[col])
+        for col in _FLOAT_COLUMNS:
+            rec[col] = float(rec[col]) if rec[col] != "" else math.nan
+        rows.append(rec)
+    return rows
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    """A number with `digits` significant digits; an en dash for NaN."""
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}g}"
+
+
+def _md_row(row: dict[str, Any]) -> str:
+    mae = fmt(row["mae_mean"]) + ("" if math.isnan(row["mae_std"]) else f" ± {fmt(row['mae_std'], 2)}")
+    ratio = "–" if math.isnan(row["ratio_to_paper"]) else f"{row['ratio_to_paper']:.2f}×"
+    cells = [
+        row["property"], row["unit"], row["variant"], row["encoder"] or "–",
+        f"{row['n_train']} / {row['n_val']} / {row['n_test']}", mae, str(row["n_seeds"]),
+        fmt(row["last_mae_mean"]), fmt(row["paper_mae"]), ratio, f"`{row['split_hash'][:12]}`",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A readable Markdown rendering of a table with a legend."""
+    head = ["property", "unit", "variant", "text encoder", "n train / val / test", "test MAE (mean ± std)",
+            "seeds", "last-epoch MAE", "paper MAE", "ours / paper", "split"]
+    lines = [
+        f"## {table}: {spec['source']}, regime `{spec['regime']}`",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---"] + ["---:"] * 6 + ["---"]) + "|",
+        *(_md_row(row) for row in rows),
+        "",
+        "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed); "
+        "last-epoch MAE is the final epoch's test MAE. Paper MAE: the value SPEC.md quotes for the same cell "
+        "(– where the paper gives none); see the CSV `paper_ref` column. split: first 12 hex digits of the "
+        f"split hash. crys_pipeline {__version__}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_table(
+    table: str, spec: dict[str, Any], units: dict[str, str], runs: list[Path], out_csv: Path, out_md: Path
+) -> list[dict[str, Any]]:
+    """Assemble one table from its runs and write the CSV and the Markdown; returns the rows."""
+    rows = assemble_table(table, spec, units, runs)
+    write_text(table_csv(rows), out_csv)
+    write_text(table_markdown(table, spec, rows), out_md)
+    log.info("%s: %d rows from %d runs -> %s, %s", table, len(rows), len(runs), out_csv, out_md)
+    return rows
