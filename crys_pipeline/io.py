@@ -162,6 +162,26 @@ def read_jsonl(path: str | Path) -> list[Any]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def write_torch(obj: Any, path: str | Path) -> None:
+    """torch.save `obj` (state dicts, checkpoints) atomically, so a kill never leaves half a file."""
+    import torch
+
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_torch(path: str | Path) -> Any:
+    """Load a file written by `write_torch` onto the CPU (our own checkpoints: tensors, numbers, RNG states)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

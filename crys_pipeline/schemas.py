@@ -86,3 +86,18 @@ def register(layout: ParquetLayout) -> ParquetLayout:
 def split_column(target: str) -> str:
     """Name of the split-label column of `target` in the structures table."""
     return f"split_{target}"
+
+
+PREDICTIONS = register(ParquetLayout(
+    kind="predictions",
+    description="one row per material of a training run: split, target and the val-selected model's prediction",
+    schema=pa.schema(
+        [
+            pa.field("material_id", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("target", pa.float64(), nullable=False),
+            pa.field("prediction", pa.float64(), nullable=False),
+        ]
+    ),
+    required_meta=("source", "target", "variant", "regime", "seed", "split_hash"),
+))
