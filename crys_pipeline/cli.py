@@ -141,12 +141,60 @@ def _run_export_leaderboard(a: argparse.Namespace) -> None:
     leaderboard.export_leaderboard(a.run_dir, a.out_dir or a.run_dir / "leaderboard", contact)
 
 
+# --- tables ---------------------------------------------------------------------------------------
+def _add_tables(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tables",
+        help="paper table (CSV + Markdown) from run summaries: MAE mean/std over seeds vs the paper",
+        description="One row per (target, variant) of the table spec: unit, text encoder, n train/val/test, "
+        "test MAE mean and std over seeds, seed count, last-epoch MAE, the paper's MAE and our ratio to it, "
+        "split hash. Fails if a run's summary disagrees with the spec or a cell has no run.",
+    )
+    p.add_argument("--table", required=True, help="table name (table1..table6)")
+    p.add_argument("--spec", type=json.loads, required=True, help="JSON {source, targets, variants, regime}")
+    p.add_argument("--units", type=json.loads, required=True, help="JSON {target: unit} of the source")
+    p.add_argument("--out-csv", type=Path, required=True)
+    p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("runs", type=Path, nargs="+", help="summary.json of every run (every seed) of the table")
+    p.set_defaults(handler=_run_tables)
+
+
+def _run_tables(a: argparse.Namespace) -> None:
+    from crys_pipeline import tables
+
+    tables.build_table(a.table, a.spec, a.units, a.runs, a.out_csv, a.out_md)
+
+
+# --- report ---------------------------------------------------------------------------------------
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="results/report.md + PNGs: parity plots, learning curves, standing against the paper",
+        description="Per property a parity plot (test split, one panel per variant) and learning curves "
+        "(val/test MAE per epoch), and per table a summary of our MAE against the paper's.",
+    )
+    p.add_argument("--table", dest="tables", type=Path, action="append", required=True,
+                   help="a table CSV written by `crys-pipeline tables` (repeat per table)")
+    p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("--fig-dir", type=Path, required=True, help="folder for the PNGs")
+    p.add_argument("runs", type=Path, nargs="+", help="summary.json of every run of the tables")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(a: argparse.Namespace) -> None:
+    from crys_pipeline import report
+
+    report.build_report(a.tables, a.runs, a.out_md, a.fig_dir)
+
+
 STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
     _add_splits,
     _add_inspect,
     _add_export_leaderboard,
+    _add_tables,
+    _add_report,
 ]
 
 

@@ -265,10 +265,12 @@ def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]])
         "|" + "|".join(["---"] * 3 + ["---"] + ["---:"] * 6 + ["---"]) + "|",
         *(_md_row(row) for row in rows),
         "",
-        "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed); "
-        "last-epoch MAE is the final epoch's test MAE. Paper MAE: the value SPEC.md quotes for the same cell "
-        "(– where the paper gives none); see the CSV `paper_ref` column. split: first 12 hex digits of the "
-        f"split hash. crys_pipeline {__version__}.",
+        (
+            "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed); "
+            "last-epoch MAE is the final epoch's test MAE. Paper MAE: the value SPEC.md quotes for the same cell "
+            "(– where the paper gives none); see the CSV `paper_ref` column. split: first 12 hex digits of the "
+            f"split hash. crys_pipeline {__version__}."
+        ),
         "",
     ]
     return "\n".join(lines)

