@@ -187,10 +187,58 @@ def _run_report(a: argparse.Namespace) -> None:
     report.build_report(a.tables, a.runs, a.out_md, a.fig_dir)
 
 
+# --- train ----------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fit one variant on one (source, target, regime, seed) -> results/train/.../seed{seed}/",
+        description="Writes model.pt (val-best state dict), model.json (constructor args, versions, input "
+        "params and hashes), metrics.jsonl (per epoch: train loss, val MAE, test MAE, lr, seconds), "
+        "predictions.parquet (material_id, split, target, prediction) and summary.json (val-selected, "
+        "last-epoch and min test MAE, counts, dropped ids with reasons). A checkpoint.pt in --out-dir "
+        "makes a killed job resume after its last finished epoch.",
+    )
+    p.add_argument("--structures", type=Path, required=True, help="results/structures/{source}.parquet")
+    p.add_argument("--split", type=Path, required=True, help="results/splits/{source}/{target}/{regime}.json")
+    p.add_argument("--graphs", type=_optional_path, default=None, help="graph shard folder; '' = not used")
+    p.add_argument("--embeddings", type=_optional_path, default=None, help="embeddings HDF5; '' = not used")
+    p.add_argument("--target", required=True)
+    p.add_argument("--variant", required=True, help="crysmmnet, alignn, crystextnet, cgcnn, ...")
+    p.add_argument("--seed", type=int, required=True, help="model seed (torch, numpy, random)")
+    p.add_argument("--epochs", type=int, required=True, help="also the one-cycle schedule length")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW lr = one-cycle max_lr")
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--head", choices=["code", "paper"], default="code")
+    p.add_argument("--hidden-features", type=int, default=256)
+    p.add_argument("--alignn-layers", type=int, default=4)
+    p.add_argument("--gcn-layers", type=int, default=4)
+    p.add_argument("--early-stopping-patience", type=int, default=0, help="epochs without val gain; 0 = off")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(a: argparse.Namespace) -> None:
+    from crys_pipeline import train
+
+    cfg = train.TrainConfig(
+        target=a.target, variant=a.variant, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
+        learning_rate=a.learning_rate, weight_decay=a.weight_decay, head=a.head,
+        hidden_features=a.hidden_features, alignn_layers=a.alignn_layers, gcn_layers=a.gcn_layers,
+        early_stopping_patience=a.early_stopping_patience, num_workers=a.num_workers, device=a.device,
+        threads=a.threads,
+    )
+    train.train(a.structures, a.split, a.graphs, a.embeddings, a.out_dir, cfg)
+
+
 STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
     _add_splits,
+    _add_train,
     _add_inspect,
     _add_export_leaderboard,
     _add_tables,

@@ -1,0 +1,252 @@
+"""Training data: graph shards + cached text embeddings + one target, joined by material id per split.
+
+`load_training_data` reads the split JSON, the target column of the structures table, the graph
+shards (graph variants) and one text variant of the embeddings file (text variants), and joins them
+by material id **after** the split (SPEC.md 1.2): a split member whose graph failed, whose
+embedding is missing or whose target is null is dropped and listed with its reason, never silently.
+`CrystalDataset` turns one split into torch_geometric `Data` items (z, edge_index, edge_vec, y,
+text_emb, material_id); the standard PyG collation batches them (the model builds the line graph
+inside its forward pass). Text-only variants yield items without nodes. Material ids travel with
+every batch (`batch.material_id`), so predictions can never be misaligned with their targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crys_pipeline import io
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+#: Per material: (z int64 [N], edge_index int64 [2, E], edge_vec float32 [E, 3]).
+GraphArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class SplitData:
+    """The usable members of one split, in split-file order.
+
+    Attributes:
+        ids: material ids.
+        y: float64 [n] target values.
+        graphs: per-material graph arrays, or None for text-only variants.
+        text: float32 [n, D] cached text embeddings, or None for graph-only variants.
+    """
+
+    ids: list[str]
+    y: np.ndarray
+    graphs: list[GraphArrays] | None
+    text: np.ndarray | None
+
+
+@dataclass
+class TrainingData:
+    """Everything a training job reads, joined and split.
+
+    Attributes:
+        splits: SplitData per split name (train / val / test).
+        dropped: one {material_id, split, reason} per split member that cannot be used.
+        split_meta: the split file's target, method, regime, seed and hash.
+        source: the structures table's source name.
+        graph_meta: metadata of the graph shards ({} when not used).
+        embed_attrs: attributes of the embeddings file ({} when not used).
+        hashes: sha256 of every input file (graph shards combined into one digest).
+    """
+
+    splits: dict[str, SplitData]
+    dropped: list[dict[str, str]]
+    split_meta: dict[str, Any]
+    source: str
+    graph_meta: dict[str, Any] = field(default_factory=dict)
+    embed_attrs: dict[str, Any] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+def _graph_shards(graphs: Path) -> list[Path]:
+    shards = sorted(Path(graphs).glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{graphs}: no graph shards")
+    return shards
+
+
+def input_hashes(structures: Path, split: Path, graphs: Path | None, embeddings: Path | None) -> dict[str, str]:
+    """sha256 of every input; the graph shards are combined (sorted by name) into one digest."""
+    hashes = {"structures": io.sha256_file(structures), "split": io.sha256_file(split)}
+    if graphs is not None:
+        digest = hashlib.sha256()
+        for shard in _graph_shards(graphs):
+            digest.update(f"{shard.name}:{io.sha256_file(shard)}\n".encode())
+        hashes["graphs"] = digest.hexdigest()
+    if embeddings is not None:
+        hashes["embeddings"] = io.sha256_file(embeddings)
+    return hashes
+
+
+def _load_graphs(graphs: Path) -> tuple[dict[str, GraphArrays], dict[str, str], dict[str, Any]]:
+    """(ok graphs by id, failure reason by id, shard metadata)."""
+    from crys_pipeline.graphs import table_to_arrays
+
+    table = io.read_graph_dir(graphs)
+    failures = {
+        mid: f"graph {status}: {error}"
+        for mid, status, error in zip(
+            table.column("material_id").to_pylist(), table.column("status").to_pylist(),
+            table.column("error").to_pylist(),
+        )
+        if status != "ok"
+    }
+    return table_to_arrays(table), failures, io.read_meta(_graph_shards(graphs)[0])
+
+
+def _load_targets(structures: Path, target: str) -> tuple[dict[str, float | None], str]:
+    """({id: target value or None}, source name) from the structures table."""
+    meta = io.read_meta(structures)
+    if target not in meta.get("targets", []):
+        raise ValueError(f"{structures}: target {target!r} not in {meta.get('targets')}")
+    table = io.read_parquet(structures, "structures", columns=["material_id", target])
+    return dict(zip(table.column("material_id").to_pylist(), table.column(target).to_pylist())), meta["source"]
+
+
+def _drop_reason(
+    mid: str,
+    targets: dict[str, float | None],
+    graphs: dict[str, GraphArrays] | None,
+    graph_failures: dict[str, str],
+    text_rows: dict[str, int] | None,
+) -> str | None:
+    """Why split member `mid` cannot be used (None when it can); the earliest failing stage wins."""
+    if mid not in targets:
+        return "not in structures table"
+    if targets[mid] is None:
+        return "target missing"
+    if graphs is not None and mid not in graphs:
+        return graph_failures.get(mid, "graph missing")
+    if text_rows is not None and mid not in text_rows:
+        return "embedding missing"
+    return None
+
+
+def load_training_data(
+    structures: Path,
+    split: Path,
+    target: str,
+    graphs: Path | None = None,
+    embeddings: Path | None = None,
+    text_variant: str | None = None,
+) -> TrainingData:
+    """Join targets, graphs and embeddings over the members of a split file.
+
+    Args:
+        structures: results/structures/{source}.parquet (target values).
+        split: results/splits/{source}/{target}/{regime}.json.
+        target: property name (a target column of the structures table).
+        graphs: graph shard folder, or None for text-only variants.
+        embeddings: embeddings HDF5, or None for graph-only variants.
+        text_variant: `full`, `global` or `local`; required with `embeddings`.
+
+    Raises:
+        ValueError: the split belongs to another target, or `embeddings` is given without a variant.
+    """
+    split_rec = io.read_json(split)
+    if split_rec.get("target") != target:
+        raise ValueError(f"{split}: split of target {split_rec.get('target')!r}, not {target!r}")
+    if (embeddings is None) != (text_variant is None):
+        raise ValueError("embeddings and text_variant go together")
+    targets, source = _load_targets(structures, target)
+    graph_arrays, graph_failures, graph_meta = _load_graphs(graphs) if graphs is not None else (None, {}, {})
+    text_rows, matrix, embed_attrs = None, None, {}
+    if embeddings is not None:
+        text_ids, matrix, embed_attrs = io.read_embeddings(embeddings, text_variant)
+        text_rows = {mid: row for row, mid in enumerate(text_ids)}
+    splits, dropped = {}, []
+    for name in SPLITS:
+        keep = []
+        for mid in split_rec[f"id_{name}"]:
+            reason = _drop_reason(mid, targets, graph_arrays, graph_failures, text_rows)
+            if reason is None:
+                keep.append(mid)
+            else:
+                dropped.append({"material_id": mid, "split": name, "reason": reason})
+        splits[name] = SplitData(
+            ids=keep,
+            y=np.array([targets[m] for m in keep], dtype=np.float64),
+            graphs=[graph_arrays[m] for m in keep] if graph_arrays is not None else None,
+            text=matrix[[text_rows[m] for m in keep]] if text_rows is not None else None,
+        )
+    if dropped:
+        log.warning("dropped %d split members after the split (reasons in the run summary)", len(dropped))
+    split_meta = {k: split_rec.get(k) for k in ("target", "method", "regime", "seed", "hash")}
+    return TrainingData(splits, dropped, split_meta, source, graph_meta, embed_attrs,
+                        input_hashes(structures, split, graphs, embeddings))
+
+
+class CrystalDataset(Dataset):
+    """One split as torch_geometric `Data` items.
+
+    Each item carries `y` [1] float32, `material_id` (str) and, where the variant uses them,
+    `z` [N] int64, `edge_index` [2, E] int64, `edge_vec` [E, 3] float32 (graph) and `text_emb` [1, D]
+    float32 (text). Items without a graph have zero nodes.
+    """
+
+    def __init__(self, data: SplitData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data.ids)
+
+    def __getitem__(self, index: int):
+        from torch_geometric.data import Data
+
+        item: dict[str, Any] = {
+            "y": torch.tensor([self.data.y[index]], dtype=torch.float32),
+            "material_id": self.data.ids[index],
+        }
+        if self.data.text is not None:
+            item["text_emb"] = torch.from_numpy(self.data.text[index : index + 1])  # [1, D]
+        if self.data.graphs is not None:
+            z, edge_index, edge_vec = self.data.graphs[index]
+            item.update(z=torch.from_numpy(z), edge_index=torch.from_numpy(edge_index),
+                        edge_vec=torch.from_numpy(edge_vec), num_nodes=int(z.shape[0]))
+        else:
+            item["num_nodes"] = 0
+        return Data(**item)
+
+
+def make_loader(
+    data: SplitData,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    generator: torch.Generator | None = None,
+):
+    """A torch_geometric DataLoader over one split.
+
+    Args:
+        data: the split.
+        batch_size: crystals per batch.
+        shuffle: reshuffle every epoch (train); the order comes from `generator`, so it can be resumed.
+        drop_last: drop the last partial batch (train only; evaluation always sees every crystal).
+        num_workers: worker processes (0 = in-process).
+        pin_memory: page-locked host batches for asynchronous copies to CUDA.
+        generator: RNG of the shuffle order and of the workers' base seed. Workers are not
+            persistent: every epoch draws from it the same way, so a resumed run replays it exactly.
+    """
+    from torch_geometric.loader import DataLoader
+
+    return DataLoader(
+        CrystalDataset(data), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+        num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+    )
