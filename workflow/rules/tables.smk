@@ -1,5 +1,7 @@
 # Stage `tables`: paper tables (CSV + Markdown) assembled from run summaries, and the report.
 
+from types import SimpleNamespace
+
 
 rule tables:
     input:
@@ -17,3 +19,20 @@ rule tables:
     shell:
         "crys-pipeline tables --table {wildcards.table} --spec '{params.spec}' --units '{params.units}'"
         " --out-csv {output.csv} --out-md {output.md} {input.runs} 2> {log}"
+
+
+rule report:
+    input:
+        tables=expand("results/{table}.csv", table=sorted(config["tables"])),
+        runs=lambda w: sorted({run for t in config["tables"] for run in table_runs(SimpleNamespace(table=t))}),
+    output:
+        md="results/report.md",
+        figs=directory("results/report"),
+    params:
+        tables=lambda w, input: " ".join(f"--table {path}" for path in input.tables),
+    log:
+        "logs/report.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "crys-pipeline report {params.tables} --out-md {output.md} --fig-dir {output.figs} {input.runs} 2> {log}"
