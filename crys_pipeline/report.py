@@ -133,6 +133,11 @@ def parity_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
     return path
 
 
+def _series(metrics: list[dict[str, Any]], key: str) -> np.ndarray:
+    """One metric per epoch as float64, NaN where the trainer logged null (empty set or non-finite)."""
+    return np.array([math.nan if m.get(key) is None else m[key] for m in metrics], dtype=np.float64)
+
+
 def curves_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, path: Path) -> Path:
     """Validation/test MAE per epoch (log y), one panel per variant, one line pair per seed; returns `path`."""
     fig, axes = _grid(len(variants))
@@ -140,12 +145,12 @@ def curves_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
         for i, run in enumerate(runs):
             color = f"C{i}"
             epochs = [m["epoch"] for m in run.metrics]
-            ax.plot(epochs, [m["val_mae"] for m in run.metrics], ls="--", color=color,
-                    label=f"val, seed {run.summary['seed']}")
-            ax.plot(epochs, [m["test_mae"] for m in run.metrics], color=color, label=f"test, seed {run.summary['seed']}")
-            best = [m for m in run.metrics if m["epoch"] == run.summary.get("best_epoch")]
-            if best:
-                ax.plot([best[0]["epoch"]], [best[0]["val_mae"]], "o", color=color, ms=5)
+            val, test = _series(run.metrics, "val_mae"), _series(run.metrics, "test_mae")
+            ax.plot(epochs, val, ls="--", color=color, label=f"val, seed {run.summary['seed']}")
+            ax.plot(epochs, test, color=color, label=f"test, seed {run.summary['seed']}")
+            if run.summary.get("best_epoch") in epochs:
+                best = epochs.index(run.summary["best_epoch"])
+                ax.plot([epochs[best]], [val[best]], "o", color=color, ms=5)
         ax.set_yscale("log")
         ax.set(title=variant, xlabel="epoch", ylabel=f"MAE [{unit}]")
         ax.grid(True, which="both", alpha=0.3)
@@ -178,9 +183,11 @@ def table_summary(rows: list[dict[str, Any]]) -> list[str]:
         if math.isnan(row["paper_mae"]):
             continue
         ratios.append(row["ratio_to_paper"])
+        ratio = row["ratio_to_paper"]
+        standing = f"**{ratio:.2f}×** the paper's MAE" if math.isfinite(ratio) else "no finite MAE to compare"
         lines.append(
             f"- {row['property']} / {row['variant']}: {fmt(row['mae_mean'])} {row['unit']} vs the paper's "
-            f"{fmt(row['paper_mae'])} ({row['paper_label']}): **{row['ratio_to_paper']:.2f}×** the paper's MAE."
+            f"{fmt(row['paper_mae'])} ({row['paper_label']}): {standing}."
         )
     finite = [r for r in ratios if math.isfinite(r) and r > 0]
     if finite:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from test_tables import GRID_MAE, SPEC, UNITS, make_grid, make_run
 
-from crys_pipeline import cli
+from crys_pipeline import cli, io
 from crys_pipeline.report import build_report, load_run
 from crys_pipeline.tables import build_table
 
@@ -88,3 +89,20 @@ def test_cli_report(tmp_path: Path, tables_and_runs: tuple[list[Path], list[Path
             "--fig-dir", str(fig_dir), *map(str, runs)]
     assert cli.main(argv) == 0
     assert len(list(fig_dir.glob("*.png"))) == 4 and "](figs/" in out_md.read_text()
+
+
+def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) -> None:
+    summary_path = make_run(tmp_path, "formation_energy_peratom", "crysmmnet", 0, 0.05)
+    io.write_json({**io.read_json(summary_path), "test_mae": None, "last_test_mae": None}, summary_path)
+    metrics_path = summary_path.parent / "metrics.jsonl"
+    metrics = io.read_jsonl(metrics_path)
+    for record in metrics[2:]:
+        record.update(val_mae=None, test_mae=None, train_loss=None)
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    spec = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
+    build_table("table1", spec, UNITS, [summary_path], tmp_path / "table1.csv", tmp_path / "table1.md")
+    out_md = tmp_path / "report.md"
+    build_report([tmp_path / "table1.csv"], [summary_path], out_md, tmp_path / "figs")
+    assert "formation_energy_peratom / crysmmnet: – eV/atom vs the paper's 0.028 (CrysMMNet): no finite MAE" in (
+        out_md.read_text())
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 2
