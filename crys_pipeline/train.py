@@ -127,11 +127,16 @@ def _autocast(device: torch.device):
     return nullcontext()
 
 
-def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> float:
-    """One pass over the train loader, stepping the scheduler per iteration; returns the mean MSE."""
+def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> tuple[float, float]:
+    """One pass over the train loader, stepping the scheduler per iteration.
+
+    Returns:
+        (mean MSE over the epoch's samples, learning rate of the epoch's last step).
+    """
     model.train()
-    total, count = 0.0, 0
+    total, count, lr = 0.0, 0, math.nan
     for batch in loader:
+        lr = optimizer.param_groups[0]["lr"]
         batch = batch.to(device, non_blocking=True)
         with _autocast(device):
             pred = model(batch)
@@ -142,7 +147,7 @@ def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> fl
         scheduler.step()
         total += loss.item() * batch.y.shape[0]
         count += batch.y.shape[0]
-    return total / count if count else math.nan
+    return (total / count if count else math.nan), lr
 
 
 @torch.no_grad()
@@ -257,14 +262,13 @@ def _epoch_record(epoch: int, loss: float, val_mae: float | None, test_mae: floa
 def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, device: torch.device) -> dict:
     """Train one epoch, evaluate val and test, update the val-best state; returns the epoch's record."""
     start = time.perf_counter()
-    loss = train_epoch(model, loaders.train, optimizer, scheduler, device)
+    loss, lr = train_epoch(model, loaders.train, optimizer, scheduler, device)
     val_mae = mae(*predict(model, loaders.val, device)[1:])
     test_mae = mae(*predict(model, loaders.test, device)[1:])
     state.epoch += 1
     if val_mae is not None and val_mae < state.best_val_mae:
         state.best_epoch, state.best_val_mae, state.best_state = state.epoch, val_mae, _cpu_state(model)
-    record = _epoch_record(state.epoch, loss, val_mae, test_mae, scheduler.get_last_lr()[0],
-                           time.perf_counter() - start)
+    record = _epoch_record(state.epoch, loss, val_mae, test_mae, lr, time.perf_counter() - start)
     state.history.append(record)
     if not math.isfinite(loss):
         state.stop_reason = f"diverged (non-finite train loss in epoch {state.epoch})"
