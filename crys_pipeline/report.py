@@ -116,6 +116,7 @@ def parity_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
     """Parity plot of the test split, one panel per variant, seeds overlaid; returns `path`."""
     fig, axes = _grid(len(variants))
     values = np.concatenate([np.concatenate([r.y_true, r.y_pred]) for rs in variants.values() for r in rs])
+    values = values[np.isfinite(values)]  # a diverged run's NaN/inf predictions must not blow up the limits
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     pad = 0.04 * (high - low or 1.0)
     lims = (low - pad, high + pad)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from test_tables import GRID_MAE, SPEC, UNITS, make_grid, make_run
 
@@ -99,6 +101,13 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     for record in metrics[2:]:
         record.update(val_mae=None, test_mae=None, train_loss=None)
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    pred_path = summary_path.parent / "predictions.parquet"
+    preds = io.read_parquet(pred_path, "predictions")
+    nan_pred = [math.nan if split == "test" else p for split, p in zip(preds["split"].to_pylist(),
+                                                                       preds["prediction"].to_pylist())]
+    meta = io.read_meta(pred_path)
+    io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, "predictions",
+                     meta["params"], {k: meta[k] for k in ("source", "target", "variant", "regime", "seed", "split_hash")})
     spec = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
     build_table("table1", spec, UNITS, [summary_path], tmp_path / "table1.csv", tmp_path / "table1.md")
     out_md = tmp_path / "report.md"
