@@ -173,7 +173,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         description="Per property a parity plot (test split, one panel per variant) and learning curves "
         "(val/test MAE per epoch), and per table a summary of our MAE against the paper's.",
     )
-    p.add_argument("--table", dest="tables", type=Path, action="append", required=True,
+    p.add_argument("--table", dest="tables", type=Path, action="append", required=True, metavar="CSV",
                    help="a table CSV written by `crys-pipeline tables` (repeat per table)")
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--fig-dir", type=Path, required=True, help="folder for the PNGs")
