@@ -1,0 +1,58 @@
+"""The property model: optional graph encoder and/or cached text embedding -> scalar (SPEC.md 4.5, 6).
+
+One module covers every variant: CrysMMNet (graph + text, fused), the graph-only baselines and
+CrysTextNet (text only). Which parts exist is decided by ``crys_pipeline.models.registry.build_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class PropertyModel(nn.Module):
+    """Graph and/or text representation -> one regression output per crystal.
+
+    z_G = graph_projection(graph_encoder(batch)); z_T = text_projection(batch.text_emb);
+    y = head([z_G ; z_T]) (only the parts that exist, graph first). Identity link.
+
+    Args:
+        config: JSON-serialisable constructor arguments of ``build_model`` (kept as ``.config``).
+        graph_encoder: module mapping a Batch to [B, G], or None (text-only).
+        graph_projection: module [B, G] -> [B, P] (ProjectionHead or Identity), or None.
+        text_projection: module [B, text_dim] -> [B, Q], or None (graph-only).
+        head: module [B, P + Q] -> [B, 1].
+
+    Shapes:
+        batch: torch_geometric Batch with z [N], edge_index [2, E], edge_vec [E, 3], batch [N],
+        num_graphs = B, and text_emb [B, text_dim] when text is used (text-only batches carry no nodes).
+        output: [B].
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        graph_encoder: nn.Module | None,
+        graph_projection: nn.Module | None,
+        text_projection: nn.Module | None,
+        head: nn.Module,
+    ) -> None:
+        super().__init__()
+        if graph_encoder is None and text_projection is None:
+            raise ValueError("a model needs a graph encoder, a text projection or both")
+        self.config = dict(config)
+        self.graph_encoder = graph_encoder
+        self.graph_projection = graph_projection
+        self.text_projection = text_projection
+        self.head = head
+
+    def forward(self, batch) -> torch.Tensor:
+        """Predict one value per crystal in ``batch``."""
+        parts = []
+        if self.graph_encoder is not None:
+            parts.append(self.graph_projection(self.graph_encoder(batch)))
+        if self.text_projection is not None:
+            parts.append(self.text_projection(batch.text_emb))
+        return self.head(torch.cat(parts, dim=1))[:, 0]  # [B, 1] -> [B], safe for B = 1

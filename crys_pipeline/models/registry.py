@@ -1,0 +1,169 @@
+"""Model variants by name and the graph-encoder registry (SPEC.md 4.5, 6 A1-A3).
+
+``VARIANTS`` maps a variant name to which graph encoder and which cached text embedding it uses;
+``build_model`` assembles the matching ``PropertyModel``. Further graph encoders (MEGNet, GATGNN, ...)
+plug in with ``register_encoder`` behind the same interface: a factory returning a module with
+``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
+
+Heads (documented choices):
+- graph + text, head "code" (reference): PH_G(z_G) ; PH_768(c) -> Lin(128, 64) -> ReLU -> Lin(64, 1).
+- graph + text, head "paper": z_G = pooled vector as is ; Lin(768, 128)-ReLU-Lin(128, 64) -> MLP(G + 64).
+- text only (CrysTextNet, A1): PH_768 (or the paper projection) -> Lin(64, 64) -> ReLU -> Lin(64, 1).
+- graph only (alignn, cgcnn): the original model's own head, one Linear(G, 1) on the pooled vector
+  (ALIGNN's ``fc``; CGCNN's ``fc_out`` after ``conv_to_fc``), so the baselines are the published
+  architectures (ALIGNN 256/4/4 = 4,026,753 parameters). ``head`` does not change them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from crys_pipeline.models.crysmmnet import PropertyModel
+from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
+
+#: Width of the graph and text projections and of the fusion MLP's hidden layer.
+PROJECTION_DIM = 64
+HEADS = ("code", "paper")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a model variant consumes.
+
+    Attributes:
+        graph_encoder: name in ``ENCODERS`` ("alignn" | "cgcnn") or None for text only.
+        text_variant: cached embedding variant ("full" | "global" | "local") or None for graph only.
+    """
+
+    graph_encoder: str | None
+    text_variant: str | None
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "crysmmnet": VariantSpec("alignn", "full"),
+    "alignn": VariantSpec("alignn", None),
+    "crystextnet": VariantSpec(None, "full"),
+    "crysmmnet_global": VariantSpec("alignn", "global"),
+    "crysmmnet_local": VariantSpec("alignn", "local"),
+    "cgcnn": VariantSpec("cgcnn", None),
+    "crysmmnet_cgcnn": VariantSpec("cgcnn", "full"),
+}
+
+EncoderFactory = Callable[..., nn.Module]
+
+
+def _alignn_encoder(
+    atom_table: torch.Tensor | None,
+    *,
+    hidden_features: int,
+    alignn_layers: int,
+    gcn_layers: int,
+    readout: str,
+) -> nn.Module:
+    from crys_pipeline.models.alignn import ALIGNNEncoder
+
+    return ALIGNNEncoder(atom_table, hidden_features, alignn_layers, gcn_layers, readout=readout)
+
+
+def _cgcnn_encoder(
+    atom_table: torch.Tensor | None,
+    *,
+    hidden_features: int,
+    alignn_layers: int,
+    gcn_layers: int,
+    readout: str,
+) -> nn.Module:
+    """CGCNN with its original defaults; the ALIGNN width/depth arguments do not apply."""
+    from crys_pipeline.models.cgcnn import CGCNNEncoder
+
+    return CGCNNEncoder(atom_table, readout=readout)
+
+
+ENCODERS: dict[str, EncoderFactory] = {"alignn": _alignn_encoder, "cgcnn": _cgcnn_encoder}
+
+
+def register_encoder(name: str, factory: EncoderFactory) -> None:
+    """Add a graph encoder ``factory(atom_table, *, hidden_features, alignn_layers, gcn_layers, readout)``."""
+    if name in ENCODERS:
+        raise ValueError(f"graph encoder {name!r} is already registered")
+    ENCODERS[name] = factory
+
+
+def _text_projection(head: str, text_dim: int) -> nn.Module:
+    if head == "code":
+        return ProjectionHead(text_dim, PROJECTION_DIM)
+    return PaperTextProjection(text_dim, projection_dim=PROJECTION_DIM)
+
+
+def _assemble(config: dict, spec: VariantSpec, encoder: nn.Module | None) -> PropertyModel:
+    head, text_dim = config["head"], config["text_dim"]
+    if encoder is None:
+        return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM))
+    width = encoder.out_features
+    if spec.text_variant is None:
+        return PropertyModel(config, encoder, nn.Identity(), None, nn.Linear(width, 1))
+    if head == "code":
+        graph_proj: nn.Module = ProjectionHead(width, PROJECTION_DIM)
+        fused = 2 * PROJECTION_DIM
+    else:
+        graph_proj = nn.Identity()
+        fused = width + PROJECTION_DIM
+    return PropertyModel(config, encoder, graph_proj, _text_projection(head, text_dim), FusionMLP(fused))
+
+
+def build_model(
+    variant: str,
+    *,
+    atom_table: torch.Tensor | None,
+    text_dim: int = 768,
+    hidden_features: int = 256,
+    alignn_layers: int = 4,
+    gcn_layers: int = 4,
+    head: str = "code",
+    readout: str = "mean",
+) -> PropertyModel:
+    """Build a model variant by name.
+
+    Args:
+        variant: a key of ``VARIANTS``.
+        atom_table: float [104, 92] CGCNN atom table (``atom_features.cgcnn_feature_table()``), stored as a
+            buffer; None registers zeros (when a state_dict will be loaded). Ignored by text-only variants.
+        text_dim: width of the cached text embedding (768 for MatSciBERT).
+        hidden_features: ALIGNN width H (256).
+        alignn_layers: ALIGNN layers (4).
+        gcn_layers: EGGC layers after them (4).
+        head: "code" (released code, reference) or "paper" (the paper's equations), SPEC.md 4.5.
+        readout: per-crystal pooling, "mean" (reference) or "sum" (paper Eq. 5).
+
+    Returns:
+        A ``PropertyModel`` whose ``.config`` (these arguments minus atom_table) rebuilds it.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    spec = VARIANTS[variant]
+    config = {
+        "variant": variant,
+        "text_dim": text_dim,
+        "hidden_features": hidden_features,
+        "alignn_layers": alignn_layers,
+        "gcn_layers": gcn_layers,
+        "head": head,
+        "readout": readout,
+    }
+    encoder = None
+    if spec.graph_encoder is not None:
+        factory = ENCODERS[spec.graph_encoder]
+        encoder = factory(
+            atom_table,
+            hidden_features=hidden_features,
+            alignn_layers=alignn_layers,
+            gcn_layers=gcn_layers,
+            readout=readout,
+        )
+    return _assemble(config, spec, encoder)
