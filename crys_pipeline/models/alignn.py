@@ -57,11 +57,11 @@ class EdgeGatedGraphConv(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One gated message-passing step; returns updated (node, edge) features."""
         src, dst = edge_index[0], edge_index[1]
-        gate = self.src_gate(h)[src] + self.dst_gate(h)[dst] + self.edge_gate(e)
+        gate = self.src_gate(h)[src] + self.dst_gate(h)[dst] + self.edge_gate(e)  # [N, H] gathered -> [E, H]
         sigma = torch.sigmoid(gate)
-        messages = sigma * self.dst_update(h)[src]
-        num = scatter(messages, dst, dim=0, dim_size=h.shape[0], reduce="sum")
-        den = scatter(sigma, dst, dim=0, dim_size=h.shape[0], reduce="sum")
+        messages = sigma * self.dst_update(h)[src]  # [E, H]
+        num = scatter(messages, dst, dim=0, dim_size=h.shape[0], reduce="sum")  # [E, H] -> [N, H]
+        den = scatter(sigma, dst, dim=0, dim_size=h.shape[0], reduce="sum")  # [E, H] -> [N, H]
         node = self.src_update(h) + num / (den + GATE_EPS)
         return h + F.silu(self.bn_nodes(node)), e + F.silu(self.bn_edges(gate))
 

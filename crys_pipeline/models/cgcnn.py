@@ -44,7 +44,7 @@ class CGCNNConv(nn.Module):
         z = self.bn1(self.fc_full(torch.cat([h[dst], h[src], u], dim=1)))  # [E, 2F]
         gate, core = z.chunk(2, dim=1)  # [E, 2F] -> 2 x [E, F]
         messages = torch.sigmoid(gate) * F.softplus(core)
-        summed = scatter(messages, dst, dim=0, dim_size=h.shape[0], reduce="sum")
+        summed = scatter(messages, dst, dim=0, dim_size=h.shape[0], reduce="sum")  # [E, F] -> [N, F]
         return F.softplus(h + self.bn2(summed))
 
 
