@@ -234,6 +234,105 @@ def _run_train(a: argparse.Namespace) -> None:
     train.train(a.structures, a.split, a.graphs, a.embeddings, a.out_dir, cfg)
 
 
+# --- attention ------------------------------------------------------------------------------------
+def _config_block(path: Path, key: str) -> dict:
+    """One block of a config file, or {} when the file does not exist (then built-in defaults apply)."""
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}).get(key) or {} if path.is_file() else {}
+
+
+def _add_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="config file whose `embed` block gives the encoder defaults below (default config.yaml)")
+    p.add_argument("--model", default=None, help="package:<name> | local dir | hub id (default: embed.model)")
+    p.add_argument("--revision", default=None, help="hub revision (default: embed.revision; '' = none)")
+    p.add_argument("--max-length", type=int, default=None, help="head truncation (default: embed.max_length)")
+    p.add_argument("--normalizer", choices=["matscibert", "none"], default=None, help="default: embed.normalizer")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: embed.device)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def _encoder_options(a: argparse.Namespace) -> dict:
+    """EncoderSettings keyword arguments: explicit flags, else the config's `embed` block, else built-ins."""
+    embed = _config_block(a.config, "embed")
+    flags = {"model": a.model, "revision": a.revision, "max_length": a.max_length, "normalizer": a.normalizer,
+             "device": a.device}
+    options = {key: flag if flag is not None else embed.get(key) for key, flag in flags.items()}
+    return {key: value for key, value in options.items() if value is not None and value != ""}
+
+
+def _add_attention(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attention",
+        help="plot the [CLS] attention of one layer over one material's description",
+        description="Writes OUT_DIR/{source}/{id}_L{layer}.png (the text word by word, word pieces merged, "
+        "coloured by [CLS] attention averaged over heads, encoder named in the title) and "
+        "{id}_L{layer}.parquet (kind `attention`: token, word, category, head, weight). Encoder options "
+        "default to the `embed` block of --config, --layer/--variant to its `attention` block.",
+    )
+    p.add_argument("--source", required=True, help="source name (config key)")
+    p.add_argument("--id", dest="material_id", required=True, help="material id")
+    p.add_argument("--layer", type=int, default=None, help="layer, numbered from 1 (default: attention.layer, 5)")
+    p.add_argument("--variant", choices=["full", "global", "local"], default=None,
+                   help="text variant (default: attention.variant, full)")
+    p.add_argument("--sections", type=Path, default=None,
+                   help="sections table (default: results/text/{source}/sections.parquet)")
+    p.add_argument("--out-dir", type=Path, default=Path("results/attention"))
+    p.add_argument("--out-png", type=Path, default=None, help="overrides OUT_DIR/{source}/{id}_L{layer}.png")
+    p.add_argument("--out-table", type=Path, default=None, help="overrides OUT_DIR/{source}/{id}_L{layer}.parquet")
+    p.add_argument("--wrap", type=int, default=110, help="characters per plotted line")
+    _add_encoder_options(p)
+    p.set_defaults(handler=_run_attention)
+
+
+def _run_attention(a: argparse.Namespace) -> None:
+    from crys_pipeline import attention
+    from crys_pipeline.devices import set_threads
+
+    block = _config_block(a.config, "attention")
+    layer = a.layer if a.layer is not None else block.get("layer", 5)
+    variant = a.variant or block.get("variant", "full")
+    settings = attention.EncoderSettings(**_encoder_options(a))
+    set_threads(a.threads)
+    stem = a.out_dir / a.source / f"{a.material_id}_L{layer}"
+    attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"), a.material_id, layer,
+                            variant, settings, a.out_png or stem.with_suffix(".png"),
+                            a.out_table or stem.with_suffix(".parquet"), a.wrap)
+
+
+def _sample_size(value: str) -> int | None:
+    return None if value in ("", "all", "null", "None") else int(value)
+
+
+def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attention-summary",
+        help="share of [CLS] attention per token category and layer over a sample of materials",
+        description="Writes a CSV (per layer and category: attention share, share of tokens, enrichment), "
+        "its heatmap PNG and a per-material Parquet (kind `attention_shares`; failed rows with the reason).",
+    )
+    p.add_argument("--sections", type=Path, required=True)
+    p.add_argument("--variant", choices=["full", "global", "local"], default="full")
+    p.add_argument("--sample", type=_sample_size, default=50,
+                   help="materials drawn from the ok rows ('all' = every one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-csv", type=Path, required=True)
+    p.add_argument("--out-png", type=Path, required=True)
+    p.add_argument("--out-shares", type=Path, required=True)
+    _add_encoder_options(p)
+    p.set_defaults(handler=_run_attention_summary)
+
+
+def _run_attention_summary(a: argparse.Namespace) -> None:
+    from crys_pipeline import attention
+    from crys_pipeline.devices import set_threads
+
+    set_threads(a.threads)
+    attention.summarize(a.sections, a.variant, a.sample, a.seed, attention.EncoderSettings(**_encoder_options(a)),
+                        a.out_csv, a.out_png, a.out_shares)
+
+
 STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
@@ -243,6 +342,8 @@ STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export_leaderboard,
     _add_tables,
     _add_report,
+    _add_attention,
+    _add_attention_summary,
 ]
 
 

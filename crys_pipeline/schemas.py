@@ -101,3 +101,44 @@ PREDICTIONS = register(ParquetLayout(
     ),
     required_meta=("source", "target", "variant", "regime", "seed", "split_hash"),
 ))
+
+ATTENTION = register(ParquetLayout(
+    kind="attention",
+    description="[CLS] attention of one layer over one description: one row per (head, token), with its word "
+    "(word pieces merged) and token category",
+    schema=pa.schema(
+        [
+            pa.field("material_id", pa.string(), nullable=False),
+            pa.field("layer", pa.int32(), nullable=False),
+            pa.field("head", pa.int32(), nullable=False),
+            pa.field("token_index", pa.int32(), nullable=False),
+            pa.field("token", pa.string(), nullable=False),
+            pa.field("word_index", pa.int32(), nullable=False),
+            pa.field("word", pa.string(), nullable=False),
+            pa.field("category", pa.string(), nullable=False),
+            pa.field("weight", pa.float32(), nullable=False),
+        ]
+    ),
+    required_meta=("text", "truncated", "num_layers", "num_heads"),
+))
+
+ATTENTION_SHARES = register(ParquetLayout(
+    kind="attention_shares",
+    description="per sampled material, layer and token category: share of [CLS] attention (mean over heads) and "
+    "token counts; failed rows carry the reason",
+    schema=pa.schema(
+        [
+            pa.field("material_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            pa.field("layer", pa.int32()),
+            pa.field("category", pa.string()),
+            pa.field("share", pa.float64()),
+            pa.field("content_share", pa.float64()),
+            pa.field("n_tokens", pa.int32()),
+            pa.field("content_tokens", pa.int32()),
+            pa.field("truncated", pa.bool_()),
+        ]
+    ),
+    required_meta=("counts", "num_layers"),
+))
