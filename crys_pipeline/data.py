@@ -73,7 +73,7 @@ class TrainingData:
 
 
 def _graph_shards(graphs: Path) -> list[Path]:
-    shards = sorted(Path(graphs).glob("*.parquet"))
+    shards = sorted(Path(graphs).glob("shard-*.parquet"))
     if not shards:
         raise FileNotFoundError(f"{graphs}: no graph shards")
     return shards
