@@ -187,6 +187,34 @@ def _run_report(a: argparse.Namespace) -> None:
     report.build_report(a.tables, a.runs, a.out_md, a.fig_dir)
 
 
+# --- graphs ---------------------------------------------------------------------------------------
+def _add_graphs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "graphs",
+        help="structures -> results/graphs/{source}/shard-NNNNN.parquet + manifest.json (ALIGNN k-NN graphs)",
+        description="One row per crystal: material_id, status, error, natoms, nedges, cutoff (after growth), "
+        "z (atomic numbers), edge_index (2 x E, source row first), edge_vec (E x 3 float32 bond vectors). "
+        "The graph parameters are stamped in every shard; readers refuse shards made with other ones. "
+        "manifest.json lists the shards, ok/failed counts and the params.",
+    )
+    p.add_argument("--structures", type=Path, required=True, help="structures Parquet (ingest output)")
+    p.add_argument("--cutoff", type=float, default=8.0, help="initial neighbour cutoff, Angstrom")
+    p.add_argument("--max-neighbors", type=int, default=12, help="k of the k-nearest shell selection")
+    _bool_flag(p, "canonize", True, "canonical undirected edges emitted both ways (ALIGNN use_canonize)")
+    _bool_flag(p, "dedup-self-images", False, "keep one of n/-n for periodic self-image bonds (ALIGNN doubles them)")
+    p.add_argument("--shard-size", type=int, default=2000, help="crystals per shard")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(handler=_run_graphs)
+
+
+def _run_graphs(a: argparse.Namespace) -> None:
+    from crys_pipeline import graphs
+
+    params = graphs.GraphParams(a.cutoff, a.max_neighbors, a.canonize, a.dedup_self_images)
+    graphs.build_graphs(a.structures, params, a.shard_size, a.workers, a.out_dir)
+
+
 # --- train ----------------------------------------------------------------------------------------
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -337,6 +365,7 @@ STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
     _add_splits,
+    _add_graphs,
     _add_train,
     _add_inspect,
     _add_export_leaderboard,

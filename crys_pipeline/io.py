@@ -213,3 +213,32 @@ def h5_summary(path: str | Path, rows: int) -> tuple[dict[str, Any], list[tuple[
 
         handle.visititems(visit)
     return attrs, items
+
+
+def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa.Table:
+    """All graph shards of a `graphs` output folder, concatenated in shard order.
+
+    Every shard is validated against the ``graphs`` layout; all shards must carry the same params
+    (and `expect`, when given), the shard indices must be exactly 0..n_shards-1, and when the
+    folder has a manifest.json it must list exactly these shards. A cache made with other graph
+    parameters, or a mix of two builds, raises ArtifactError.
+
+    Args:
+        path: folder holding shard-NNNNN.parquet files (``results/graphs/{source}``).
+        expect: params the shards must have been built with (e.g. ``GraphParams.as_meta()``).
+    """
+    path = Path(path)
+    shards = sorted(path.glob("shard-*.parquet"))
+    if not shards:
+        raise ArtifactError(f"{path}: no graph shards")
+    metas = [read_meta(shard) for shard in shards]
+    for shard, meta in zip(shards, metas):
+        check_meta(meta, "graphs", str(shard), expect)
+        if meta["params"] != metas[0]["params"] or meta.get("structures_sha256") != metas[0].get("structures_sha256"):
+            raise ArtifactError(f"{shard}: made with other params or inputs than {shards[0].name}; rebuild {path}")
+    if sorted(meta.get("shard") for meta in metas) != list(range(metas[0].get("n_shards", -1))):
+        raise ArtifactError(f"{path}: shards {[m.get('shard') for m in metas]} do not form one complete build")
+    manifest = path / "manifest.json"
+    if manifest.exists() and [s["file"] for s in read_json(manifest)["shards"]] != [s.name for s in shards]:
+        raise ArtifactError(f"{manifest}: lists other shards than the folder holds; rebuild {path}")
+    return pa.concat_tables([read_parquet(shard, "graphs") for shard in shards])

@@ -142,3 +142,73 @@ ATTENTION_SHARES = register(ParquetLayout(
     ),
     required_meta=("counts", "num_layers"),
 ))
+
+GRAPHS = register(ParquetLayout(
+    kind="graphs",
+    description="one row per crystal: ALIGNN k-nearest graph (z, edge_index 2xE source row first, float32 bond "
+    "vectors), or status/error when the neighbour search failed; shards of results/graphs/{source}/",
+    schema=pa.schema(
+        [
+            pa.field("material_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            pa.field("natoms", pa.int32(), nullable=False),
+            pa.field("nedges", pa.int32(), nullable=False),
+            pa.field("cutoff", pa.float64()),
+            pa.field("z", pa.list_(pa.int8()), nullable=False),
+            pa.field("edge_index", pa.list_(pa.list_(pa.int32()), 2), nullable=False),
+            pa.field("edge_vec", pa.list_(pa.list_(pa.float32(), 3)), nullable=False),
+        ]
+    ),
+    required_meta=("source", "structures_sha256", "shard", "n_shards"),
+))
+
+
+@dataclass(frozen=True)
+class H5Layout:
+    """Datasets and attributes of one HDF5 artifact kind with one row per material.
+
+    Attributes:
+        kind: artifact kind name stamped in the metadata.
+        description: one line for `crys-pipeline inspect` and the docs.
+        row_datasets: dataset name -> dtype ("str" = UTF-8 strings) of the [N] per-row datasets.
+        variants: names of the per-variant dataset families.
+        variant_datasets: suffix -> (dtype, ndim); dataset `{variant}{suffix}` has shape [N] (ndim 1) or
+            [N, D] (ndim 2).
+        required_attrs: root attributes every file must carry (besides META_KEY).
+    """
+
+    kind: str
+    description: str
+    row_datasets: dict[str, str]
+    variants: tuple[str, ...]
+    variant_datasets: dict[str, tuple[str, int]]
+    required_attrs: tuple[str, ...] = field(default_factory=tuple)
+
+    def datasets(self) -> dict[str, tuple[str, int]]:
+        """Every dataset name -> (dtype, ndim)."""
+        out = {name: (dtype, 1) for name, dtype in self.row_datasets.items()}
+        for variant in self.variants:
+            out.update({f"{variant}{suffix}": spec for suffix, spec in self.variant_datasets.items()})
+        return out
+
+
+#: Text variants of the sections table and of the embeddings file (SPEC.md 3.2).
+TEXT_VARIANTS = ("full", "global", "local")
+
+EMBEDDINGS = H5Layout(
+    kind="embeddings",
+    description="one row per material of the sections table: frozen-encoder text embedding [N, D] per text "
+    "variant, with untruncated token count, truncated flag and empty-text flag per variant",
+    row_datasets={"material_id": "str", "status": "str", "error": "str"},
+    variants=TEXT_VARIANTS,
+    variant_datasets={
+        "": ("float32", 2),
+        "_token_count": ("int32", 1),
+        "_truncated": ("bool", 1),
+        "_empty": ("bool", 1),
+    },
+    required_attrs=("model", "revision", "pooling", "max_length", "normalizer", "dtype", "dim", "versions"),
+)
+
+H5: dict[str, H5Layout] = {EMBEDDINGS.kind: EMBEDDINGS}

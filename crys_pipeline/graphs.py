@@ -1,0 +1,429 @@
+"""Stage `graphs`: ALIGNN "k-nearest" crystal graphs in Parquet shards (SPEC.md 2.1-2.4, 2.7).
+
+For each structure the builder reproduces ALIGNN's ``nearest_neighbor_edges`` +
+``build_undirected_edgedata`` (jarvis-tools ``Atoms.get_all_neighbors``) with vectorised numpy:
+
+1. Candidates: every image n of every atom j within r of atom i, with 1e-8 < d <= r and d > 0.15 A.
+   Image ranges run from floor(min f) - m to ceil(max f) + m - 1 per axis over the *unwrapped*
+   fractional coordinates, m = ceil((r + 0.15) |b| / 2 pi).
+2. Adaptive cutoff: while some atom has fewer than k candidates, r <- max(a, b, c) if r is below it,
+   else 2r (iterative; the reference recurses).
+3. Shells: atom i keeps every candidate with d <= d_k (its k-th smallest distance), exact float
+   comparison, so degenerate shells stay whole.
+4. Canonical undirected edges (s <= t, image of t relative to s) collected as a set and emitted
+   both ways (s->t with r, t->s with -r). Periodic self-images are kept twice (n and -n) unless
+   ``dedup_self_images``.
+
+Shell ties are decided by exact float comparison, so the distances are computed with jarvis-tools'
+arithmetic: its ``Lattice`` rounds the matrix to 5 decimals (used for Cartesian coordinates and the
+reciprocal lengths, themselves rounded), image offsets use the unrounded matrix, and d is
+``sqrt((dx^2 + dy^2) + dz^2)`` of ``(image . L + x_j) - x_i``. Edge vectors are
+``((f_t + n) - f_s) . L_rounded`` cast to float32, as in ``build_undirected_edgedata``.
+
+The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py: one row per input
+structure, failures with status/error) plus ``manifest.json``. The graph parameters are stamped in
+every shard and checked by ``io.read_graph_dir(expect=...)``. Line graphs are not stored: the
+model builds them per batch (``crys_pipeline.models.line_graph``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from crys_pipeline import __version__, io
+from crys_pipeline.schemas import STATUS_FAILED, STATUS_OK
+
+log = logging.getLogger(__name__)
+
+#: Version of the neighbour algorithm, stamped in the params: bump when the graphs would change.
+GRAPH_ALGORITHM = "alignn-knn/1"
+BOND_TOL = 0.15  # Angstrom: candidates at or below this distance are excluded (jarvis bond_tol)
+ZERO_DIST = 1e-8  # Angstrom: the atom itself
+LATTICE_DECIMALS = 5  # jarvis Lattice rounds its matrix to this many decimals
+LENGTH_DECIMALS = 6  # jarvis Lattice.abc rounds lengths to this many decimals
+CHUNK_ELEMENTS = 1 << 21  # pair distances evaluated per numpy block (bounds peak memory)
+MAX_PAIRS = 1 << 31  # image x atom x atom evaluations one structure may need before it is failed
+ROWS_PER_TASK = 32  # structures per worker task
+MANIFEST = "manifest.json"
+
+
+class GraphError(RuntimeError):
+    """A structure whose neighbour search cannot complete (recorded as a failed row)."""
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    """Parameters that define a graph cache (all stamped in the shard metadata).
+
+    Attributes:
+        cutoff: initial neighbour cutoff in Angstrom (grows until every atom has `max_neighbors`).
+        max_neighbors: k of the per-atom k-nearest shell selection.
+        use_canonize: canonical undirected edges (ALIGNN default) instead of per-site directed keys.
+        dedup_self_images: keep one of n / -n for periodic self-image bonds (fixes ALIGNN's doubling).
+    """
+
+    cutoff: float = 8.0
+    max_neighbors: int = 12
+    use_canonize: bool = True
+    dedup_self_images: bool = False
+
+    def as_meta(self) -> dict[str, Any]:
+        """The params dict stamped in (and expected from) every shard."""
+        return {**asdict(self), "algorithm": GRAPH_ALGORITHM}
+
+
+@dataclass(frozen=True)
+class CrystalGraph:
+    """One crystal graph.
+
+    Attributes:
+        edge_index: int64 [2, E]; row 0 source, row 1 target.
+        edge_vec: float32 [E, 3]; Cartesian bond vector source -> target image, Angstrom.
+        cutoff: the cutoff the neighbour search ended with (after any growth).
+    """
+
+    edge_index: np.ndarray
+    edge_vec: np.ndarray
+    cutoff: float
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """A cell with jarvis-tools' arithmetic precomputed."""
+
+    matrix: np.ndarray  # [3, 3] lattice rows as given (image offsets)
+    rounded: np.ndarray  # [3, 3] matrix rounded like jarvis Lattice (Cartesian coordinates, edge vectors)
+    frac: np.ndarray  # [N, 3] fractional coordinates, unwrapped
+    cart: np.ndarray  # [N, 3] frac . rounded
+    recip_lengths: np.ndarray  # [3] |b_c| with 2 pi, jarvis-rounded
+    max_length: float  # max(a, b, c), jarvis-rounded
+
+
+def _row_lengths(matrix: np.ndarray) -> list[float]:
+    return [round(x, LENGTH_DECIMALS) for x in np.sqrt(np.sum(matrix**2, axis=1)).tolist()]
+
+
+def make_cell(lattice: Any, frac_coords: Any) -> _Cell:
+    """Precompute the jarvis-tools view of a cell (rows of `lattice` are lattice vectors)."""
+    matrix = np.asarray(lattice, dtype=np.float64).reshape(3, 3)
+    frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
+    rounded = np.around(matrix, decimals=LATTICE_DECIMALS)
+    recip = np.around(2 * np.pi * np.linalg.inv(rounded).T, decimals=LATTICE_DECIMALS)
+    return _Cell(matrix, rounded, frac, np.dot(frac, rounded), np.array(_row_lengths(recip)),
+                 max(_row_lengths(rounded)))
+
+
+def _image_grid(cell: _Cell, r: float) -> np.ndarray:
+    """float64 [M, 3] periodic images in jarvis' enumeration order (x slowest)."""
+    reach = np.ceil((r + BOND_TOL) * cell.recip_lengths / (2 * math.pi))
+    lo = np.floor(np.min(cell.frac, axis=0)) - reach
+    hi = np.ceil(np.max(cell.frac, axis=0)) + reach
+    axes = [np.arange(a, b) for a, b in zip(lo, hi)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    return grid.reshape(-1, 3)  # [M, 3]
+
+
+def _prune_images(cell: _Cell, images: np.ndarray, offsets: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop images whose every pair is certainly farther than r (|n.L| - max |x_j - x_i| > r + margin)."""
+    span = cell.cart[:, None, :] - cell.cart[None, :, :]  # [N, N, 3]
+    reach = float(np.sqrt((span**2).sum(-1)).max()) + r + 1e-6 * (1.0 + r)
+    keep = (offsets**2).sum(-1) <= reach * reach
+    return images[keep], offsets[keep]
+
+
+def pair_distances(cell: _Cell, offsets: np.ndarray) -> np.ndarray:
+    """float64 [N(i), m, N(j)]: |(o_m + x_j) - x_i| with jarvis' operation order, per Cartesian axis.
+
+    jarvis computes ``sum(((o + x_j) - x_i) ** 2, axis=-1) ** 0.5``; a three-term numpy sum adds left
+    to right, so ``(s_x + s_y) + s_z`` followed by sqrt gives the same bits.
+    """
+    total = None
+    for axis in range(3):
+        shifted = offsets[:, axis, None] + cell.cart[None, :, axis]  # [m, N(j)]
+        diff = shifted[None, :, :] - cell.cart[:, axis, None, None]  # [N(i), m, N(j)]
+        diff *= diff
+        total = diff if total is None else np.add(total, diff, out=total)
+    return np.sqrt(total, out=total)
+
+
+def shell_candidates(cell: _Cell, r: float, k: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Neighbour candidates at cutoff r (jarvis ``get_all_neighbors``) reduced to a superset of the shells.
+
+    Candidates are (i, j, d, image) with 1e-8 < d <= r and d > 0.15 A. Per block of images only those
+    within their site's k-th smallest distance *in that block* are returned; this superset holds every
+    candidate within the site's overall k-th distance, so shell selection on it is exact.
+
+    Returns:
+        (count int64 [N]: all candidates per site at this r,
+         (i int64 [C], j int64 [C], d float64 [C], image float64 [C, 3]))
+    """
+    n = len(cell.frac)
+    images = _image_grid(cell, r)
+    if len(images) * n * n > MAX_PAIRS:
+        raise GraphError(f"neighbour search at r={r:g} A needs {len(images)} images for {n} atoms")
+    images, offsets = _prune_images(cell, images, np.dot(images, cell.matrix), r)
+    step = max(1, CHUNK_ELEMENTS // (n * n))
+    counts, parts = np.zeros(n, np.int64), []
+    for start in range(0, len(images), step):
+        dist = pair_distances(cell, offsets[start:start + step]).reshape(n, -1)  # [N(i), m * N(j)]
+        valid = (dist <= r) & (dist > BOND_TOL)  # BOND_TOL > ZERO_DIST: the atom itself is excluded too
+        counts += valid.sum(axis=1)
+        dist[~valid] = np.inf
+        bound = np.full(n, r)
+        if dist.shape[1] > k:
+            bound = np.minimum(np.partition(dist, k - 1, axis=1)[:, k - 1], r)
+        i, col = np.nonzero(dist <= bound[:, None])
+        m, j = np.divmod(col, n)
+        parts.append((i, j, dist[i, col], images[start + m]))
+    return counts, tuple(np.concatenate(x) for x in zip(*parts)) if parts else ()
+
+
+def _shell_mask(site: np.ndarray, dist: np.ndarray, n_sites: int, k: int) -> np.ndarray:
+    """bool [C]: candidates within their site's k-th smallest distance (exact comparison)."""
+    order = np.lexsort((dist, site))
+    starts = np.concatenate(([0], np.cumsum(np.bincount(site, minlength=n_sites))[:-1]))
+    kth = dist[order][starts + k - 1]  # [n_sites]
+    return dist <= kth[site]
+
+
+def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, tuple[np.ndarray, ...]]:
+    """Shell candidates at the first cutoff where every atom has k candidates (SPEC.md 2.2, iterative)."""
+    r = float(params.cutoff)
+    while True:
+        counts, cand = shell_candidates(cell, r, params.max_neighbors)
+        if counts.min() >= params.max_neighbors:
+            return r, cand
+        r = cell.max_length if r < cell.max_length else 2 * r
+        log.debug("cutoff grown to %g A", r)
+
+
+def _unique_bonds(s: np.ndarray, t: np.ndarray, img: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Unique (s, t, image) rows, via one int64 key per row."""
+    half = int(np.abs(img).max(initial=0)) + 1
+    width = 2 * half + 1
+    key = (s * n + t) * width**3 + ((img[:, 0] + half) * width + img[:, 1] + half) * width + img[:, 2] + half
+    key = np.unique(key)
+    pair, rest = np.divmod(key, width**3)
+    rest, c = np.divmod(rest, width)
+    a, b = np.divmod(rest, width)
+    return pair // n, pair % n, np.stack([a, b, c], axis=1) - half
+
+
+def _undirected_keys(cell: _Cell, params: GraphParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The unique (s, t, image) bond set ALIGNN's edge dict would hold, plus the final cutoff."""
+    r, (i, j, dist, img) = _grown_candidates(cell, params)
+    keep = _shell_mask(i, dist, len(cell.frac), params.max_neighbors)
+    i, j, img = i[keep], j[keep], img[keep].astype(np.int64)
+    if params.use_canonize:
+        swap = j < i
+        s, t = np.where(swap, j, i), np.where(swap, i, j)
+        img = np.where(swap[:, None], -img, img)
+    else:
+        s, t = i, j
+    if params.dedup_self_images:
+        first = np.take_along_axis(img, np.argmax(img != 0, axis=1)[:, None], axis=1)[:, 0]
+        img = np.where(((s == t) & (first < 0))[:, None], -img, img)
+    s, t, img = _unique_bonds(s, t, img, len(cell.frac))
+    return s, t, img, r
+
+
+def knn_graph(lattice: Any, frac_coords: Any, params: GraphParams = GraphParams()) -> CrystalGraph:
+    """ALIGNN k-nearest crystal graph of one structure.
+
+    Args:
+        lattice: [3, 3] lattice vectors as rows, Angstrom.
+        frac_coords: [N, 3] fractional coordinates (not wrapped).
+        params: graph parameters.
+
+    Returns:
+        the graph; bond b is stored as edges 2b (s -> t) and 2b + 1 (t -> s).
+    """
+    cell = make_cell(lattice, frac_coords)
+    if len(cell.frac) == 0:
+        raise GraphError("structure has no atoms")
+    s, t, img, r = _undirected_keys(cell, params)
+    vec = np.dot((cell.frac[t] + img) - cell.frac[s], cell.rounded)  # [B, 3]
+    src = np.stack([s, t], axis=1).reshape(-1)  # [2B]: s0, t0, s1, t1, ...
+    dst = np.stack([t, s], axis=1).reshape(-1)
+    edge_vec = np.stack([vec, -vec], axis=1).reshape(-1, 3).astype(np.float32)  # [2B, 3]
+    return CrystalGraph(np.stack([src, dst]), edge_vec, r)
+
+
+@lru_cache(maxsize=None)
+def atomic_number(symbol: str) -> int:
+    """Atomic number of an element symbol (pymatgen)."""
+    from pymatgen.core.periodic_table import Element
+
+    return int(Element(symbol).Z)
+
+
+def graph_row(record: dict[str, Any], params: GraphParams) -> dict[str, Any]:
+    """One output row for one structures-table record; any error becomes a failed row with its reason."""
+    row: dict[str, Any] = {"material_id": record["material_id"], "natoms": len(record["species"])}
+    try:
+        z = np.array([atomic_number(sym) for sym in record["species"]], dtype=np.int8)
+        graph = knn_graph(record["lattice"], record["frac_coords"], params)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row with its reason
+        log.warning("%s: graph failed: %s", record["material_id"], exc)
+        return {**row, "status": STATUS_FAILED, "error": f"{type(exc).__name__}: {exc}", "nedges": 0,
+                "cutoff": None, "z": np.zeros(0, np.int8), "edge_index": np.zeros((2, 0), np.int64),
+                "edge_vec": np.zeros((0, 3), np.float32)}
+    return {**row, "status": STATUS_OK, "error": None, "nedges": graph.edge_index.shape[1],
+            "cutoff": graph.cutoff, "z": z, "edge_index": graph.edge_index, "edge_vec": graph.edge_vec}
+
+
+def _rows_task(task: tuple[list[dict[str, Any]], GraphParams]) -> list[dict[str, Any]]:
+    records, params = task
+    return [graph_row(rec, params) for rec in records]
+
+
+def _offsets(lengths: Iterable[int]) -> pa.Array:
+    return pa.array(np.concatenate(([0], np.cumsum(list(lengths), dtype=np.int64))).astype(np.int32))
+
+
+def _concat(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Arrow table of graph rows in the ``graphs`` layout (built from flat arrays, no per-edge Python)."""
+    index_parts = [part for row in rows for part in row["edge_index"]]  # src0, dst0, src1, dst1, ...
+    index_lists = pa.ListArray.from_arrays(_offsets(len(p) for p in index_parts),
+                                           pa.array(_concat(index_parts, np.int32)))
+    vec_flat = _concat([row["edge_vec"].reshape(-1) for row in rows], np.float32)  # [3 * sum E]
+    vec_lists = pa.ListArray.from_arrays(_offsets(row["nedges"] for row in rows),
+                                         pa.FixedSizeListArray.from_arrays(pa.array(vec_flat), 3))
+    z_lists = pa.ListArray.from_arrays(_offsets(len(row["z"]) for row in rows),
+                                       pa.array(_concat([row["z"] for row in rows], np.int8)))
+    return pa.table({
+        "material_id": pa.array([row["material_id"] for row in rows], pa.string()),
+        "status": pa.array([row["status"] for row in rows], pa.string()),
+        "error": pa.array([row["error"] for row in rows], pa.string()),
+        "natoms": pa.array([row["natoms"] for row in rows], pa.int32()),
+        "nedges": pa.array([row["nedges"] for row in rows], pa.int32()),
+        "cutoff": pa.array([row["cutoff"] for row in rows], pa.float64()),
+        "z": z_lists,
+        "edge_index": pa.FixedSizeListArray.from_arrays(index_lists, 2),
+        "edge_vec": vec_lists,
+    })
+
+
+def _flat_values(column: pa.ChunkedArray, depth: int) -> np.ndarray:
+    """The innermost values of a nested list column, as one numpy array."""
+    array = column.combine_chunks()
+    for _ in range(depth):
+        array = array.flatten()
+    return array.to_numpy(zero_copy_only=False)
+
+
+def table_to_arrays(table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-material arrays of the ok rows of a graphs table.
+
+    Returns:
+        material_id -> (z int64 [N], edge_index int64 [2, E], edge_vec float32 [E, 3]).
+    """
+    import pyarrow.compute as pc
+
+    ok = table.filter(pc.equal(table.column("status"), STATUS_OK))
+    natoms = ok.column("natoms").to_numpy().astype(np.int64)
+    nedges = ok.column("nedges").to_numpy().astype(np.int64)
+    zs = np.split(_flat_values(ok.column("z"), 1).astype(np.int64), np.cumsum(natoms)[:-1])
+    index_all = _flat_values(ok.column("edge_index"), 2).astype(np.int64)
+    index_rows = np.split(index_all, np.cumsum(np.repeat(nedges, 2))[:-1])  # src0, dst0, src1, dst1, ...
+    vecs = np.split(_flat_values(ok.column("edge_vec"), 2).reshape(-1, 3), np.cumsum(nedges)[:-1])
+    return {
+        mid: (zs[n], np.stack(index_rows[2 * n:2 * n + 2]), vecs[n])
+        for n, mid in enumerate(ok.column("material_id").to_pylist())
+    }
+
+
+def _records(structures: Path) -> list[dict[str, Any]]:
+    table = io.read_parquet(structures, "structures",
+                            columns=["material_id", "lattice", "species", "frac_coords"])
+    return table.to_pylist()
+
+
+def _chunks(records: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(records), size):
+        yield records[start:start + size]
+
+
+def _graph_rows(records: list[dict[str, Any]], params: GraphParams, workers: int) -> Iterator[dict[str, Any]]:
+    """Graph rows in input order, computed in `workers` processes (in this process when 1)."""
+    tasks = ((chunk, params) for chunk in _chunks(records, ROWS_PER_TASK))
+    bar = tqdm(total=len(records), desc="graphs", unit="crystal", disable=not sys.stderr.isatty())
+    if workers <= 1:
+        results: Iterable[list[dict[str, Any]]] = map(_rows_task, tasks)
+        yield from _with_progress(results, bar)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        yield from _with_progress(pool.map(_rows_task, tasks), bar)
+
+
+def _with_progress(results: Iterable[list[dict[str, Any]]], bar: tqdm) -> Iterator[dict[str, Any]]:
+    with bar:
+        for rows in results:
+            bar.update(len(rows))
+            yield from rows
+
+
+def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers: int, out_dir: Path) -> dict:
+    """Build the graph shards of one structures table.
+
+    Args:
+        structures: structures Parquet (`ingest` output).
+        params: graph parameters (stamped in every shard).
+        shard_size: crystals per shard.
+        workers: worker processes (1 = in this process).
+        out_dir: output folder; gets shard-NNNNN.parquet files and manifest.json (stale shards removed).
+
+    Returns:
+        the manifest (also written to out_dir/manifest.json).
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    records = _records(structures)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"source": io.read_meta(structures).get("source"), "structures_sha256": io.sha256_file(structures),
+             "shard_size": shard_size}
+    n_shards = max(1, math.ceil(len(records) / shard_size))
+    shards, rows = [], _graph_rows(records, params, workers)
+    for index in range(n_shards):
+        table = rows_to_table(list(itertools.islice(rows, shard_size)))
+        name = f"shard-{index:05d}.parquet"
+        io.write_parquet(table, out_dir / name, "graphs", params.as_meta(),
+                         {**extra, "shard": index, "n_shards": n_shards})
+        failed = table.num_rows - sum(s == STATUS_OK for s in table.column("status").to_pylist())
+        shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed})
+    for stale in set(p.name for p in out_dir.glob("shard-*.parquet")) - {s["file"] for s in shards}:
+        (out_dir / stale).unlink()
+    return _write_manifest(out_dir, params, shards, extra)
+
+
+def _write_manifest(out_dir: Path, params: GraphParams, shards: list[dict], extra: dict[str, Any]) -> dict:
+    manifest = {
+        "kind": "graphs_manifest",
+        "package_version": __version__,
+        "params": params.as_meta(),
+        **extra,
+        "shards": shards,
+        "counts": {key: sum(s[key] for s in shards) for key in ("rows", "ok", "failed")},
+    }
+    io.write_json(manifest, out_dir / MANIFEST)
+    log.info("graphs: %d crystals, %d ok, %d failed, %d shards in %s", manifest["counts"]["rows"],
+             manifest["counts"]["ok"], manifest["counts"]["failed"], len(shards), out_dir)
+    return manifest
