@@ -115,3 +115,35 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     assert "formation_energy_peratom / crysmmnet: – eV/atom vs the paper's 0.028 (CrysMMNet): no finite MAE" in (
         out_md.read_text())
     assert len(list((tmp_path / "figs").glob("*.png"))) == 2
+
+
+def test_tables_and_report_from_real_training_runs(tmp_path: Path) -> None:
+    """Two seeds of a real 2-epoch ALIGNN run on 30 real JARVIS crystals, through the table and the report."""
+    from train_helpers import build_graph_dir, ingest_first, structure_ids, write_split
+
+    from crys_pipeline import train
+
+    target = "formation_energy_peratom"
+    structures = ingest_first(40, tmp_path)
+    graphs = build_graph_dir(structures, tmp_path / "graphs")
+    ids = structure_ids(structures, target)[:30]
+    split = write_split(tmp_path / "split.json", target, ids[:20], ids[20:25], ids[25:30])
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"results/train/jarvis_dft_3d_2021/{target}/alignn/full/seed{seed}"
+        cfg = train.TrainConfig(target=target, variant="alignn", seed=seed, epochs=2, batch_size=8, hidden_features=16,
+                                alignn_layers=1, gcn_layers=1, device="cpu", threads=1)
+        train.train(structures, split, graphs, None, out, cfg)
+        runs.append(out / "summary.json")
+    spec = {"source": "jarvis_dft_3d_2021", "targets": [target], "variants": ["alignn"], "regime": "full"}
+    res = tmp_path / "results"
+    (row,) = build_table("table1", spec, UNITS, runs, res / "table1.csv", res / "table1.md")
+    maes = [io.read_json(p)["test_mae"] for p in runs]
+    assert row["mae_mean"] == pytest.approx(np.mean(maes)) and row["mae_std"] == pytest.approx(np.std(maes, ddof=1))
+    assert (row["n_train"], row["n_val"], row["n_test"], row["n_seeds"]) == (20, 5, 5, 2)
+    assert row["split_hash"] == io.read_json(split)["hash"] and row["encoder"] == ""
+    build_report([res / "table1.csv"], runs, res / "report.md", res / "report")
+    md = (res / "report.md").read_text()
+    assert md.count("](report/jarvis_dft_3d_2021-full-formation_energy_peratom-") == 2
+    assert "trained on 20 materials per property for 2 epochs" in md
+    assert load_run(runs[0]).test_mae == pytest.approx(maes[0], rel=1e-6)
