@@ -128,7 +128,7 @@ def parity_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
         spread = f" ± {fmt(float(np.std(maes, ddof=1)), 2)}" if len(maes) > 1 else ""
         ax.set_title(f"{variant}\ntest MAE {fmt(float(np.mean(maes)))}{spread} {unit} ({len(runs)} seeds)", fontsize=9)
         ax.set(xlim=lims, ylim=lims, aspect="equal", xlabel=f"DFT [{unit}]", ylabel=f"predicted [{unit}]")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{key[2]}\n{key[0]}, {key[1]}: test-split parity", fontsize=10)
     fig.savefig(path, dpi=110)
     return path
@@ -141,6 +141,8 @@ def _series(metrics: list[dict[str, Any]], key: str) -> np.ndarray:
 
 def curves_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, path: Path) -> Path:
     """Validation/test MAE per epoch (log y), one panel per variant, one line pair per seed; returns `path`."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _grid(len(variants))
     for ax, (variant, runs) in zip(axes, variants.items()):
         for i, run in enumerate(runs):
@@ -151,12 +153,13 @@ def curves_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
             ax.plot(epochs, test, color=color, label=f"test, seed {run.summary['seed']}")
             if run.summary.get("best_epoch") in epochs:
                 best = epochs.index(run.summary["best_epoch"])
-                ax.plot([epochs[best]], [val[best]], "o", color=color, ms=5)
+                ax.plot([epochs[best]], [val[best]], "o", color=color, ms=5, label="val-selected" if i == 0 else None)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title=variant, xlabel="epoch", ylabel=f"MAE [{unit}]")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{key[2]}\n{key[0]}, {key[1]}: learning curves (dot = val-selected epoch)", fontsize=10)
+    fig.suptitle(f"{key[2]}\n{key[0]}, {key[1]}: learning curves", fontsize=10)
     fig.savefig(path, dpi=110)
     return path
 
