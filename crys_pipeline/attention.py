@@ -23,8 +23,8 @@ category of its first character. The rules follow how robocrys writes a descript
   mineral sentence has a fixed template, "<formula> [is <mineral> structured and] crystallizes in
   the <crystal system> <space group> space group.", whose slots give `formula`, `mineral`,
   `crystal_system` and `space_group`; the component-makeup sentence ("The structure is
-  <n>-dimensional and consists of ...") is `dimensionality`; the remaining template words are
-  `global_other`.
+  <n>-dimensional and consists of ...", which also names the components, their formulas and
+  orientations) is `dimensionality`; the remaining template words are `global_other`.
 * In the local section (robocrys' `components` part): a number followed by Å (or A after the
   MatSciBERT normaliser), or a range of two such numbers, is a `bond_length`; a coordination
   geometry name (matminer's CrystalNN "ops" names used by robocrys, "<n>-coordinate"), a
@@ -108,6 +108,7 @@ MINERAL_RE = re.compile(
     r"(?P<crystal_system>[a-z]+) (?P<space_group>\S+) space group"
 )
 MAKEUP_RE = re.compile(r"The structure (?:is \S+-dimensional and )?consists of .*?\.(?=\s|$)")
+DIMENSIONAL_RE = re.compile(r"(?<![A-Za-z])[a-z]+-dimensional")
 BOND_LENGTH_RE = re.compile(r"\d+\.\d+(?:\s*[-\u2013]\s*\d+\.\d+)?\s*(?:\u00c5|A)(?![A-Za-z])")
 GEOMETRY_RE = re.compile(
     r"(?<![A-Za-z])(?:" + _alternation(GEOMETRY_NAMES + GEOMETRY_WORDS) + r"|\d+-coordinate)(?![A-Za-z])"
@@ -265,6 +266,7 @@ def char_categories(text: str, global_len: int) -> np.ndarray:
     _paint(labels, _spans(MAKEUP_RE, glob), "dimensionality", g)
     _paint(labels, [(i, i + 1) for i, c in enumerate(text) if unicodedata.category(c)[0] in "PS"],
            "punctuation", (0, len(text)))
+    _paint(labels, _spans(DIMENSIONAL_RE, glob), "dimensionality", g)
     for slot in ("formula", "mineral", "crystal_system", "space_group"):
         _paint(labels, _spans(MINERAL_RE, glob, slot), slot, g)
     _paint(labels, _spans(NUMBER_RE, loc), "number", lo)
@@ -407,6 +409,7 @@ def load_encoder(settings: EncoderSettings) -> AttentionEncoder:
     from transformers import AutoModel, AutoTokenizer
 
     from crys_pipeline.devices import resolve_device
+    from crys_pipeline.normalize import get_normalizer
 
     if settings.model.startswith("package:"):
         pkg = importlib.import_module(settings.model.removeprefix("package:").replace("-", "_"))
@@ -416,7 +419,7 @@ def load_encoder(settings: EncoderSettings) -> AttentionEncoder:
     device = resolve_device(settings.device)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.revision)
     model = AutoModel.from_pretrained(source, revision=settings.revision, attn_implementation="eager")
-    return AttentionEncoder(tokenizer, model.eval().to(device), lambda t: t, settings, device)
+    return AttentionEncoder(tokenizer, model.eval().to(device), get_normalizer(settings.normalizer), settings, device)
 
 
 @dataclass(frozen=True)

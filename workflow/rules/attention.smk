@@ -1,0 +1,65 @@
+# Stage `attention`: [CLS] attention of the frozen text encoder (paper section 4.4).
+# attention_summary is the measured statement (share of attention per token category and layer over a
+# sample); attention renders one material on request, e.g. results/attention/mp_2018/mp-1217910_L5.png.
+
+
+rule attention_summary:
+    input:
+        sections="results/text/{source}/sections.parquet",
+    output:
+        csv="results/attention/{source}/summary.csv",
+        png="results/attention/{source}/summary.png",
+        shares="results/attention/{source}/shares.parquet",
+    params:
+        variant=config["attention"]["variant"],
+        sample="all" if config["attention"]["sample"] is None else config["attention"]["sample"],
+        seed=config["attention"]["seed"],
+        model=config["embed"]["model"],
+        revision=config["embed"]["revision"] or "",
+        max_length=config["embed"]["max_length"],
+        normalizer=config["embed"]["normalizer"],
+        device=config["embed"]["device"],
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/attention/{source}.summary.log",
+    benchmark:
+        "benchmarks/attention/{source}.summary.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "crys-pipeline attention-summary --sections {input.sections} --variant {params.variant}"
+        " --sample {params.sample} --seed {params.seed} --model '{params.model}' --revision '{params.revision}'"
+        " --max-length {params.max_length} --normalizer {params.normalizer} --device {params.device}"
+        " --threads {threads} --out-csv {output.csv} --out-png {output.png} --out-shares {output.shares}"
+        " 2> {log}"
+
+
+rule attention:
+    input:
+        sections="results/text/{source}/sections.parquet",
+    output:
+        png="results/attention/{source}/{material_id}_L{layer}.png",
+        table="results/attention/{source}/{material_id}_L{layer}.parquet",
+    wildcard_constraints:
+        material_id=r"[A-Za-z0-9.-]+",
+        layer=r"\d+",
+    params:
+        variant=config["attention"]["variant"],
+        model=config["embed"]["model"],
+        revision=config["embed"]["revision"] or "",
+        max_length=config["embed"]["max_length"],
+        normalizer=config["embed"]["normalizer"],
+        device=config["embed"]["device"],
+    threads: 2
+    log:
+        "logs/attention/{source}/{material_id}_L{layer}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "crys-pipeline attention --source {wildcards.source} --id {wildcards.material_id}"
+        " --layer {wildcards.layer} --variant {params.variant} --sections {input.sections}"
+        " --model '{params.model}' --revision '{params.revision}' --max-length {params.max_length}"
+        " --normalizer {params.normalizer} --device {params.device} --threads {threads}"
+        " --out-png {output.png} --out-table {output.table} 2> {log}"
