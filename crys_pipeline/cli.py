@@ -187,6 +187,40 @@ def _run_report(a: argparse.Namespace) -> None:
     report.build_report(a.tables, a.runs, a.out_md, a.fig_dir)
 
 
+# --- embed ----------------------------------------------------------------------------------------
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="frozen text-encoder embeddings of every text variant -> results/embeddings/{source}.h5",
+        description="HDF5 with `material_id`, `status`, `error` [N] and per text variant (full, global, local) a "
+        "float32 [N, D] matrix plus untruncated token counts, truncated and empty flags; attributes record the "
+        "encoder, revision, pooling, max length, normaliser, dtype and versions. Built in OUT.partial in chunks: "
+        "a killed job resumes after its last finished chunk.",
+    )
+    p.add_argument("--sections", type=Path, required=True, help="results/text/{source}/sections.parquet")
+    p.add_argument("--model", required=True, help="package:<name>, a local model directory, or a hub id")
+    p.add_argument("--revision", default="", help="hub revision (commit hash) to pin; '' = none")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
+    p.add_argument("--max-length", type=int, default=512, help="head truncation, [CLS]/[SEP] included")
+    p.add_argument("--normalizer", choices=["matscibert", "none"], default="matscibert")
+    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward batch")
+    p.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable write chunk")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_run_embed)
+
+
+def _run_embed(a: argparse.Namespace) -> None:
+    from crys_pipeline import embed
+
+    settings = embed.EncoderSettings(
+        model=a.model, revision=a.revision or None, pooling=a.pooling, max_length=a.max_length,
+        normalizer=a.normalizer, token_budget=a.token_budget, device=a.device,
+    )
+    embed.embed_sections(a.sections, a.out, settings, chunk_rows=a.chunk_rows, threads=a.threads)
+
+
 # --- graphs ---------------------------------------------------------------------------------------
 def _add_graphs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -365,6 +399,7 @@ STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
     _add_splits,
+    _add_embed,
     _add_graphs,
     _add_train,
     _add_inspect,

