@@ -55,7 +55,7 @@ ZERO_DIST = 1e-8  # Angstrom: the atom itself
 LATTICE_DECIMALS = 5  # jarvis Lattice rounds its matrix to this many decimals
 LENGTH_DECIMALS = 6  # jarvis Lattice.abc rounds lengths to this many decimals
 CHUNK_ELEMENTS = 1 << 21  # pair distances evaluated per numpy block (bounds peak memory)
-MAX_PAIRS = 1 << 31  # image x atom x atom evaluations one structure may need before it is failed
+MAX_IMAGE_SITES = 1 << 24  # periodic images x atoms one structure may need before it is failed
 ROWS_PER_TASK = 32  # structures per worker task
 MANIFEST = "manifest.json"
 
@@ -110,6 +110,8 @@ class _Cell:
     cart: np.ndarray  # [N, 3] frac . rounded
     recip_lengths: np.ndarray  # [3] |b_c| with 2 pi, jarvis-rounded
     max_length: float  # max(a, b, c), jarvis-rounded
+    centre: np.ndarray  # [3] centroid of cart
+    spread: float  # max distance of an atom from the centroid
 
 
 def _row_lengths(matrix: np.ndarray) -> list[float]:
@@ -122,73 +124,54 @@ def make_cell(lattice: Any, frac_coords: Any) -> _Cell:
     frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
     rounded = np.around(matrix, decimals=LATTICE_DECIMALS)
     recip = np.around(2 * np.pi * np.linalg.inv(rounded).T, decimals=LATTICE_DECIMALS)
-    return _Cell(matrix, rounded, frac, np.dot(frac, rounded), np.array(_row_lengths(recip)),
-                 max(_row_lengths(rounded)))
+    cart = np.dot(frac, rounded)
+    centre = cart.mean(axis=0)
+    return _Cell(matrix, rounded, frac, cart, np.array(_row_lengths(recip)), max(_row_lengths(rounded)),
+                 centre, float(np.sqrt(((cart - centre) ** 2).sum(axis=1)).max()))
 
 
-def _image_grid(cell: _Cell, r: float) -> np.ndarray:
-    """float64 [M, 3] periodic images in jarvis' enumeration order (x slowest)."""
+def _image_offsets(cell: _Cell, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """(images float64 [M, 3], offsets image . L [M, 3]) in jarvis' ranges for cutoff r."""
     reach = np.ceil((r + BOND_TOL) * cell.recip_lengths / (2 * math.pi))
     lo = np.floor(np.min(cell.frac, axis=0)) - reach
     hi = np.ceil(np.max(cell.frac, axis=0)) + reach
-    axes = [np.arange(a, b) for a, b in zip(lo, hi)]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    return grid.reshape(-1, 3)  # [M, 3]
+    shape = (hi - lo).astype(np.int64)
+    if int(np.prod(shape)) * len(cell.frac) > MAX_IMAGE_SITES:
+        raise GraphError(f"neighbour search at r={r:g} A needs {int(np.prod(shape))} images "
+                         f"for {len(cell.frac)} atoms")
+    images = np.indices(shape).reshape(3, -1).T + lo  # [M, 3]
+    return images, np.dot(images, cell.matrix)
 
 
-def _prune_images(cell: _Cell, images: np.ndarray, offsets: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
-    """Drop images whose every pair is certainly farther than r (|n.L| - max |x_j - x_i| > r + margin)."""
-    span = cell.cart[:, None, :] - cell.cart[None, :, :]  # [N, N, 3]
-    reach = float(np.sqrt((span**2).sum(-1)).max()) + r + 1e-6 * (1.0 + r)
-    keep = (offsets**2).sum(-1) <= reach * reach
-    return images[keep], offsets[keep]
+def candidates_within(cell: _Cell, images: np.ndarray, offsets: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """Neighbour candidates (jarvis ``get_all_neighbors``) with 1e-8 < d <= radius and d > 0.15 A.
 
-
-def pair_distances(cell: _Cell, offsets: np.ndarray) -> np.ndarray:
-    """float64 [N(i), m, N(j)]: |(o_m + x_j) - x_i| with jarvis' operation order, per Cartesian axis.
-
-    jarvis computes ``sum(((o + x_j) - x_i) ** 2, axis=-1) ** 0.5``; a three-term numpy sum adds left
-    to right, so ``(s_x + s_y) + s_z`` followed by sqrt gives the same bits.
-    """
-    total = None
-    for axis in range(3):
-        shifted = offsets[:, axis, None] + cell.cart[None, :, axis]  # [m, N(j)]
-        diff = shifted[None, :, :] - cell.cart[:, axis, None, None]  # [N(i), m, N(j)]
-        diff *= diff
-        total = diff if total is None else np.add(total, diff, out=total)
-    return np.sqrt(total, out=total)
-
-
-def shell_candidates(cell: _Cell, r: float, k: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Neighbour candidates at cutoff r (jarvis ``get_all_neighbors``) reduced to a superset of the shells.
-
-    Candidates are (i, j, d, image) with 1e-8 < d <= r and d > 0.15 A. Per block of images only those
-    within their site's k-th smallest distance *in that block* are returned; this superset holds every
-    candidate within the site's overall k-th distance, so shell selection on it is exact.
+    Only (image, j) whose shifted atom lies within radius + spread of the centroid can reach any atom;
+    for those, d_ij = |(o + x_j) - x_i| is evaluated with jarvis' operation order: a three-term numpy
+    sum adds left to right, so ``sqrt((dx^2 + dy^2) + dz^2)`` gives jarvis' bits.
 
     Returns:
-        (count int64 [N]: all candidates per site at this r,
-         (i int64 [C], j int64 [C], d float64 [C], image float64 [C, 3]))
+        (i int64 [C], j int64 [C], d float64 [C], image float64 [C, 3]).
     """
-    n = len(cell.frac)
-    images = _image_grid(cell, r)
-    if len(images) * n * n > MAX_PAIRS:
-        raise GraphError(f"neighbour search at r={r:g} A needs {len(images)} images for {n} atoms")
-    images, offsets = _prune_images(cell, images, np.dot(images, cell.matrix), r)
-    step = max(1, CHUNK_ELEMENTS // (n * n))
-    counts, parts = np.zeros(n, np.int64), []
-    for start in range(0, len(images), step):
-        dist = pair_distances(cell, offsets[start:start + step]).reshape(n, -1)  # [N(i), m * N(j)]
-        valid = (dist <= r) & (dist > BOND_TOL)  # BOND_TOL > ZERO_DIST: the atom itself is excluded too
-        counts += valid.sum(axis=1)
-        dist[~valid] = np.inf
-        bound = np.full(n, r)
-        if dist.shape[1] > k:
-            bound = np.minimum(np.partition(dist, k - 1, axis=1)[:, k - 1], r)
-        i, col = np.nonzero(dist <= bound[:, None])
-        m, j = np.divmod(col, n)
-        parts.append((i, j, dist[i, col], images[start + m]))
-    return counts, tuple(np.concatenate(x) for x in zip(*parts)) if parts else ()
+    shifted = offsets[:, None, :] + cell.cart[None, :, :]  # [M, N(j), 3]: jarvis image coordinates
+    reach = radius + cell.spread + 1e-6 * (1.0 + radius)
+    m, j = np.nonzero(((shifted - cell.centre) ** 2).sum(axis=-1) <= reach * reach)
+    points = shifted[m, j]  # [P, 3]
+    step = max(1, CHUNK_ELEMENTS // len(cell.frac))
+    parts = []
+    for start in range(0, len(points), step):
+        block = points[start:start + step]
+        total = None
+        for axis in range(3):
+            diff = block[:, axis, None] - cell.cart[None, :, axis]  # [p, N(i)]
+            diff *= diff
+            total = diff if total is None else np.add(total, diff, out=total)
+        dist = np.sqrt(total, out=total)
+        p, i = np.nonzero((dist <= radius) & (dist > BOND_TOL))  # BOND_TOL > ZERO_DIST excludes the atom itself
+        parts.append((i, j[start + p], dist[p, i], images[m[start + p]]))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3))
+    return tuple(np.concatenate(x) for x in zip(*parts))
 
 
 def _shell_mask(site: np.ndarray, dist: np.ndarray, n_sites: int, k: int) -> np.ndarray:
@@ -199,13 +182,27 @@ def _shell_mask(site: np.ndarray, dist: np.ndarray, n_sites: int, k: int) -> np.
     return dist <= kth[site]
 
 
+def _trial_radius(cell: _Cell, k: int) -> float:
+    """A radius that usually holds k neighbours of every atom: 1.6x the radius of k atomic volumes."""
+    volume = abs(float(np.linalg.det(cell.rounded)))
+    return 1.6 * (3.0 * k * volume / (4.0 * math.pi * len(cell.frac))) ** (1.0 / 3.0)
+
+
 def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, tuple[np.ndarray, ...]]:
-    """Shell candidates at the first cutoff where every atom has k candidates (SPEC.md 2.2, iterative)."""
-    r = float(params.cutoff)
+    """Candidates at the first cutoff where every atom has k of them (SPEC.md 2.2, iterative).
+
+    At each cutoff r a smaller trial radius is tried first: if every atom has k candidates within it,
+    every k-th distance is below it and the candidates beyond it can never be selected, so the shells
+    are the same as from the full set within r (which is computed only when the trial fails).
+    """
+    r, k, n = float(params.cutoff), params.max_neighbors, len(cell.frac)
+    trial = _trial_radius(cell, k)
     while True:
-        counts, cand = shell_candidates(cell, r, params.max_neighbors)
-        if counts.min() >= params.max_neighbors:
-            return r, cand
+        images, offsets = _image_offsets(cell, r)
+        for radius in ((trial, r) if trial < r else (r,)):
+            cand = candidates_within(cell, images, offsets, radius)
+            if np.bincount(cand[0], minlength=n).min() >= k:
+                return r, cand
         r = cell.max_length if r < cell.max_length else 2 * r
         log.debug("cutoff grown to %g A", r)
 
