@@ -28,7 +28,7 @@ from conftest import REPO, SHARED_DATA
 
 from crys_pipeline import io
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+on_slurm = pytest.mark.slurm
 
 SLURM_TOOLS = Path(os.environ.get("CRYS_SLURM_TOOLS", REPO.parent / "shared" / "tools" / "slurm"))
 SOURCE, TARGET, VARIANT = "jarvis_dft_3d_2021", "formation_energy_peratom", "crysmmnet"
@@ -89,6 +89,38 @@ def slurm_cluster() -> Iterator[Path]:
         assert not Path("/etc/slurm/slurm.conf").exists()
 
 
+# Leaves of config/tiny.yaml allowed to differ from config.yaml ("*" = any source or table name).
+TINY_CHANGES = {
+    "sources.*.subset.train", "sources.*.subset.val", "sources.*.subset.test", "describe.shards",
+    "describe.timeout_s", "graphs.shard_size", "train.epochs", "train.batch_size", "train.hidden_features",
+    "train.alignn_layers", "train.gcn_layers", "tables.*.targets",
+}
+
+
+def leaves(node: object, path: str = "") -> dict[str, object]:
+    """Flatten nested mappings to {"a.b.c": value}; lists are leaves."""
+    if not isinstance(node, dict):
+        return {path: node}
+    return {k: v for key, sub in node.items() for k, v in leaves(sub, f"{path}.{key}" if path else key).items()}
+
+
+def test_tiny_config_is_the_default_shrunk() -> None:
+    import jsonschema
+
+    default, tiny = (yaml.safe_load((REPO / name).read_text()) for name in ("config.yaml", "config/tiny.yaml"))
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(tiny)
+    flat_default, flat_tiny = leaves(default), leaves(tiny)
+    assert flat_tiny.keys() == flat_default.keys()
+    changed = {re.sub(r"^(sources|tables)\.[^.]+", r"\1.*", k) for k in flat_tiny if flat_tiny[k] != flat_default[k]}
+    assert changed <= TINY_CHANGES, changed - TINY_CHANGES
+    for source in tiny["sources"].values():
+        assert source["subset"] == {"train": 16, "val": 4, "test": 4}
+    assert tiny["describe"]["shards"] == 2 and tiny["train"]["epochs"] == 2
+    assert (tiny["train"]["hidden_features"], tiny["train"]["alignn_layers"], tiny["train"]["gcn_layers"]) == (16, 1, 1)
+    assert all(isinstance(t["targets"], list) and 1 <= len(t["targets"]) <= 2 for t in tiny["tables"].values())
+
+
 def tiny_workdir(tmp: Path) -> Path:
     """A working directory holding config/tiny.yaml with the snapshot folder made absolute."""
     cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
@@ -141,6 +173,8 @@ def train_run(slurm_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return work, run
 
 
+@on_slurm
+@pytest.mark.slow
 def test_every_job_ran_as_a_completed_slurm_job(train_run: tuple[Path, Run]) -> None:
     work, run = train_run
     jobs = [slurm_job(jid) for jid in run.job_ids]
@@ -157,6 +191,8 @@ def test_every_job_ran_as_a_completed_slurm_job(train_run: tuple[Path, Run]) -> 
     assert limits["download"] == 120 and limits["embed"] == 240 and limits["train"] == 2880  # profiles/default
 
 
+@on_slurm
+@pytest.mark.slow
 def test_training_outputs_are_complete(train_run: tuple[Path, Run]) -> None:
     work, _ = train_run
     summary = io.read_json(work / RUN_DIR / "summary.json")
@@ -168,6 +204,8 @@ def test_training_outputs_are_complete(train_run: tuple[Path, Run]) -> None:
     assert predictions.num_rows == summary["n_train"] + summary["n_val"] + summary["n_test"]
 
 
+@on_slurm
+@pytest.mark.slow
 def test_second_run_submits_nothing(train_run: tuple[Path, Run]) -> None:
     work, _ = train_run
     again = run_on_slurm(work, f"{RUN_DIR}/summary.json")
@@ -175,6 +213,8 @@ def test_second_run_submits_nothing(train_run: tuple[Path, Run]) -> None:
     assert again.job_ids == [] and "Nothing to be done" in again.output
 
 
+@on_slurm
+@pytest.mark.slow
 def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_cluster: Path, tmp_path: Path) -> None:
     work = tiny_workdir(tmp_path / "work")
     target = f"results/flaky/{SOURCE}/{TARGET}.json"
