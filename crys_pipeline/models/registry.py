@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from crys_pipeline.models.alignn import ALIGNNEncoder
+from crys_pipeline.models.cgcnn import CGCNNEncoder
 from crys_pipeline.models.crysmmnet import PropertyModel
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
 
@@ -64,8 +66,6 @@ def _alignn_encoder(
     gcn_layers: int,
     readout: str,
 ) -> nn.Module:
-    from crys_pipeline.models.alignn import ALIGNNEncoder
-
     return ALIGNNEncoder(atom_table, hidden_features, alignn_layers, gcn_layers, readout=readout)
 
 
@@ -78,8 +78,6 @@ def _cgcnn_encoder(
     readout: str,
 ) -> nn.Module:
     """CGCNN with its original defaults; the ALIGNN width/depth arguments do not apply."""
-    from crys_pipeline.models.cgcnn import CGCNNEncoder
-
     return CGCNNEncoder(atom_table, readout=readout)
 
 
