@@ -339,7 +339,8 @@ def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant:
 
 
 def embed_sections(
-    sections: Path, out: Path, settings: EncoderSettings, chunk_rows: int = 256, threads: int = 0
+    sections: Path, out: Path, settings: EncoderSettings, chunk_rows: int = 256, threads: int = 0,
+    encoder: TextEncoder | None = None,
 ) -> dict[str, Any]:
     """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
 
@@ -349,6 +350,7 @@ def embed_sections(
         settings: the encoder and how to apply it.
         chunk_rows: rows encoded and written per resumable chunk.
         threads: torch intra-op threads (0 = torch default).
+        encoder: an already loaded encoder with exactly these `settings` (loaded here when None).
 
     Returns:
         per-variant statistics (counts, truncated share, token-length percentiles), also stored in `out`.
@@ -359,7 +361,10 @@ def embed_sections(
 
     set_threads(threads)
     rows, texts = _section_rows(sections)
-    encoder = TextEncoder(settings)
+    if encoder is None:
+        encoder = TextEncoder(settings)
+    elif encoder.settings != settings:
+        raise ValueError(f"encoder loaded with {encoder.settings}, not {settings}")
     tokens = {v: encoder.tokenize(texts[v]) for v in TEXT_VARIANTS}
     stats = {v: _variant_stats(tokens[v]) for v in TEXT_VARIANTS}
     partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(),
