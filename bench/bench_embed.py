@@ -114,11 +114,11 @@ def main() -> None:
     norms = np.linalg.norm(cached, axis=1) * np.linalg.norm(reference, axis=1)
     min_cos = float(((cached * reference).sum(1) / norms).min())
     ref_t, our_t = min(ref_times), min(our_times)
-    print(f"device {encoder.device}, model {args.model}, {len(flat)} texts, threads {args.threads}")  # noqa: T201
-    print(f"reference per-sample loop: {ref_t:.2f} s ({len(flat) / ref_t:.1f} texts/s)")  # noqa: T201
-    print(f"embed stage (HDF5 written): {our_t:.2f} s ({len(flat) / our_t:.1f} texts/s)")  # noqa: T201
+    print(f"device {encoder.device}, model {args.model}, {len(flat)} texts, threads {args.threads}")
+    print(f"reference per-sample loop: {ref_t:.2f} s ({len(flat) / ref_t:.1f} texts/s)")
+    print(f"embed stage (HDF5 written): {our_t:.2f} s ({len(flat) / our_t:.1f} texts/s)")
     status = "ok" if min_cos > 0.9999 else "MISMATCH"
-    print(f"embed speedup: {ref_t / our_t:.2f}x (min cosine {min_cos:.6f} over {len(flat)} texts, {status})")  # noqa: T201
+    print(f"embed speedup: {ref_t / our_t:.2f}x (min cosine {min_cos:.6f} over {len(flat)} texts, {status})")
 
 
 if __name__ == "__main__":
