@@ -3,7 +3,7 @@
 SPEC.md 7.1: with cached [CLS] embeddings CrysMMNet should cost about what ALIGNN costs (the reference
 CrysMMNet re-ran MatSciBERT on every batch). This measures one AdamW step (forward + backward + update)
 on the same batch of real k-NN graphs (crys_pipeline.graphs) for each variant, and the per-batch line
-graph construction, all in one run, and prints ms/step and the ratio to the ALIGNN variant.
+graph construction, all in one run (variants interleaved), and prints ms/step and the ratio to the ALIGNN variant.
 
 Usage: .venv/bin/python bench/models_step.py [--batch 64] [--repeats 5] [--threads 2] [--hidden 256]
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,22 +51,32 @@ def real_batch(n: int) -> Batch:
     return Batch.from_data_list(items)
 
 
-def step_ms(variant: str, batch: Batch, repeats: int, hidden: int) -> float:
-    """Median wall time of one AdamW training step, in ms."""
+def make_step(variant: str, batch: Batch, hidden: int) -> Callable[[], None]:
+    """One AdamW training step (zero_grad, MSE forward, backward, update) of a fresh model."""
     torch.manual_seed(0)
-    table = torch.from_numpy(cgcnn_feature_table())
-    model = build_model(variant, atom_table=table, hidden_features=hidden).train()
-    optimizer = torch.optim.AdamW(param_groups(model), lr=1e-3)
+    model = build_model(variant, atom_table=torch.from_numpy(cgcnn_feature_table()), hidden_features=hidden)
+    optimizer = torch.optim.AdamW(param_groups(model.train()), lr=1e-3)
     target = torch.zeros(batch.num_graphs)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(model(batch), target).backward()
         optimizer.step()
-        if i:
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+
+    return step
+
+
+def median_ms(batch: Batch, repeats: int, hidden: int) -> dict[str, float]:
+    """Median step time per variant; variants are interleaved in every round so machine load hits all alike."""
+    steps = {v: make_step(v, batch, hidden) for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for round_ in range(repeats + 1):
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_:
+                times[variant].append(1e3 * (time.perf_counter() - start))
+    return {v: statistics.median(t) for v, t in times.items()}
 
 
 def main() -> None:
@@ -85,7 +96,7 @@ def main() -> None:
         f"batch: {batch.num_graphs} crystals, {batch.num_nodes} atoms, {batch.edge_index.shape[1]} edges, "
         f"{lg_index.shape[1]} triplets; line graph {lg_ms:.1f} ms; torch threads {args.threads}"
     )
-    results = {v: step_ms(v, batch, args.repeats, args.hidden) for v in VARIANTS}
+    results = median_ms(batch, args.repeats, args.hidden)
     for variant, ms in results.items():
         print(f"{variant:16s} {ms:9.1f} ms/step   ratio to {REFERENCE}: {ms / results[REFERENCE]:.3f}")
 
