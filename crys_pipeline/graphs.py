@@ -32,12 +32,13 @@ import itertools
 import logging
 import math
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -183,9 +184,9 @@ def _shell_mask(site: np.ndarray, dist: np.ndarray, n_sites: int, k: int) -> np.
 
 
 def _trial_radius(cell: _Cell, k: int) -> float:
-    """A radius that usually holds k neighbours of every atom: 1.6x the radius of k atomic volumes."""
+    """A radius that usually holds k neighbours of every atom: 1.4x the radius of k atomic volumes."""
     volume = abs(float(np.linalg.det(cell.rounded)))
-    return 1.6 * (3.0 * k * volume / (4.0 * math.pi * len(cell.frac))) ** (1.0 / 3.0)
+    return 1.4 * (3.0 * k * volume / (4.0 * math.pi * len(cell.frac))) ** (1.0 / 3.0)
 
 
 def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, tuple[np.ndarray, ...]]:
@@ -259,7 +260,7 @@ def knn_graph(lattice: Any, frac_coords: Any, params: GraphParams = GraphParams(
     return CrystalGraph(np.stack([src, dst]), edge_vec, r)
 
 
-@lru_cache(maxsize=None)
+@cache
 def atomic_number(symbol: str) -> int:
     """Atomic number of an element symbol (pymatgen)."""
     from pymatgen.core.periodic_table import Element
@@ -406,7 +407,7 @@ def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers
                          {**extra, "shard": index, "n_shards": n_shards})
         failed = table.num_rows - sum(s == STATUS_OK for s in table.column("status").to_pylist())
         shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed})
-    for stale in set(p.name for p in out_dir.glob("shard-*.parquet")) - {s["file"] for s in shards}:
+    for stale in {p.name for p in out_dir.glob("shard-*.parquet")} - {s["file"] for s in shards}:
         (out_dir / stale).unlink()
     return _write_manifest(out_dir, params, shards, extra)
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATA
+
 from crys_pipeline.graphs import knn_graph
 from crys_pipeline.models.line_graph import line_graph
 
