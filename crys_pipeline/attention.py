@@ -357,6 +357,26 @@ def _text_colour(rgba: tuple[float, ...]) -> str:
     return "black" if luminance > 0.55 else "white"
 
 
+#: Word plot geometry: DejaVu Sans Mono at 9 pt is 0.602 em wide; lines are 1.7 em apart (inches).
+FONT = {"family": "DejaVu Sans Mono", "size": 9, "va": "center"}
+CHAR_IN, LINE_IN = 9 * 0.602 / 72, 9 * 1.7 / 72
+
+
+def _draw_boxes(
+    ax: Any, boxes: list[tuple[str, int, int, tuple]], underlines: list[tuple[int, int, int]]
+) -> None:
+    """Draw (text, line, column, rgba) boxes in character units and (line, column, length) underlines."""
+    from matplotlib.collections import LineCollection, PatchCollection
+    from matplotlib.patches import Rectangle
+
+    rects = [Rectangle((col, line - 0.42), len(text), 0.84) for text, line, col, _ in boxes]
+    ax.add_collection(PatchCollection(rects, facecolors=[rgba for *_, rgba in boxes], edgecolors="none"))
+    for text, line, col, rgba in boxes:
+        ax.text(col, line, text, color=_text_colour(rgba), **FONT)
+    segments = [[(col, line + 0.47), (col + n, line + 0.47)] for line, col, n in underlines]
+    ax.add_collection(LineCollection(segments, colors="tab:blue", linewidths=1.2))
+
+
 def plot_words(
     words: list[Word],
     weights: np.ndarray,
@@ -374,69 +394,48 @@ def plot_words(
         weights: float [len(words)] weight of each word (colour scale 0..max, square-root stretched).
         is_global: per word, whether it lies in the global section (underlined in blue).
         text: the normalised text (for spacing).
-        specials: weights of the special tokens, drawn as grey boxes with their value (off the scale).
+        specials: weights of the special tokens, drawn first and last as grey boxes with their value.
         title: figure title (names the material, layer and encoder).
         path: PNG to write.
         wrap: characters per line.
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
-    from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     labels = [f"[{k}] {v:.2f}" for k, v in specials.items()]
     positions, end_col = layout_words(text, words, wrap, first_col=len(labels[0]) + 1 if labels else 0)
     n_lines = positions[-1][0] + 1 if positions else 1
     cmap, norm = colormaps["Reds"], PowerNorm(0.5, vmin=0.0, vmax=max(float(weights.max(initial=0.0)), 1e-6))
-    char_in, line_in, font = (
-        9 * 0.602 / 72,
-        9 * 1.7 / 72,
-        {"family": "DejaVu Sans Mono", "size": 9, "va": "center"},
-    )
+    boxes = [(w.text, line, col, cmap(norm(x))) for w, (line, col), x in zip(words, positions, weights)]
+    grey = (0.8, 0.8, 0.8, 1.0)
+    boxes += [
+        (lab, line, col, grey) for lab, (line, col) in zip(labels, [(0, 0), (n_lines - 1, end_col + 1)])
+    ]
+    underlines = [(line, col, len(w.text)) for w, (line, col), g in zip(words, positions, is_global) if g]
     top_in, bottom_in = 0.55, 0.95
-    width_in, height_in = wrap * char_in + 0.6, n_lines * line_in + top_in + bottom_in
+    width_in, height_in = wrap * CHAR_IN + 0.6, n_lines * LINE_IN + top_in + bottom_in
     fig = Figure(figsize=(width_in, height_in))
     ax = fig.add_axes(
-        (0.3 / width_in, bottom_in / height_in, wrap * char_in / width_in, n_lines * line_in / height_in)
+        (0.3 / width_in, bottom_in / height_in, wrap * CHAR_IN / width_in, n_lines * LINE_IN / height_in)
     )
     ax.set_xlim(0, wrap)
     ax.set_ylim(n_lines - 0.5, -0.5)
     ax.axis("off")
-    boxes, colours, underlines = [], [], []
-    for word, (line, col), w, glob in zip(words, positions, weights, is_global):
-        rgba = cmap(norm(w))
-        boxes.append(Rectangle((col, line - 0.42), len(word.text), 0.84))
-        colours.append(rgba)
-        ax.text(col, line, word.text, color=_text_colour(rgba), **font)
-        if glob:
-            underlines.append([(col, line + 0.47), (col + len(word.text), line + 0.47)])
-    for label, (line, col) in zip(labels, [(0, 0), (n_lines - 1, end_col + 1)]):
-        boxes.append(Rectangle((col, line - 0.42), len(label), 0.84))
-        colours.append((0.8, 0.8, 0.8, 1.0))
-        ax.text(col, line, label, color="black", **font)
-    ax.add_collection(PatchCollection(boxes, facecolors=colours, edgecolors="none"))
-    ax.add_collection(LineCollection(underlines, colors="tab:blue", linewidths=1.2))
+    _draw_boxes(ax, boxes, underlines)
     cax = fig.add_axes(
-        (0.3 / width_in, 0.5 / height_in, min(6.0, wrap * char_in) / width_in, 0.12 / height_in)
+        (0.3 / width_in, 0.5 / height_in, min(6.0, wrap * CHAR_IN) / width_in, 0.12 / height_in)
     )
+    ticks = norm.vmax * np.array([0.0, 0.05, 0.25, 0.5, 1.0])
     bar = fig.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap),
-        cax=cax,
-        orientation="horizontal",
-        ticks=norm.vmax * np.array([0.0, 0.05, 0.25, 0.5, 1.0]),
-        format="%.2g",
+        ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal", ticks=ticks, format="%.2g"
     )
     bar.set_label("[CLS] attention per word (sum over its pieces, mean over heads)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
+    legend = "blue underline: global section; grey: special tokens (value shown, off the colour scale)"
     fig.suptitle(
-        title + "\nblue underline: global section; grey: special tokens (value shown, off the colour scale)",
-        fontsize=9,
-        x=0.3 / width_in,
-        ha="left",
-        y=1 - 0.08 / height_in,
-        va="top",
+        f"{title}\n{legend}", fontsize=9, x=0.3 / width_in, ha="left", y=1 - 0.08 / height_in, va="top"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -552,6 +551,33 @@ def plot_material(
         wrap: characters per plotted line.
     """
     from crys_pipeline import io
+
+    row = _material_row(sections, material_id)
+    encoder = load_encoder(settings)
+    _check_layer(encoder, layer)
+    item = section_text(row, variant, encoder.normalize)
+    enc = encoder.encode(item.text)
+    title = (
+        f"{material_id} ({variant} text): [CLS] attention in layer {layer} of {encoder.num_layers}, "
+        f"mean over {enc.weights.shape[1]} heads; encoder {encoder_label(settings)}; {len(enc.tokens)} tokens"
+        + (f", truncated to {settings.max_length}" if enc.truncated else "")
+    )
+    _plot_layer(enc, layer, item.global_len, title, out_png, wrap)
+    params = {**_params(settings, variant), "layer": layer, "material_id": material_id}
+    extra = {
+        "text": enc.text,
+        "global_len": item.global_len,
+        "truncated": enc.truncated,
+        "num_layers": encoder.num_layers,
+        "num_heads": int(enc.weights.shape[1]),
+    }
+    table = attention_table(material_id, enc, layer, token_categories(enc, item.global_len))
+    io.write_parquet(table, out_parquet, "attention", params, extra)
+    log.info("%s: layer %d, %d tokens -> %s, %s", material_id, layer, len(enc.tokens), out_png, out_parquet)
+
+
+def _material_row(sections: Path, material_id: str) -> dict[str, Any]:
+    """The sections row of one material; a missing id or a failed description is an error."""
     from crys_pipeline.schemas import STATUS_OK
 
     row = next((r for r in read_sections(sections) if r["material_id"] == material_id), None)
@@ -559,45 +585,19 @@ def plot_material(
         raise ValueError(f"{material_id!r} is not in {sections}")
     if row["status"] != STATUS_OK:
         raise ValueError(f"{material_id!r} has no text: status {row['status']}: {row['error']}")
-    encoder = load_encoder(settings)
-    _check_layer(encoder, layer)
-    item = section_text(row, variant, encoder.normalize)
-    enc = encoder.encode(item.text)
-    categories = token_categories(enc, item.global_len)
+    return row
+
+
+def _plot_layer(
+    enc: EncodedAttention, layer: int, global_len: int, title: str, path: Path, wrap: int
+) -> None:
+    """`plot_words` of one layer: word weight = sum over its pieces of the head-averaged [CLS] attention."""
     words = merge_words(enc)
     mean_heads = enc.weights[layer - 1].mean(axis=0)  # [H, T] -> [T]
     word_weights = np.array([mean_heads[list(w.tokens)].sum() for w in words])
     specials = {"CLS": float(mean_heads[0]), "SEP": float(mean_heads[-1])}
-    title = (
-        f"{material_id} ({variant} text): [CLS] attention in layer {layer} of {encoder.num_layers}, "
-        f"mean over {enc.weights.shape[1]} heads; encoder {encoder_label(settings)}; {len(enc.tokens)} tokens"
-        + (f", truncated to {settings.max_length}" if enc.truncated else "")
-    )
-    plot_words(
-        words,
-        word_weights,
-        [w.start < item.global_len for w in words],
-        enc.text,
-        specials,
-        title,
-        out_png,
-        wrap,
-    )
-    params = {**_params(settings, variant), "layer": layer, "material_id": material_id}
-    io.write_parquet(
-        attention_table(material_id, enc, layer, categories),
-        out_parquet,
-        "attention",
-        params,
-        {
-            "text": enc.text,
-            "global_len": item.global_len,
-            "truncated": enc.truncated,
-            "num_layers": encoder.num_layers,
-            "num_heads": int(enc.weights.shape[1]),
-        },
-    )
-    log.info("%s: layer %d, %d tokens -> %s, %s", material_id, layer, len(enc.tokens), out_png, out_parquet)
+    is_global = [w.start < global_len for w in words]
+    plot_words(words, word_weights, is_global, enc.text, specials, title, path, wrap)
 
 
 def material_shares(material_id: str, enc: EncodedAttention, categories: list[str]) -> list[dict[str, Any]]:
@@ -698,56 +698,47 @@ def aggregate_shares(rows: list[dict[str, Any]]) -> Any:
     )
 
 
+def _summary_grid(summary: Any) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+    """(category names, layers, [categories, layers + 1] content shares with the token share last,
+    [layers] special-token share) of an `aggregate_shares` table."""
+    import polars as pl
+
+    cats = summary.filter(pl.col("level") == "category")
+    layers = sorted(cats["layer"].unique().to_list())
+    names = [c for c in CATEGORIES if c != "special"]
+
+    def column(layer: int, value: str) -> list[float]:
+        per_layer = dict(cats.filter(pl.col("layer") == layer).select("name", value).iter_rows())
+        return [per_layer[c] for c in names]
+
+    table = np.column_stack(
+        [column(layer, "content_share_mean") for layer in layers] + [column(layers[0], "token_fraction_mean")]
+    )
+    special = cats.filter(pl.col("name") == "special").sort("layer")["share_mean"].to_numpy()
+    return names, layers, table, special
+
+
 def plot_summary(summary: Any, title: str, path: Path) -> None:
     """Heatmap of the content share of [CLS] attention per category (rows) and layer (columns).
 
     A last column gives each category's share of tokens (uniform-attention baseline); a strip on
     top gives the share absorbed by the special tokens per layer.
     """
-    import polars as pl
     from matplotlib.figure import Figure
 
-    cats = summary.filter(pl.col("level") == "category")
-    layers = sorted(cats["layer"].unique().to_list())
-    names = [c for c in CATEGORIES if c != "special"]
-    grid = np.array(
-        [
-            [
-                cats.filter((pl.col("layer") == l) & (pl.col("name") == c))["content_share_mean"].item()
-                for l in layers
-            ]
-            for c in names
-        ]
-    )
-    base = np.array(
-        [
-            cats.filter((pl.col("layer") == layers[0]) & (pl.col("name") == c))["token_fraction_mean"].item()
-            for c in names
-        ]
-    )
-    special = [
-        cats.filter((pl.col("layer") == l) & (pl.col("name") == "special"))["share_mean"].item()
-        for l in layers
-    ]
+    names, layers, table, special = _summary_grid(summary)
     fig = Figure(figsize=(1.6 + 0.75 * (len(layers) + 1), 6.2))
     top, ax = fig.subplots(2, 1, height_ratios=[1, 7], gridspec_kw={"hspace": 0.08})
-    table = np.column_stack([grid, base])  # [categories, layers + 1]
-    ax.imshow(table, cmap="Reds", aspect="auto", vmin=0, vmax=float(np.nanmax(table)))
+    vmax = float(np.nanmax(table))
+    ax.imshow(table, cmap="Reds", aspect="auto", vmin=0, vmax=vmax)
     for (i, j), v in np.ndenumerate(table):
-        ax.text(
-            j,
-            i,
-            f"{100 * v:.1f}",
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if v > 0.6 * np.nanmax(table) else "black",
-        )
-    ax.set_xticks(range(len(layers) + 1), [f"L{l}" for l in layers] + ["tokens"], fontsize=8)
+        colour = "white" if v > 0.6 * vmax else "black"
+        ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(layers) + 1), [f"L{layer}" for layer in layers] + ["tokens"], fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.axvline(len(layers) - 0.5, color="black", lw=1)
-    ax.axhline(len(GLOBAL_CATEGORIES) - 0.5, color="black", lw=0.6, ls="--")
-    ax.axhline(len(GLOBAL_CATEGORIES + LOCAL_CATEGORIES) - 0.5, color="black", lw=0.6, ls="--")
+    for boundary in (len(GLOBAL_CATEGORIES), len(GLOBAL_CATEGORIES + LOCAL_CATEGORIES)):
+        ax.axhline(boundary - 0.5, color="black", lw=0.6, ls="--")
     ax.set_xlabel(
         "% of [CLS] attention on the text's own tokens (special tokens left out); last column: % of tokens",
         fontsize=7,
