@@ -334,3 +334,17 @@ def test_workflow_plans_attention_rules() -> None:
     for rule in ("attention_summary", "attention", "sections"):
         assert re.search(rf"^{rule}\s+1\s*$", result.stdout, re.MULTILINE), result.stdout
     assert "--id mp-1217910 --layer 5" in result.stdout
+
+
+def test_section_text_variants_place_the_global_boundary(
+    encoder: A.AttentionEncoder, descriptions: dict[str, str]
+) -> None:
+    row = section_row("mp-1217910", descriptions["mp-1217910"])
+    full, glob, local = (A.section_text(row, v, encoder.normalize) for v in ("full", "global", "local"))
+    assert full.text == row["full"] and glob.text == row["global"] and local.text == row["local"]
+    norm_full = encoder.normalize(full.text)
+    assert norm_full[: full.global_len] == encoder.normalize(row["global"])
+    assert norm_full[full.global_len :].strip() == encoder.normalize(row["local"])
+    assert glob.global_len == len(encoder.normalize(glob.text)) and local.global_len == 0
+    with pytest.raises(ValueError, match="unknown text variant"):
+        A.section_text(row, "header", encoder.normalize)
