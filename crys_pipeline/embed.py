@@ -40,7 +40,7 @@ import numpy as np
 
 from crys_pipeline import io
 from crys_pipeline.normalize import get_normalizer, mapping_sha256
-from crys_pipeline.schemas import STATUS_OK, TEXT_VARIANTS
+from crys_pipeline.schemas import SCHEMA_VERSION, STATUS_OK, TEXT_VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,13 @@ class Tokenized:
     """Model inputs of n texts.
 
     Attributes:
-        input_ids: per text the truncated ids with special tokens (length <= max_length).
+        input_ids: per text an int32 array of the truncated ids with special tokens (length <= max_length).
         token_counts: int32 [n] untruncated token count, special tokens included.
         truncated: bool [n] token_counts > max_length.
         empty: bool [n] no content token after normalisation (empty or failed text).
     """
 
-    input_ids: list[list[int]]
+    input_ids: list[np.ndarray]
     token_counts: np.ndarray
     truncated: np.ndarray
     empty: np.ndarray
@@ -231,15 +231,23 @@ class TextEncoder:
             return "float32"
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
-    def tokenize(self, texts: Sequence[str | None]) -> Tokenized:
-        """Normalise and tokenise (head truncation to max_length); None counts as the empty string."""
-        norm = [self.normalize(text or "") for text in texts]
+    def tokenize(self, texts: Sequence[str | None], slice_size: int = 2048) -> Tokenized:
+        """Normalise and tokenise (head truncation to max_length); None counts as the empty string.
+
+        Texts are processed `slice_size` at a time so the untruncated token lists (only counted) of a
+        large dataset never sit in memory together; the kept ids are compact int32 arrays.
+        """
         limit = self.settings.max_length
-        enc = self.tokenizer(norm, truncation=True, max_length=limit)["input_ids"]
-        content = self.tokenizer(norm, add_special_tokens=False, verbose=False)["input_ids"]
-        counts = np.array([len(ids) for ids in content], dtype=np.int32) + self.tokenizer.num_special_tokens_to_add()
-        empty = np.array([len(ids) == 0 for ids in content], dtype=bool)
-        return Tokenized(list(enc), counts, counts > limit, empty)
+        n_special = self.tokenizer.num_special_tokens_to_add()
+        input_ids: list[np.ndarray] = []
+        counts = np.zeros(len(texts), dtype=np.int32)
+        for start in range(0, len(texts), slice_size):
+            norm = [self.normalize(text or "") for text in texts[start:start + slice_size]]
+            enc = self.tokenizer(norm, truncation=True, max_length=limit)["input_ids"]
+            input_ids.extend(np.asarray(ids, dtype=np.int32) for ids in enc)
+            content = self.tokenizer(norm, add_special_tokens=False, verbose=False)["input_ids"]
+            counts[start:start + len(norm)] = [len(ids) + n_special for ids in content]
+        return Tokenized(input_ids, counts, counts > limit, counts == n_special)
 
     def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings float32 [n, D], untruncated token counts int32 [n], truncated bool [n]) of `texts`."""
@@ -261,7 +269,7 @@ class TextEncoder:
         ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq), dtype=torch.long)
             mask[row, : len(seq)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         use_amp = self.device.type == "cuda"
@@ -325,8 +333,16 @@ def _variant_stats(tok: Tokenized) -> dict[str, Any]:
 
 
 def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant: str,
-                   tok: Tokenized, chunk_rows: int, bar: Any) -> int:
-    """Encode the rows of `variant` not yet in `partial`, longest first, one written chunk at a time."""
+                   texts: list[str | None], chunk_rows: int, bar: Any) -> dict[str, Any]:
+    """Encode the rows of `variant` not yet in `partial`, longest first, one written chunk at a time.
+
+    Returns the variant's statistics (token counts, truncated and empty shares).
+    """
+    tok = encoder.tokenize(texts)
+    st = _variant_stats(tok)
+    log.info("%s: %d of %d texts truncated at %d tokens (%.1f%%), %d empty; tokens p50/p90/max %g/%g/%d",
+             variant, st["n_truncated"], st["n"], encoder.settings.max_length, 100 * st["truncated_share"],
+             st["n_empty"], st["tokens_p50"], st["tokens_p90"], st["tokens_max"])
     order = np.argsort(-tok.token_counts, kind="stable")
     todo = order[~partial.done(variant)[order]]
     for chunk in _chunks(todo, chunk_rows):
@@ -335,7 +351,7 @@ def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant:
         partial.write_rows(variant, rows, {"": emb, "_token_count": tok.token_counts[rows],
                                            "_truncated": tok.truncated[rows], "_empty": tok.empty[rows]})
         bar.update(len(rows))
-    return len(todo)
+    return st
 
 
 def embed_sections(
@@ -365,8 +381,6 @@ def embed_sections(
         encoder = TextEncoder(settings)
     elif encoder.settings != settings:
         raise ValueError(f"encoder loaded with {encoder.settings}, not {settings}")
-    tokens = {v: encoder.tokenize(texts[v]) for v in TEXT_VARIANTS}
-    stats = {v: _variant_stats(tokens[v]) for v in TEXT_VARIANTS}
     partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(),
                                          {"sections_sha256": io.sha256_file(sections)})
     try:
@@ -375,15 +389,11 @@ def embed_sections(
                  len(TEXT_VARIANTS), todo, len(TEXT_VARIANTS) * len(rows["material_id"]) - todo)
         start = time.perf_counter()
         with tqdm(total=todo, unit="text", desc="embed", disable=not sys.stderr.isatty()) as bar:
-            for variant in TEXT_VARIANTS:
-                _embed_variant(encoder, partial, variant, tokens[variant], chunk_rows, bar)
+            stats = {v: _embed_variant(encoder, partial, v, texts[v], chunk_rows, bar) for v in TEXT_VARIANTS}
         elapsed = time.perf_counter() - start
-        for variant, st in stats.items():
-            log.info("%s: %d of %d texts truncated at %d tokens (%.1f%%), %d empty; tokens p50/p90/max %g/%g/%d",
-                     variant, st["n_truncated"], st["n"], settings.max_length, 100 * st["truncated_share"],
-                     st["n_empty"], st["tokens_p50"], st["tokens_p90"], st["tokens_max"])
         log.info("encoded %d texts in %.1f s (%.1f texts/s)", todo, elapsed, todo / max(elapsed, 1e-9))
-        partial.finalize({**encoder.info(), "stats": stats, "settings": asdict(settings)})
+        partial.finalize({**encoder.info(), "stats": stats, "settings": asdict(settings),
+                          "schema_version": SCHEMA_VERSION})
     finally:
         partial.close_if_open()
     return stats

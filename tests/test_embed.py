@@ -110,7 +110,7 @@ def test_tokenize_is_reference_head_truncation(encoder: embed.TextEncoder, texts
     tokenizer = encoder.tokenizer
     for text, ids, count in zip(texts, tok.input_ids, tok.token_counts):
         norm = matscibert_normalize(text)
-        assert ids == tokenizer(norm, truncation=True, max_length=128)["input_ids"]
+        assert ids.tolist() == tokenizer(norm, truncation=True, max_length=128)["input_ids"]
         assert count == len(tokenizer(norm, verbose=False)["input_ids"])
     assert tok.truncated[: len(texts)].any() and not tok.truncated[: len(texts)].all()
     np.testing.assert_array_equal(tok.truncated, tok.token_counts > 128)
@@ -172,7 +172,7 @@ def test_mean_pooling_is_masked_mean(encoder: embed.TextEncoder, texts: list[str
     emb, _, _ = mean_encoder.encode(texts[:3])
     ids = mean_encoder.tokenize(texts[2:3]).input_ids[0]
     with torch.no_grad():
-        hidden = mean_encoder.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        hidden = mean_encoder.model(input_ids=torch.from_numpy(ids).long()[None]).last_hidden_state[0]
     np.testing.assert_allclose(emb[2], hidden.mean(0).numpy(), atol=2e-5)
     cls_emb, _, _ = encoder.encode(texts[2:3])
     assert _cosine(emb[2], cls_emb[0]) < 0.99
