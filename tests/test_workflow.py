@@ -63,6 +63,13 @@ def test_config_typo_fails_at_parse_time_naming_the_key(tmp_path: Path) -> None:
     assert "epochs_typo" in result.stdout + result.stderr
 
 
+def test_paper_config_plans_through_snakemake_validation() -> None:
+    result = snakemake("-n", "results/table1.csv", "--configfile", "config/paper.yaml")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert job_counts(result.stdout)["describe"] == yaml.safe_load((REPO / "config/paper.yaml").read_text())[
+        "describe"]["shards"]
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "config/paper.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     import jsonschema
