@@ -163,6 +163,50 @@ GRAPHS = register(ParquetLayout(
     required_meta=("source", "structures_sha256", "shard", "n_shards"),
 ))
 
+DESCRIPTIONS = register(ParquetLayout(
+    kind="descriptions",
+    description="one row per material: robocrys parts (mineral, component_makeup, components), full text, "
+    "condensed-structure symmetry and dimensionality, status/error/elapsed_s/cpu_s (worker CPU, null on timeout); "
+    "a describe shard or the merged table",
+    schema=pa.schema(
+        [
+            pa.field("material_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string(), nullable=False),
+            pa.field("elapsed_s", pa.float64(), nullable=False),
+            pa.field("cpu_s", pa.float64()),
+            pa.field("mineral", pa.string(), nullable=False),
+            pa.field("component_makeup", pa.string(), nullable=False),
+            pa.field("components", pa.string(), nullable=False),
+            pa.field("description", pa.string(), nullable=False),
+            pa.field("formula", pa.string(), nullable=False),
+            pa.field("spg_symbol", pa.string()),
+            pa.field("spg_number", pa.int32()),
+            pa.field("crystal_system", pa.string()),
+            pa.field("dimensionality", pa.int32()),
+            pa.field("symprec", pa.float64()),
+            pa.field("oxidation_states", pa.bool_()),
+        ]
+    ),
+    required_meta=("source", "versions", "counts"),
+))
+
+SECTIONS = register(ParquetLayout(
+    kind="sections",
+    description="one row per material: full / global / local texts (SPEC.md 3.2), empty for failed descriptions",
+    schema=pa.schema(
+        [
+            pa.field("material_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string(), nullable=False),
+            pa.field("full", pa.string(), nullable=False),
+            pa.field("global", pa.string(), nullable=False),
+            pa.field("local", pa.string(), nullable=False),
+        ]
+    ),
+    required_meta=("source", "versions", "counts"),
+))
+
 
 @dataclass(frozen=True)
 class H5Layout:
