@@ -56,7 +56,7 @@ ZERO_DIST = 1e-8  # Angstrom: the atom itself
 LATTICE_DECIMALS = 5  # jarvis Lattice rounds its matrix to this many decimals
 LENGTH_DECIMALS = 6  # jarvis Lattice.abc rounds lengths to this many decimals
 CHUNK_ELEMENTS = 1 << 21  # pair distances evaluated per numpy block (bounds peak memory)
-MAX_IMAGE_SITES = 1 << 24  # periodic images x atoms one structure may need before it is failed
+MAX_IMAGE_SITES = 1 << 22  # periodic images x atoms one structure may need before it is failed
 ROWS_PER_TASK = 32  # structures per worker task
 MANIFEST = "manifest.json"
 
@@ -123,6 +123,8 @@ def make_cell(lattice: Any, frac_coords: Any) -> _Cell:
     """Precompute the jarvis-tools view of a cell (rows of `lattice` are lattice vectors)."""
     matrix = np.asarray(lattice, dtype=np.float64).reshape(3, 3)
     frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
+    if len(frac) == 0:
+        raise GraphError("structure has no atoms")
     rounded = np.around(matrix, decimals=LATTICE_DECIMALS)
     recip = np.around(2 * np.pi * np.linalg.inv(rounded).T, decimals=LATTICE_DECIMALS)
     cart = np.dot(frac, rounded)
@@ -250,8 +252,6 @@ def knn_graph(lattice: Any, frac_coords: Any, params: GraphParams = GraphParams(
         the graph; bond b is stored as edges 2b (s -> t) and 2b + 1 (t -> s).
     """
     cell = make_cell(lattice, frac_coords)
-    if len(cell.frac) == 0:
-        raise GraphError("structure has no atoms")
     s, t, img, r = _undirected_keys(cell, params)
     vec = np.dot((cell.frac[t] + img) - cell.frac[s], cell.rounded)  # [B, 3]
     src = np.stack([s, t], axis=1).reshape(-1)  # [2B]: s0, t0, s1, t1, ...
