@@ -2,8 +2,9 @@
 
 `load_training_data` reads the split JSON, the target column of the structures table, the graph
 shards (graph variants) and one text variant of the embeddings file (text variants), and joins them
-by material id **after** the split (SPEC.md 1.2): a split member whose graph failed, whose
-embedding is missing or whose target is null is dropped and listed with its reason, never silently.
+by material id **after** the split (SPEC.md 1.2): a split member whose target is null, whose graph
+failed or whose text failed upstream (or is missing) is dropped and listed with its reason, never
+silently. An ok material with an empty text section keeps its (empty-string) embedding.
 `CrystalDataset` turns one split into torch_geometric `Data` items (z, edge_index, edge_vec, y,
 text_emb, material_id); the standard PyG collation batches them (the model builds the line graph
 inside its forward pass). Text-only variants yield items without nodes. Material ids travel with
@@ -123,6 +124,7 @@ def _drop_reason(
     graphs: dict[str, GraphArrays] | None,
     graph_failures: dict[str, str],
     text_rows: dict[str, int] | None,
+    text_failures: dict[str, str],
 ) -> str | None:
     """Why split member `mid` cannot be used (None when it can); the earliest failing stage wins."""
     if mid not in targets:
@@ -132,8 +134,25 @@ def _drop_reason(
     if graphs is not None and mid not in graphs:
         return graph_failures.get(mid, "graph missing")
     if text_rows is not None and mid not in text_rows:
-        return "embedding missing"
+        return text_failures.get(mid, "embedding missing")
     return None
+
+
+def _load_text(embeddings: Path, variant: str) -> tuple[dict[str, int], np.ndarray, dict[str, str], dict[str, Any]]:
+    """(row of every usable id, matrix [N, D], failure reason by id, file attributes).
+
+    Rows whose text failed upstream (describe timeout or error) carry a placeholder embedding in the
+    file; they are not usable and get their upstream status and error as the reason.
+    """
+    ids, matrix, attrs = io.read_embeddings(embeddings, variant)
+    flags = io.read_embedding_flags(embeddings, variant)
+    rows, failures = {}, {}
+    for row, (mid, status, error) in enumerate(zip(ids, flags["status"], flags["error"])):
+        if status == "ok":
+            rows[mid] = row
+        else:
+            failures[mid] = f"text {status}: {error}"
+    return rows, matrix, failures, attrs
 
 
 def load_training_data(
@@ -164,15 +183,14 @@ def load_training_data(
         raise ValueError("embeddings and text_variant go together")
     targets, source = _load_targets(structures, target)
     graph_arrays, graph_failures, graph_meta = _load_graphs(graphs) if graphs is not None else (None, {}, {})
-    text_rows, matrix, embed_attrs = None, None, {}
+    text_rows, matrix, text_failures, embed_attrs = None, None, {}, {}
     if embeddings is not None:
-        text_ids, matrix, embed_attrs = io.read_embeddings(embeddings, text_variant)
-        text_rows = {mid: row for row, mid in enumerate(text_ids)}
+        text_rows, matrix, text_failures, embed_attrs = _load_text(embeddings, text_variant)
     splits, dropped = {}, []
     for name in SPLITS:
         keep = []
         for mid in split_rec[f"id_{name}"]:
-            reason = _drop_reason(mid, targets, graph_arrays, graph_failures, text_rows)
+            reason = _drop_reason(mid, targets, graph_arrays, graph_failures, text_rows, text_failures)
             if reason is None:
                 keep.append(mid)
             else:
@@ -215,8 +233,9 @@ class CrystalDataset(Dataset):
             item["text_emb"] = torch.from_numpy(self.data.text[index : index + 1])  # [1, D]
         if self.data.graphs is not None:
             z, edge_index, edge_vec = self.data.graphs[index]
-            item.update(z=torch.from_numpy(z), edge_index=torch.from_numpy(edge_index),
-                        edge_vec=torch.from_numpy(edge_vec), num_nodes=int(z.shape[0]))
+            # copies: the arrays are read-only views of the Arrow buffers
+            item.update(z=torch.tensor(z), edge_index=torch.tensor(edge_index), edge_vec=torch.tensor(edge_vec),
+                        num_nodes=int(z.shape[0]))
         else:
             item["num_nodes"] = 0
         return Data(**item)

