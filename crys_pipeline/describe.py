@@ -58,7 +58,7 @@ from robocrys.condense.molecule import MoleculeNamer
 from tqdm import tqdm
 
 from crys_pipeline.io import read_meta, read_parquet, write_parquet
-from crys_pipeline.schemas import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT
+from crys_pipeline.schemas import DESCRIPTIONS, STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,16 @@ class DescribeSettings:
         timeout_s: per-structure wall-clock limit in seconds.
         symprec: symmetry tolerance of the first attempt (robocrys default 0.01).
         symprec_retry: looser symprec tried once when condensation fails; None disables the retry.
+        plain_orientation: write component orientations as plain integers, "(0, 0, 1)", as robocrys
+            does with numpy < 2; with numpy >= 2 stock robocrys prints "(np.int64(0), np.int64(0),
+            np.int64(1))". False reproduces stock robocrys byte for byte (the benchmark's setting).
     """
 
     fmt: str = "raw"
     timeout_s: float = 120.0
     symprec: float = SYMPREC
     symprec_retry: float | None = 0.1
+    plain_orientation: bool = True
 
     def params(self) -> dict[str, Any]:
         """The settings plus the fixed robocrys settings, as artifact params."""
@@ -292,6 +296,13 @@ def _guess_oxidation_states(structure: Structure) -> bool:
     return True
 
 
+def _plain_orientations(condensed: dict[str, Any]) -> None:
+    """Component orientations (Miller indices / directions) as tuples of Python ints, in place."""
+    for component in condensed["components"].values():
+        if component.get("orientation") is not None:
+            component["orientation"] = tuple(int(v) for v in component["orientation"])
+
+
 class CondenseError(RuntimeError):
     """Condensation failed at both the default and the looser symprec."""
 
@@ -333,6 +344,8 @@ class RobocrysEngine:
         structure = structure.copy()
         oxidation = _guess_oxidation_states(structure)
         condensed, symprec = self._condense(structure)
+        if self.settings.plain_orientation:
+            _plain_orientations(condensed)
         parts = self.describer.describe(condensed)
         return {
             **{part: parts[part] for part in PARTS},
@@ -553,6 +566,8 @@ def _to_item(row: dict[str, Any]) -> tuple[str, Structure | None, str]:
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Descriptions rows -> Arrow table in `ROW_COLUMNS` order."""
+    if not rows:
+        return DESCRIPTIONS.schema.empty_table()
     return pa.Table.from_pylist([{c: r[c] for c in ROW_COLUMNS} for r in rows])
 
 
