@@ -115,8 +115,9 @@ class _Cell:
     spread: float  # max distance of an atom from the centroid
 
 
-def _row_lengths(matrix: np.ndarray) -> list[float]:
-    return [round(x, LENGTH_DECIMALS) for x in np.sqrt(np.sum(matrix**2, axis=1)).tolist()]
+def _row_lengths(matrices: np.ndarray) -> list[list[float]]:
+    """jarvis ``Lattice.abc`` of each [3, 3] matrix in [B, 3, 3]: row norms rounded to 6 decimals."""
+    return [[round(x, LENGTH_DECIMALS) for x in row] for row in np.sqrt(np.sum(matrices**2, axis=2)).tolist()]
 
 
 def make_cell(lattice: Any, frac_coords: Any) -> _Cell:
@@ -129,8 +130,10 @@ def make_cell(lattice: Any, frac_coords: Any) -> _Cell:
     recip = np.around(2 * np.pi * np.linalg.inv(rounded).T, decimals=LATTICE_DECIMALS)
     cart = np.dot(frac, rounded)
     centre = cart.mean(axis=0)
-    return _Cell(matrix, rounded, frac, cart, np.array(_row_lengths(recip)), max(_row_lengths(rounded)),
-                 centre, float(np.sqrt(((cart - centre) ** 2).sum(axis=1)).max()))
+    rel = cart - centre  # [N, 3]
+    recip_lengths, lengths = _row_lengths(np.stack([recip, rounded]))
+    return _Cell(matrix, rounded, frac, cart, np.array(recip_lengths), max(lengths), centre,
+                 float(np.sqrt(np.einsum("nc,nc->n", rel, rel).max())))
 
 
 def _image_offsets(cell: _Cell, r: float) -> tuple[np.ndarray, np.ndarray]:
@@ -149,17 +152,21 @@ def _image_offsets(cell: _Cell, r: float) -> tuple[np.ndarray, np.ndarray]:
 def candidates_within(cell: _Cell, images: np.ndarray, offsets: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
     """Neighbour candidates (jarvis ``get_all_neighbors``) with 1e-8 < d <= radius and d > 0.15 A.
 
-    Only (image, j) whose shifted atom lies within radius + spread of the centroid can reach any atom;
+    Only (image, j) whose shifted atom lies within radius + spread of the centroid can reach any atom
+    (so only images with |o| <= radius + 2 spread, as every atom is within spread of the centroid);
     for those, d_ij = |(o + x_j) - x_i| is evaluated with jarvis' operation order: a three-term numpy
     sum adds left to right, so ``sqrt((dx^2 + dy^2) + dz^2)`` gives jarvis' bits.
 
     Returns:
-        (i int64 [C], j int64 [C], d float64 [C], image float64 [C, 3]).
+        (i int64 [C], j int64 [C], d float64 [C], image row into `images` int64 [C]).
     """
-    shifted = offsets[:, None, :] + cell.cart[None, :, :]  # [M, N(j), 3]: jarvis image coordinates
     reach = radius + cell.spread + 1e-6 * (1.0 + radius)
-    m, j = np.nonzero(((shifted - cell.centre) ** 2).sum(axis=-1) <= reach * reach)
+    near = np.flatnonzero(np.einsum("mc,mc->m", offsets, offsets) <= (reach + cell.spread) ** 2)
+    shifted = offsets[near, None, :] + cell.cart[None, :, :]  # [M', N(j), 3]: jarvis image coordinates
+    rel = shifted - cell.centre  # [M', N(j), 3]
+    m, j = np.nonzero(np.einsum("mjc,mjc->mj", rel, rel) <= reach * reach)
     points = shifted[m, j]  # [P, 3]
+    m = near[m]
     step = max(1, CHUNK_ELEMENTS // len(cell.frac))
     parts = []
     for start in range(0, len(points), step):
@@ -171,9 +178,11 @@ def candidates_within(cell: _Cell, images: np.ndarray, offsets: np.ndarray, radi
             total = diff if total is None else np.add(total, diff, out=total)
         dist = np.sqrt(total, out=total)
         p, i = np.nonzero((dist <= radius) & (dist > BOND_TOL))  # BOND_TOL > ZERO_DIST excludes the atom itself
-        parts.append((i, j[start + p], dist[p, i], images[m[start + p]]))
+        parts.append((i, j[start + p], dist[p, i], m[start + p]))
+    if len(parts) == 1:
+        return parts[0]
     if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
@@ -191,10 +200,10 @@ def _trial_radius(cell: _Cell, k: int) -> float:
     return 1.4 * (3.0 * k * volume / (4.0 * math.pi * len(cell.frac))) ** (1.0 / 3.0)
 
 
-def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, tuple[np.ndarray, ...]]:
-    """Candidates at the first cutoff where every atom has k of them (SPEC.md 2.2, iterative).
+def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, np.ndarray, tuple[np.ndarray, ...]]:
+    """(final cutoff, images [M, 3], candidates) at the first cutoff where every atom has k candidates.
 
-    At each cutoff r a smaller trial radius is tried first: if every atom has k candidates within it,
+    The growth of SPEC.md 2.2, as a loop. At each cutoff r a smaller trial radius is tried first: if every atom has k candidates within it,
     every k-th distance is below it and the candidates beyond it can never be selected, so the shells
     are the same as from the full set within r (which is computed only when the trial fails).
     """
@@ -205,7 +214,7 @@ def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, tuple[np
         for radius in ((trial, r) if trial < r else (r,)):
             cand = candidates_within(cell, images, offsets, radius)
             if np.bincount(cand[0], minlength=n).min() >= k:
-                return r, cand
+                return r, images, cand
         r = cell.max_length if r < cell.max_length else 2 * r
         log.debug("cutoff grown to %g A", r)
 
@@ -224,9 +233,9 @@ def _unique_bonds(s: np.ndarray, t: np.ndarray, img: np.ndarray, n: int) -> tupl
 
 def _undirected_keys(cell: _Cell, params: GraphParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The unique (s, t, image) bond set ALIGNN's edge dict would hold, plus the final cutoff."""
-    r, (i, j, dist, img) = _grown_candidates(cell, params)
+    r, images, (i, j, dist, image_row) = _grown_candidates(cell, params)
     keep = _shell_mask(i, dist, len(cell.frac), params.max_neighbors)
-    i, j, img = i[keep], j[keep], img[keep].astype(np.int64)
+    i, j, img = i[keep], j[keep], images[image_row[keep]].astype(np.int64)
     if params.use_canonize:
         swap = j < i
         s, t = np.where(swap, j, i), np.where(swap, i, j)
@@ -254,10 +263,11 @@ def knn_graph(lattice: Any, frac_coords: Any, params: GraphParams = GraphParams(
     cell = make_cell(lattice, frac_coords)
     s, t, img, r = _undirected_keys(cell, params)
     vec = np.dot((cell.frac[t] + img) - cell.frac[s], cell.rounded)  # [B, 3]
-    src = np.stack([s, t], axis=1).reshape(-1)  # [2B]: s0, t0, s1, t1, ...
-    dst = np.stack([t, s], axis=1).reshape(-1)
-    edge_vec = np.stack([vec, -vec], axis=1).reshape(-1, 3).astype(np.float32)  # [2B, 3]
-    return CrystalGraph(np.stack([src, dst]), edge_vec, r)
+    edge_index = np.empty((2, 2 * len(s)), dtype=np.int64)  # columns s0->t0, t0->s0, s1->t1, ...
+    edge_index[0, 0::2], edge_index[0, 1::2], edge_index[1, 0::2], edge_index[1, 1::2] = s, t, t, s
+    edge_vec = np.empty((2 * len(s), 3), dtype=np.float32)  # [2B, 3]
+    edge_vec[0::2], edge_vec[1::2] = vec, -vec
+    return CrystalGraph(edge_index, edge_vec, r)
 
 
 @cache
