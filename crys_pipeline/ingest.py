@@ -191,18 +191,27 @@ def _hash_key(material_id: str) -> str:
     return hashlib.sha256(material_id.encode()).hexdigest()
 
 
-def select_subset(records: list[RawRecord], subset: dict[str, int] | None, stratify_field: str) -> list[RawRecord]:
-    """Keep `subset[label]` records per official split label of `stratify_field`, chosen by id hash.
+def select_subset(
+    records: list[RawRecord], subset: dict[str, int] | None, stratify_field: str, fields: list[str]
+) -> list[RawRecord]:
+    """Keep `subset[label]` records per official split label of `stratify_field`.
 
-    Deterministic and stable: the records with the smallest sha256(id) in each split are kept, and
-    the snapshot order is preserved. Records without an official label are dropped by a subset.
+    Deterministic and stable: within each split, records carrying more of the target `fields` come
+    first (so a small subset still gives every property a usable train/val/test set), ties broken by
+    the smallest sha256(id). The snapshot order is preserved in the output; records without an
+    official label are dropped by a subset.
     """
     if subset is None:
         return records
+
+    def rank(rec: RawRecord) -> tuple[int, str]:
+        present = sum(clean_value(rec.values.get(f), "none") is not None for f in fields)
+        return -present, _hash_key(rec.material_id)
+
     chosen: set[str] = set()
     for label in SPLIT_LABELS:
-        ids = [r.material_id for r in records if r.splits.get(stratify_field) == label]
-        chosen.update(sorted(ids, key=_hash_key)[: subset.get(label, 0)])
+        pool = [r for r in records if r.splits.get(stratify_field) == label]
+        chosen.update(r.material_id for r in sorted(pool, key=rank)[: subset.get(label, 0)])
     return [r for r in records if r.material_id in chosen]
 
 
@@ -276,7 +285,8 @@ def ingest(
     dupes = n_input - len({r.material_id for r in records})
     if dupes:
         raise ValueError(f"snapshot has {dupes} duplicate material ids")
-    records = select_subset(records, subset, targets[stratify_target]["field"])
+    fields = [spec["field"] for spec in targets.values()]
+    records = select_subset(records, subset, targets[stratify_target]["field"], fields)
     good, bad = [], []
     for rec in tqdm(records, desc=f"validate {manifest['source']}", unit="structure", disable=None):
         reason = validate(rec)
