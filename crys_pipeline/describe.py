@@ -8,7 +8,11 @@ with robocrys' default settings, the text format (`raw` or `unicode`) being a re
 The describer runs once with `return_parts=True`; the full text is the space-join of the non-empty
 parts, which is byte-for-byte what `describe()` returns without parts.
 
-Structures are described in persistent worker processes (`DescribePool`). Each structure gets a
+Structures are described in persistent worker processes (`DescribePool`), started with
+PYTHONHASHSEED=0 (forked from a forkserver that has the imports done): robocrys orders some words by iterating Python sets of strings ("a mixture of
+corner and edge-sharing" vs "edge and corner-sharing"), so stock robocrys' text changes from one
+process to the next; the fixed seed makes ours reproducible (it equals stock robocrys run with
+PYTHONHASHSEED=0). Each structure gets a
 wall-clock limit; a worker past it is killed, the row is recorded as `timeout` and a fresh worker
 takes its place. An exception becomes a `failed` row; a condensation failure is retried once with a
 looser symprec first. Every input id comes out exactly once.
@@ -35,16 +39,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import re
 import signal
+import sys
 import time
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
@@ -71,6 +78,8 @@ CONDENSER_KWARGS: dict[str, Any] = {
     "use_conventional_cell": True, "use_symmetry_equivalent_sites": False, "simplify_molecules": True,
     "use_iupac_formula": True, "use_common_formulas": True,
 }
+#: String hash seed of the worker processes (robocrys' word order within some sentences follows it).
+PYTHON_HASH_SEED = "0"
 #: How molecules are named: never online; stamped in the metadata.
 MOLECULE_NAMING: dict[str, Any] = {"use_online_pubchem": False}
 _SHARD = re.compile(r"^(\d+)-of-(\d+)$")
@@ -98,7 +107,8 @@ class DescribeSettings:
 
     def params(self) -> dict[str, Any]:
         """The settings plus the fixed robocrys settings, as artifact params."""
-        return {**asdict(self), "condenser": CONDENSER_KWARGS, "molecule_naming": MOLECULE_NAMING}
+        return {**asdict(self), "condenser": CONDENSER_KWARGS, "molecule_naming": MOLECULE_NAMING,
+                "python_hash_seed": PYTHON_HASH_SEED}
 
 
 def tool_versions() -> dict[str, str]:
@@ -389,6 +399,8 @@ def _worker_main(conn: Connection, settings: DescribeSettings) -> None:
     warnings.filterwarnings("ignore")
     _install_worker_patches()
     try:
+        if os.environ.get("PYTHONHASHSEED") != PYTHON_HASH_SEED or sys.flags.hash_randomization:
+            raise RuntimeError("worker started without PYTHONHASHSEED=0 (a forkserver started elsewhere?)")
         engine = RobocrysEngine(settings)
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
@@ -403,6 +415,27 @@ def _worker_main(conn: Connection, settings: DescribeSettings) -> None:
             return
         position, material_id, structure = task
         conn.send((position, engine.describe_row(material_id, structure)))
+
+
+@contextmanager
+def _fixed_hash_seed() -> Iterator[None]:
+    """Start processes with PYTHONHASHSEED=PYTHON_HASH_SEED (os.environ restored afterwards).
+
+    The first start launches the forkserver (a fresh interpreter that preloads this module); it and
+    every worker forked from it keep the seed.
+
+    robocrys joins Python sets of strings ("a mixture of corner and edge-sharing octahedra"), whose
+    iteration order follows the per-process string hash seed; a fixed seed makes the text reproducible.
+    """
+    previous = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = PYTHON_HASH_SEED
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = previous
 
 
 @dataclass
@@ -427,8 +460,8 @@ class DescribePool:
     _pool: list[_Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        methods = mp.get_all_start_methods()
-        self._ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload([__name__])
 
     def __enter__(self) -> "DescribePool":
         started = [self._start() for _ in range(max(1, self.workers))]
@@ -443,13 +476,18 @@ class DescribePool:
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(target=_worker_main, args=(child, self.settings), daemon=True)
-        process.start()
+        with _fixed_hash_seed():
+            process.start()
         child.close()
         return _Worker(process, parent)
 
     @staticmethod
     def _await_ready(worker: _Worker) -> _Worker:
-        kind, detail = worker.conn.recv()
+        try:
+            kind, detail = worker.conn.recv()
+        except EOFError:
+            worker.process.join(timeout=5)
+            kind, detail = "died", f"exit code {worker.process.exitcode}"
         if kind != "ready":
             raise RuntimeError(f"describe worker failed to start: {detail}")
         return worker
