@@ -165,6 +165,69 @@ def _run_tables(a: argparse.Namespace) -> None:
     tables.build_table(a.table, a.spec, a.units, a.runs, a.out_csv, a.out_md)
 
 
+# --- describe -------------------------------------------------------------------------------------
+def _add_describe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "describe",
+        help="Robocrystallographer descriptions: `shard` describes one scattergather shard, `merge` gathers them",
+        description="shard: one row per material of shard I-of-N (rows i with i %% N == I-1) of the structures "
+        "table: robocrys parts (mineral, component_makeup, components), full text, space group number, crystal "
+        "system, dimensionality, status ok/failed/timeout, error, elapsed_s; robocrys/pymatgen/spglib versions in "
+        "the metadata. merge: the shards in the structures table's order, every id exactly once.",
+    )
+    steps = p.add_subparsers(dest="step", required=True)
+    shard = steps.add_parser("shard", help="describe one shard of a structures table")
+    shard.add_argument("--structures", type=Path, required=True, help="results/structures/{source}.parquet")
+    shard.add_argument("--shard", required=True, help="scattergather item I-of-N, e.g. 2-of-4")
+    shard.add_argument("--timeout-s", type=float, default=120.0, help="per-structure wall-clock limit")
+    shard.add_argument("--fmt", choices=["raw", "unicode"], default="raw", help="robocrys text format")
+    shard.add_argument("--symprec-retry", type=float, default=0.1,
+                       help="looser symprec tried once when condensing fails at 0.01 (<= 0 disables)")
+    shard.add_argument("--workers", type=int, default=1, help="robocrys worker processes")
+    shard.add_argument("--out", type=Path, required=True, help="results/text/{source}/describe/{shard}.parquet")
+    shard.set_defaults(handler=_run_describe_shard)
+    merge = steps.add_parser("merge", help="gather describe shards into one table in input order")
+    merge.add_argument("--structures", type=Path, required=True)
+    merge.add_argument("--out", type=Path, required=True, help="results/text/{source}/descriptions.parquet")
+    merge.add_argument("shards", type=Path, nargs="+", help="shard Parquet files")
+    merge.set_defaults(handler=_run_describe_merge)
+
+
+def _run_describe_shard(a: argparse.Namespace) -> None:
+    from crys_pipeline import describe
+
+    settings = describe.DescribeSettings(fmt=a.fmt, timeout_s=a.timeout_s,
+                                         symprec_retry=a.symprec_retry if a.symprec_retry > 0 else None)
+    describe.describe_shard(a.structures, a.shard, settings, a.workers, a.out)
+
+
+def _run_describe_merge(a: argparse.Namespace) -> None:
+    from crys_pipeline import describe
+
+    describe.merge_shards(a.structures, a.shards, a.out)
+
+
+# --- sections -------------------------------------------------------------------------------------
+def _add_sections(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sections",
+        help="full / global / local texts from the robocrys parts -> results/text/{source}/sections.parquet",
+        description="global = mineral + component makeup parts, local = components part, full = both (robocrys' "
+        "text); with --global-header a templated header (space group number, crystal system, dimensionality) is "
+        "prepended to full and global. Failed descriptions stay as rows with empty texts.",
+    )
+    p.add_argument("--descriptions", type=Path, required=True, help="results/text/{source}/descriptions.parquet")
+    _bool_flag(p, "global-header", False, "prepend the templated global header to full and global")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_run_sections)
+
+
+def _run_sections(a: argparse.Namespace) -> None:
+    from crys_pipeline import sections
+
+    sections.build_sections(a.descriptions, a.global_header, a.out)
+
+
 # --- report ---------------------------------------------------------------------------------------
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -401,6 +464,8 @@ STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
     _add_splits,
+    _add_describe,
+    _add_sections,
     _add_embed,
     _add_graphs,
     _add_train,
