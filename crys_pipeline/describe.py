@@ -46,12 +46,13 @@ import sys
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
@@ -159,7 +160,7 @@ class PrefilteredPrototypeMatcher(ReducedAflowPrototypeMatcher):
     robocrys'.
     """
 
-    def __init__(self, owner: "FastMineralMatcher") -> None:
+    def __init__(self, owner: FastMineralMatcher) -> None:
         super().__init__(owner.initial_ltol, owner.initial_stol, owner.initial_angle_tol, owner._mineral_db)
         self._owner = owner
         self._query: tuple[Structure, Structure, tuple] | None = None
@@ -239,7 +240,8 @@ class OfflineMoleculeNamer(MoleculeNamer):
     kept for the process. Names come only from that table (SMILES need openbabel).
     """
 
-    def __init__(self) -> None:  # noqa: D107 - the stock constructor would read the database
+    def __init__(self) -> None:
+        """Like the stock constructor, minus the database read."""
         self.matched_molecules: dict[str, str] = {}
         self.use_online_pubchem = False
         self.name_preference = tuple(list(self.name_sources) + list(self.name_sources))
@@ -333,7 +335,7 @@ class RobocrysEngine:
         self.matcher.reset()
         try:
             return self._condenser(self.settings.symprec).condense_structure(structure), self.settings.symprec
-        except Exception as first:  # noqa: BLE001 - any condensation failure earns the retry
+        except Exception as first:  # any condensation failure earns the retry
             retry = self.settings.symprec_retry
             if retry is None or retry == self.settings.symprec:
                 raise
@@ -342,7 +344,7 @@ class RobocrysEngine:
             self.matcher.reset()
             try:
                 return self._condenser(retry).condense_structure(structure), retry
-            except Exception as second:  # noqa: BLE001 - reported with both attempts
+            except Exception as second:  # reported with both attempts
                 raise CondenseError(f"{type(second).__name__}: {second} (symprec {retry}); at symprec "
                                     f"{self.settings.symprec}: {type(first).__name__}: {first}") from second
 
@@ -463,7 +465,7 @@ class DescribePool:
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload([__name__])
 
-    def __enter__(self) -> "DescribePool":
+    def __enter__(self) -> DescribePool:
         started = [self._start() for _ in range(max(1, self.workers))]
         self._pool = [self._await_ready(w) for w in started]
         return self

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import SHARED_DATA
 
 pytest.importorskip("robocrys")
 
-from pymatgen.core import Lattice, Structure  # noqa: E402
+from pymatgen.core import Lattice, Structure
 
-from crys_pipeline import describe  # noqa: E402
-from crys_pipeline.describe import DescribePool, DescribeSettings, describe_structures  # noqa: E402
-from crys_pipeline.io import read_meta, read_parquet, write_parquet  # noqa: E402
+from crys_pipeline import describe
+from crys_pipeline.describe import DescribePool, DescribeSettings, describe_structures
+from crys_pipeline.io import read_meta, read_parquet, write_parquet
 
 #: Real hard cases: id -> the shared-data file holding it.
 HARD = {
