@@ -387,8 +387,8 @@ def embed_sections(
         encoder = TextEncoder(settings)
     elif encoder.settings != settings:
         raise ValueError(f"encoder loaded with {encoder.settings}, not {settings}")
-    partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(),
-                                         {"sections_sha256": io.sha256_file(sections)})
+    inputs = {"sections_sha256": io.sha256_file(sections), "sections_params": io.read_meta(sections).get("params", {})}
+    partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(), inputs)
     try:
         todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VARIANTS)
         log.info("%d materials x %d variants: %d texts to encode (%d already done)", len(rows["material_id"]),

@@ -440,7 +440,8 @@ def read_embeddings(
     Returns:
         (ids [N], float32 matrix [N, D] with row i belonging to ids[i], attrs): attrs holds the file's
         attributes (model, revision, pooling, max_length, normalizer, dtype, dim, versions, per-variant
-        `stats`), `params`, `variant` and `encoder` (model@revision). Per-row flags: `read_embedding_flags`.
+        `stats`), `params`, `inputs` (the sections file's sha256 and params, i.e. the robocrys and section
+        settings of the texts), `variant` and `encoder` (model@revision). Per-row flags: `read_embedding_flags`.
     """
     import numpy as np
 
@@ -448,7 +449,8 @@ def read_embeddings(
         ids = list(handle["material_id"].asstr()[()])
         matrix = np.asarray(handle[variant][()], dtype=np.float32)
         attrs = {k: v for k, v in _h5_attrs_dict(handle.attrs).items() if k != META_KEY}
-        attrs["params"] = json.loads(handle.attrs[META_KEY])["params"]
+        meta = json.loads(handle.attrs[META_KEY])
+        attrs["params"], attrs["inputs"] = meta["params"], meta.get("inputs", {})
     attrs["variant"] = variant
     attrs["encoder"] = attrs["model"] + (f"@{attrs['revision']}" if attrs.get("revision") else "")
     return ids, matrix, attrs
