@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
@@ -465,7 +465,7 @@ class DescribePool:
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload([__name__])
 
-    def __enter__(self) -> DescribePool:
+    def __enter__(self) -> Self:
         started = [self._start() for _ in range(max(1, self.workers))]
         self._pool = [self._await_ready(w) for w in started]
         return self
