@@ -460,6 +460,40 @@ def _run_attention_summary(a: argparse.Namespace) -> None:
                         a.out_csv, a.out_png, a.out_shares)
 
 
+# --- predict --------------------------------------------------------------------------------------
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict a property for CIF/POSCAR files with trained runs (several seeds: mean +- std)",
+        description="Builds graph, robocrys description and text embedding of each structure with the settings "
+        "the runs were trained with (model.json), prints one row per file with every run's prediction, their "
+        "mean and std, and notes (unreadable file, failed or truncated description). Exit status 1 when a file "
+        "could not be predicted; the others are still reported.",
+    )
+    p.add_argument("--model", type=Path, nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
+    p.add_argument("files", type=Path, nargs="*", help="CIF, POSCAR/CONTCAR or *.vasp files, or folders of them "
+                   "(may also follow the run folders: paths after --model without a model.json are inputs)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(a: argparse.Namespace) -> int:
+    from crys_pipeline import predict
+
+    runs = [p for p in a.model if (p / "model.json").is_file()]
+    files = [p for p in a.model if not (p / "model.json").is_file()] + a.files
+    if not runs:
+        raise ValueError(f"no run folder (with model.json) among --model {[str(p) for p in a.model]}")
+    if not files:
+        raise ValueError("no structure files given")
+    crystals, table = predict.run_predict(runs, files)
+    print(table)  # noqa: T201 - the command's output
+    if a.out:
+        predict.write_csv(crystals, a.out)
+    return 1 if predict.has_failures(crystals) else 0
+
+
 STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_ingest,
@@ -471,6 +505,7 @@ STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_inspect,
     _add_export_leaderboard,
+    _add_predict,
     _add_tables,
     _add_report,
     _add_attention,

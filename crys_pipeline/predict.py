@@ -1,0 +1,263 @@
+"""`crys-pipeline predict`: property predictions for new structure files with trained runs.
+
+Each run directory (`results/train/.../seed{seed}/`) holds `model.pt` and `model.json`. The json
+records everything needed to featurise a new crystal exactly as in training: the graph parameters,
+the robocrys and section settings (carried through the embeddings file) and the text encoder. Files
+(CIF, POSCAR/CONTCAR, *.vasp, or folders of them) are read with pymatgen; a file that cannot be read
+or validated gets a per-file error and does not stop the others. With several runs (seeds) the
+table shows every run's prediction and their mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crys_pipeline.io import read_json, read_torch
+
+log = logging.getLogger(__name__)
+
+STRUCTURE_SUFFIXES = {".cif", ".vasp", ".poscar"}
+STRUCTURE_PREFIXES = ("POSCAR", "CONTCAR")
+
+
+@dataclass
+class Crystal:
+    """One input structure and what happened to it.
+
+    Attributes:
+        path: the file it came from.
+        material_id: its id in the output (the file name without a structure suffix).
+        structure: the pymatgen Structure, or None when the file could not be used.
+        error: why the file could not be used ("" when fine).
+        flags: per-run warnings (description failed or truncated).
+        predictions: run directory name -> prediction (None when the run could not predict it).
+    """
+
+    path: Path
+    material_id: str
+    structure: Any = None
+    error: str = ""
+    flags: list[str] = field(default_factory=list)
+    predictions: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """A trained model with the settings it was trained with (model.json)."""
+
+    run_dir: Path
+    model: Any
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """Short label of the run (its seed folder, or the folder name)."""
+        return self.run_dir.name
+
+
+def collect_files(paths: list[Path]) -> list[Path]:
+    """The structure files named by `paths`, folders expanded (sorted); unknown paths are kept to fail clearly."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
+        else:
+            out.append(path)
+    return out
+
+
+def _is_structure_file(path: Path) -> bool:
+    return path.suffix.lower() in STRUCTURE_SUFFIXES or path.name.upper().startswith(STRUCTURE_PREFIXES)
+
+
+def read_crystal(path: Path) -> Crystal:
+    """Read and validate one structure file; problems become `Crystal.error`, never an exception."""
+    from pymatgen.core import Structure
+
+    from crys_pipeline.ingest import RawRecord, validate
+
+    name = path.stem if path.suffix.lower() in STRUCTURE_SUFFIXES else path.name
+    crystal = Crystal(path=path, material_id=name)
+    if not path.is_file():
+        crystal.error = "no such file"
+        return crystal
+    try:
+        structure = Structure.from_file(path)
+    except Exception as exc:  # pymatgen raises many types for malformed files
+        crystal.error = f"unreadable structure file: {type(exc).__name__}: {exc}".strip()
+        return crystal
+    if not structure.is_ordered:
+        crystal.error = "disordered structure (partial occupancies) is not supported"
+        return crystal
+    record = RawRecord(name, structure.lattice.matrix, [s.specie.symbol for s in structure], structure.frac_coords)
+    crystal.error = validate(record) or ""
+    crystal.structure = None if crystal.error else structure
+    return crystal
+
+
+def load_run(run_dir: Path) -> Run:
+    """Rebuild a run's val-selected model from model.json + model.pt (eval mode, CPU)."""
+    import torch
+
+    from crys_pipeline.atom_features import cgcnn_feature_table
+    from crys_pipeline.models import build_model
+
+    meta = read_json(run_dir / "model.json")
+    model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
+    model.load_state_dict(read_torch(run_dir / "model.pt"))
+    model.eval()
+    return Run(run_dir=run_dir, model=model, meta=meta)
+
+
+def _only_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def graph_arrays(crystal: Crystal, graph_params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z int64 [N], edge_index int64 [2,E], edge_vec float32 [E,3]) with the run's graph parameters."""
+    from crys_pipeline.graphs import GraphParams, knn_graph
+
+    structure = crystal.structure
+    graph = knn_graph(structure.lattice.matrix, structure.frac_coords, GraphParams(**_only_fields(GraphParams, graph_params)))
+    z = np.array([site.specie.Z for site in structure], dtype=np.int64)
+    return z, graph.edge_index.astype(np.int64), graph.edge_vec.astype(np.float32)
+
+
+def text_settings(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(encoder settings, describe settings, global_header) the run's text embeddings were made with."""
+    attrs = meta.get("embedding_attrs") or {}
+    sections_params = (attrs.get("inputs") or {}).get("sections_params") or {}
+    if not sections_params:
+        log.warning("model.json records no section/describe settings: using the defaults")
+    encoder = {k: attrs[k] for k in ("model", "revision", "pooling", "max_length", "normalizer") if k in attrs}
+    return encoder, sections_params.get("describe", {}), bool(sections_params.get("global_header", False))
+
+
+def describe_texts(crystals: list[Crystal], describe_params: dict[str, Any], global_header: bool,
+                   variant: str) -> list[tuple[str | None, str]]:
+    """(text of `variant` or None, problem) per crystal, with robocrys settings as in training."""
+    from crys_pipeline.describe import DescribeSettings, describe_structures
+    from crys_pipeline.schemas import STATUS_OK
+    from crys_pipeline.sections import split_row
+
+    settings = DescribeSettings(**_only_fields(DescribeSettings, describe_params))
+    rows = describe_structures([(c.material_id, c.structure) for c in crystals], settings, workers=1)
+    out: list[tuple[str | None, str]] = []
+    for row in rows:
+        if row["status"] != STATUS_OK:
+            out.append((None, f"description {row['status']}: {row['error']}"))
+        else:
+            out.append((split_row(row, global_header)[variant], ""))
+    return out
+
+
+def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict) -> np.ndarray:
+    """float32 [n, D] embeddings (rows of crystals whose description failed are NaN)."""
+    from crys_pipeline.embed import EncoderSettings, TextEncoder
+
+    encoder_cfg, describe_params, header = text_settings(run.meta)
+    key = repr((sorted(encoder_cfg.items()), sorted(describe_params.items()), header, variant))
+    if key not in cache:
+        texts = describe_texts(crystals, describe_params, header, variant)
+        encoder = TextEncoder(EncoderSettings(**_only_fields(EncoderSettings, {**encoder_cfg, "device": "cpu"})))
+        emb, _, truncated = encoder.encode([t or "" for t, _ in texts])
+        for i, (text, problem) in enumerate(texts):
+            if text is None:
+                emb[i] = np.nan
+            if problem or truncated[i]:
+                crystals[i].flags.append(problem or f"{variant} text truncated at {encoder_cfg.get('max_length')} tokens")
+        cache[key] = emb
+    return cache[key]
+
+
+def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
+    """Fill `crystal.predictions[run.name]` for every usable crystal."""
+    import torch
+
+    from crys_pipeline.data import SplitData, make_loader
+    from crys_pipeline.models import VARIANTS
+    from crys_pipeline.train import predict
+
+    spec = VARIANTS[run.meta["variant"]]
+    usable = [c for c in crystals if c.structure is not None]
+    text = _featurize_text(run, usable, spec.text_variant, cache) if spec.text_variant else None
+    keep = [i for i in range(len(usable)) if text is None or np.isfinite(text[i]).all()]
+    for i in set(range(len(usable))) - set(keep):
+        usable[i].predictions[run.name] = None
+    if not keep:
+        return
+    graphs = None
+    if spec.graph_encoder:
+        gkey = repr(sorted(run.meta["graph_params"].items()))
+        graphs = cache.setdefault(gkey, [graph_arrays(c, run.meta["graph_params"]) for c in usable])
+        graphs = [graphs[i] for i in keep]
+    data = SplitData(ids=[usable[i].material_id for i in keep], y=np.zeros(len(keep)), graphs=graphs,
+                     text=None if text is None else text[keep])
+    ids, _, preds = predict(run.model, make_loader(data, batch_size=64), torch.device("cpu"))
+    for i, value in zip(keep, preds):
+        usable[i].predictions[run.name] = float(value)
+
+
+def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
+    """A plain-text table: id, one column per run, mean, std, flags/errors."""
+    names = [r.name for r in runs]
+    header = ["id", *names, f"mean [{unit}]", "std", "notes"]
+    lines = [header]
+    for c in crystals:
+        values = [c.predictions.get(n) for n in names]
+        good = [v for v in values if v is not None]
+        mean = f"{np.mean(good):.4f}" if good else ""
+        std = f"{np.std(good, ddof=1):.4f}" if len(good) > 1 else ""
+        notes = c.error or "; ".join(dict.fromkeys(c.flags))
+        lines.append([c.material_id, *(f"{v:.4f}" if v is not None else "-" for v in values), mean, std, notes])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in lines)
+
+
+def run_predict(run_dirs: list[Path], paths: list[Path]) -> tuple[list[Crystal], str]:
+    """Predict every structure file under `paths` with every run; returns the crystals and the table text.
+
+    Raises:
+        ValueError: the runs predict different targets (their predictions cannot be averaged).
+    """
+    runs = [load_run(d) for d in run_dirs]
+    targets = {(r.meta["source"], r.meta["target"]) for r in runs}
+    if len(targets) != 1:
+        raise ValueError(f"runs predict different targets {sorted(targets)}; give runs of one target")
+    crystals = [read_crystal(p) for p in collect_files(paths)]
+    for c in crystals:
+        if c.error:
+            log.error("%s: %s", c.path, c.error)
+    cache: dict = {}
+    for run in runs:
+        predict_run(run, crystals, cache)
+    unit = runs[0].meta.get("unit") or runs[0].meta["target"]
+    return crystals, format_table(crystals, runs, unit)
+
+
+def has_failures(crystals: list[Crystal]) -> bool:
+    """True when a file could not be used or a run could not predict a crystal."""
+    return any(c.error or any(v is None or not math.isfinite(v) for v in c.predictions.values()) for c in crystals)
+
+
+def write_csv(crystals: list[Crystal], path: Path) -> None:
+    """The prediction table as CSV: id, file, one column per run, mean, std, notes."""
+    import csv
+
+    names = sorted({n for c in crystals for n in c.predictions})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "file", *names, "mean", "std", "notes"])
+        for c in crystals:
+            good = [v for v in (c.predictions.get(n) for n in names) if v is not None]
+            writer.writerow([c.material_id, str(c.path), *(c.predictions.get(n, "") for n in names),
+                             np.mean(good) if good else "", np.std(good, ddof=1) if len(good) > 1 else "",
+                             c.error or "; ".join(dict.fromkeys(c.flags))])
