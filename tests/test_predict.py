@@ -1,0 +1,100 @@
+"""Tests for `crys-pipeline predict` on structure files written from real JARVIS / MP structures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, structure_ids, write_split
+
+from crys_pipeline import io, predict, train
+from crys_pipeline.cli import main
+from crys_pipeline.ingest import row_to_structure
+
+TARGET = "formation_energy_peratom"
+SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8, "epochs": 2,
+         "device": "cpu", "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def alignn_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two seeds of a small ALIGNN on 24 real JARVIS crystals, and their structures table."""
+    work = tmp_path_factory.mktemp("predict")
+    structures = ingest_first(30, work)
+    graphs = build_graph_dir(structures, work / "graphs")
+    ids = structure_ids(structures, TARGET)[:24]
+    split = write_split(work / "split.json", TARGET, ids[:16], ids[16:20], ids[20:24])
+    runs = []
+    for seed in (0, 1):
+        out = work / f"seed{seed}"
+        train.train(structures, split, graphs, None, out,
+                    train.TrainConfig(target=TARGET, variant="alignn", seed=seed, **SMALL))
+        runs.append(out)
+    return {"work": work, "structures": structures, "runs": runs, "test_ids": ids[20:24]}
+
+
+def _write_inputs(structures: Path, ids: list[str], folder: Path) -> None:
+    rows = {r["material_id"]: r for r in io.read_parquet(structures, "structures").to_pylist()}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, mid in enumerate(ids):
+        structure = row_to_structure(rows[mid])
+        name = f"{mid}.vasp" if i % 2 else f"POSCAR-{mid}"
+        structure.to(filename=str(folder / name), fmt="poscar")
+
+
+def test_predictions_of_written_files_equal_the_runs_own_predictions(alignn_runs: dict) -> None:
+    folder = alignn_runs["work"] / "inputs"
+    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
+    crystals, table = predict.run_predict(alignn_runs["runs"], [folder])
+    assert len(crystals) == 4 and not predict.has_failures(crystals)
+    for run in alignn_runs["runs"]:
+        own = {r["material_id"]: r["prediction"]
+               for r in io.read_parquet(run / "predictions.parquet", "predictions").to_pylist()}
+        for crystal in crystals:
+            mid = crystal.material_id.removeprefix("POSCAR-")
+            assert crystal.predictions[run.name] == pytest.approx(own[mid], abs=1e-4)
+    first = crystals[0]
+    values = list(first.predictions.values())
+    assert first.material_id in table and f"{sum(values) / 2:.4f}" in table
+
+
+def test_malformed_file_gets_its_own_error_and_others_are_predicted(alignn_runs: dict, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"][:2], tmp_path)
+    (tmp_path / "broken.cif").write_text("data_broken\n_cell_length_a 3.0\nloop_\n_atom_site_label\n")
+    (tmp_path / "POSCAR-close").write_text("close atoms\n1.0\n4 0 0\n0 4 0\n0 0 4\nNa Cl\n1 1\nDirect\n"
+                                           "0 0 0\n0.01 0 0\n")
+    runs = [str(r) for r in alignn_runs["runs"]]
+    code = main(["predict", "--model", *runs, str(tmp_path), "--out", str(tmp_path / "pred.csv")])
+    out = capsys.readouterr().out
+    assert code == 1
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "unreadable structure file" in lines["broken"]
+    assert "atoms closer than 0.5 A" in lines["POSCAR-close"]
+    predicted = [line for mid, line in lines.items() if mid not in ("broken", "POSCAR-close")]
+    assert len(predicted) == 2 and all(" - " not in line for line in predicted)
+    assert len((tmp_path / "pred.csv").read_text().splitlines()) == 5
+
+
+def test_runs_of_different_targets_are_refused(alignn_runs: dict, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    meta = io.read_json(alignn_runs["runs"][0] / "model.json")
+    io.write_json({**meta, "target": "mbj_bandgap"}, other / "model.json")
+    (other / "model.pt").write_bytes((alignn_runs["runs"][0] / "model.pt").read_bytes())
+    with pytest.raises(ValueError, match="different targets"):
+        predict.run_predict([alignn_runs["runs"][0], other], [tmp_path])
+
+
+@pytest.mark.slow
+def test_text_model_describes_and_embeds_new_files(tmp_path: Path) -> None:
+    data = mp_text_dataset(tmp_path)
+    ids = structure_ids(data["structures"], "e_form")
+    split = write_split(tmp_path / "split.json", "e_form", ids[:12], ids[12:16], ids[16:20])
+    run = tmp_path / "run"
+    train.train(data["structures"], split, data["graphs"], data["embeddings"], run,
+                train.TrainConfig(target="e_form", variant="crysmmnet", seed=0, **SMALL))
+    _write_inputs(data["structures"], ids[:2], tmp_path / "inputs")
+    crystals, _ = predict.run_predict([run], [tmp_path / "inputs"])
+    assert [c.error for c in crystals] == ["", ""]
+    assert all(isinstance(c.predictions["run"], float) for c in crystals)
