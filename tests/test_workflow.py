@@ -96,3 +96,25 @@ def test_every_schema_key_documents_type_and_default() -> None:
     for name, sub in schema["$defs"].items():
         walk(sub, f"$defs.{name}")
     assert not missing, missing
+
+
+def test_graph_parameter_change_reruns_graphs_and_nothing_upstream(tmp_path: Path) -> None:
+    from conftest import tiny_snapshot_dir
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for source in cfg["sources"].values():
+        source.update(snapshot_dir=str(tiny_snapshot_dir(tmp_path / "snapshot")), subset={"train": 6, "val": 2,
+                                                                                        "test": 2})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    graphs = "results/graphs/jarvis_dft_3d_2021"
+    base = ("-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "2")
+    first = snakemake(*base, graphs, "results/splits/jarvis_dft_3d_2021/mbj_bandgap/full.json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Nothing to be done" in snakemake(*base, "-n", graphs).stdout
+    cfg["graphs"]["cutoff"] = 7.0
+    cfg["describe"]["timeout_s"] = 30  # a text-stage parameter: must not touch the graph jobs
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plan = snakemake(*base, "-n", graphs, "results/splits/jarvis_dft_3d_2021/mbj_bandgap/full.json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert job_counts(plan.stdout) == {"graphs": 1}
+    assert "params" in plan.stdout.lower()
