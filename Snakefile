@@ -48,3 +48,4 @@ rule all:
     default_target: True
     input:
         table_outputs(),
+        "results/report.md",

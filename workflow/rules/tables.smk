@@ -23,8 +23,8 @@ rule tables:
 
 rule report:
     input:
-        tables=expand("results/{table}.csv", table=sorted(config["tables"])),
-        runs=lambda w: sorted({run for t in config["tables"] for run in table_runs(SimpleNamespace(table=t))}),
+        tables=expand("results/{table}.csv", table=config["report"]["tables"]),
+        runs=lambda w: sorted({run for t in config["report"]["tables"] for run in table_runs(SimpleNamespace(table=t))}),
     output:
         md="results/report.md",
         figs=directory("results/report"),
