@@ -17,8 +17,11 @@ For each structure the builder reproduces ALIGNN's ``nearest_neighbor_edges`` +
 Shell ties are decided by exact float comparison, so the distances are computed with jarvis-tools'
 arithmetic: its ``Lattice`` rounds the matrix to 5 decimals (used for Cartesian coordinates and the
 reciprocal lengths, themselves rounded), image offsets use the unrounded matrix, and d is
-``sqrt((dx^2 + dy^2) + dz^2)`` of ``(image . L + x_j) - x_i``. Edge vectors are
-``((f_t + n) - f_s) . L_rounded`` cast to float32, as in ``build_undirected_edgedata``.
+``sqrt((dx^2 + dy^2) + dz^2)`` of ``(image . L + x_j) - x_i``; Cartesian coordinates and image offsets
+are numpy (OpenBLAS) products as in jarvis, so shell ties break as ALIGNN's do on the same machine.
+Edge vectors are ``((f_t + n) - f_s) . L_rounded`` cast to float32, as in ``build_undirected_edgedata``,
+but computed without BLAS (`rows_times`): ALIGNN's per-bond ``np.dot`` rounds differently on
+different OpenBLAS kernels (up to ~1e-14 A in near-zero components), ours is the same on every CPU.
 
 The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py: one row per input
 structure, failures with status/error) plus ``manifest.json``. The graph parameters are stamped in
@@ -50,7 +53,7 @@ from crys_pipeline.schemas import STATUS_FAILED, STATUS_OK
 log = logging.getLogger(__name__)
 
 #: Version of the neighbour algorithm, stamped in the params: bump when the graphs would change.
-GRAPH_ALGORITHM = "alignn-knn/1"
+GRAPH_ALGORITHM = "alignn-knn/2"
 BOND_TOL = 0.15  # Angstrom: candidates at or below this distance are excluded (jarvis bond_tol)
 ZERO_DIST = 1e-8  # Angstrom: the atom itself
 LATTICE_DECIMALS = 5  # jarvis Lattice rounds its matrix to this many decimals
@@ -118,6 +121,17 @@ class _Cell:
 def _row_lengths(matrices: np.ndarray) -> list[list[float]]:
     """jarvis ``Lattice.abc`` of each [3, 3] matrix in [B, 3, 3]: row norms rounded to 6 decimals."""
     return [[round(x, LENGTH_DECIMALS) for x in row] for row in np.sqrt(np.sum(matrices**2, axis=2)).tolist()]
+
+
+def rows_times(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``rows . matrix`` for [K, 3] rows and a [3, 3] matrix, without BLAS: ``(r0 m0 + r1 m1) + r2 m2``.
+
+    numpy's ``dot`` hands this product to OpenBLAS, whose kernels (Haswell, SkylakeX, Zen, ...) round
+    it differently (fused multiply-add or not, batched or one vector at a time), so the last bits of
+    a near-zero component depended on the machine. Three elementwise products and two additions in a
+    fixed order round the same way on every CPU.
+    """
+    return rows[:, 0, None] * matrix[0] + rows[:, 1, None] * matrix[1] + rows[:, 2, None] * matrix[2]
 
 
 def make_cell(lattice: Any, frac_coords: Any) -> _Cell:
@@ -262,7 +276,7 @@ def knn_graph(lattice: Any, frac_coords: Any, params: GraphParams = GraphParams(
     """
     cell = make_cell(lattice, frac_coords)
     s, t, img, r = _undirected_keys(cell, params)
-    vec = np.dot((cell.frac[t] + img) - cell.frac[s], cell.rounded)  # [B, 3]
+    vec = rows_times((cell.frac[t] + img) - cell.frac[s], cell.rounded)  # [B, 3]
     edge_index = np.empty((2, 2 * len(s)), dtype=np.int64)  # columns s0->t0, t0->s0, s1->t1, ...
     edge_index[0, 0::2], edge_index[0, 1::2], edge_index[1, 0::2], edge_index[1, 1::2] = s, t, t, s
     edge_vec = np.empty((2 * len(s), 3), dtype=np.float32)  # [2B, 3]

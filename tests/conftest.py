@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,33 @@ SOURCES = {"jarvis": "jarvis_dft_3d_2021", "mp": "mp_2018"}
 def default_config() -> dict:
     """The repository's config.yaml."""
     return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def absolute_snapshots(cfg: dict) -> dict:
+    """`cfg` with every relative `snapshot_dir` resolved against the repository (as if run from it)."""
+    for source in cfg["sources"].values():
+        if source.get("snapshot_dir") and not Path(source["snapshot_dir"]).is_absolute():
+            source["snapshot_dir"] = str((REPO / source["snapshot_dir"]).resolve())
+    return cfg
+
+
+def snakemake_in(workdir: Path, *args: str, config: dict | None = None,
+                 timeout: int = 300) -> subprocess.CompletedProcess:
+    """The venv's snakemake on the repository's Snakefile, in its own working directory.
+
+    Tests never run the workflow in the checkout: its results/, resources/, logs/ and .snakemake/
+    belong to the user (the README's main command fills them). `workdir` gets `config` as its
+    config.yaml (by default the repository's, with snapshot folders made absolute) unless it has one.
+    The workflow profile (profiles/default) still applies: snakemake finds it beside the Snakefile.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config is not None or not (workdir / "config.yaml").exists():
+        cfg = absolute_snapshots(config if config is not None else default_config())
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    cmd = [str(bindir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def tiny_snapshot_dir(dest: Path) -> Path:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -18,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import REPO, snakemake_in
+
 from crys_pipeline import attention as A
 from crys_pipeline import cli, io
 from crys_pipeline.embed import EncoderSettings
 
-REPO = Path(__file__).resolve().parents[1]
 #: TaMoS4: mineral clause and a component-makeup sentence; SrTl3 and Zr2HBr2: short; Na3Bi(P2O7)2: > 512 tokens.
 SHORT_IDS = ("mp-1217910", "mp-1206636", "mp-642803")
 LONG_ID = "mp-759684"
@@ -320,16 +319,9 @@ def test_summary_accounts_for_every_sampled_material(sections: Path, tmp_path: P
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_workflow_plans_attention_rules() -> None:
+def test_workflow_plans_attention_rules(tmp_path: Path) -> None:
     targets = ("results/attention/mp_2018/summary.csv", "results/attention/mp_2018/mp-1217910_L5.png")
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "snakemake"), "-n", *targets],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = snakemake_in(tmp_path, "-n", *targets)
     assert result.returncode == 0, result.stderr
     for rule in ("attention_summary", "attention", "sections"):
         assert re.search(rf"^{rule}\s+1\s*$", result.stdout, re.MULTILINE), result.stdout

@@ -7,15 +7,13 @@ input id is accounted for at every stage, then that a second run does nothing.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, default_config, tiny_snapshot_dir
+from conftest import default_config, snakemake_in, tiny_snapshot_dir
 from crys_pipeline import io
 
 pytestmark = pytest.mark.slow
@@ -46,12 +44,8 @@ def tiny_config(snapshot: Path) -> dict:
 
 
 def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """snakemake on the repository's Snakefile with `workdir` as working directory."""
-    bindir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    cmd = [str(bindir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    """snakemake on the repository's Snakefile with `workdir` (holding its config.yaml) as working directory."""
+    return snakemake_in(workdir, "--cores", "2", *args, timeout=1800)
 
 
 @pytest.fixture(scope="module")

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run the venv's snakemake in the repository."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+from conftest import REPO, snakemake_in, tiny_snapshot_dir
 
 
 def job_counts(stdout: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run as {rule: count}."""
+    assert "Job stats:" in stdout, f"no jobs planned:\n{stdout[-2000:]}"
     block = stdout.split("Job stats:")[1].split("total")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
 
 
-def test_dry_run_plans_whole_pipeline_for_table1() -> None:
-    result = snakemake("-n", "results/table1.csv")
+def test_dry_run_plans_whole_pipeline_for_table1(tmp_path: Path) -> None:
+    result = snakemake_in(tmp_path, "-n", "results/table1.csv")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -42,14 +32,14 @@ def test_dry_run_plans_whole_pipeline_for_table1() -> None:
 
 
 def test_graph_only_table_needs_no_text_stages(tmp_path: Path) -> None:
-    result = snakemake("-n", "results/train/jarvis_dft_3d_2021/mbj_bandgap/alignn/full/seed0/summary.json")
+    result = snakemake_in(tmp_path, "-n", "results/train/jarvis_dft_3d_2021/mbj_bandgap/alignn/full/seed0/summary.json")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert "embed" not in counts and "describe" not in counts and counts["graphs"] == 1
 
 
-def test_lint_is_clean() -> None:
-    result = snakemake("--lint")
+def test_lint_is_clean(tmp_path: Path) -> None:
+    result = snakemake_in(tmp_path, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -58,13 +48,13 @@ def test_config_typo_fails_at_parse_time_naming_the_key(tmp_path: Path) -> None:
     cfg["train"]["epochs_typo"] = 3
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    result = snakemake("-n", "--configfile", str(bad))
+    result = snakemake_in(tmp_path / "work", "-n", "--configfile", str(bad))
     assert result.returncode != 0
     assert "epochs_typo" in result.stdout + result.stderr
 
 
-def test_paper_config_plans_through_snakemake_validation() -> None:
-    result = snakemake("-n", "results/table1.csv", "--configfile", "config/paper.yaml")
+def test_paper_config_plans_through_snakemake_validation(tmp_path: Path) -> None:
+    result = snakemake_in(tmp_path, "-n", "results/table1.csv", "--configfile", str(REPO / "config/paper.yaml"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert job_counts(result.stdout)["describe"] == yaml.safe_load((REPO / "config/paper.yaml").read_text())[
         "describe"]["shards"]
@@ -99,22 +89,19 @@ def test_every_schema_key_documents_type_and_default() -> None:
 
 
 def test_graph_parameter_change_reruns_graphs_and_nothing_upstream(tmp_path: Path) -> None:
-    from conftest import tiny_snapshot_dir
-
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     for source in cfg["sources"].values():
         source.update(snapshot_dir=str(tiny_snapshot_dir(tmp_path / "snapshot")), subset={"train": 6, "val": 2,
                                                                                         "test": 2})
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    work = tmp_path / "work"
     graphs = "results/graphs/jarvis_dft_3d_2021"
-    base = ("-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "2")
-    first = snakemake(*base, graphs, "results/splits/jarvis_dft_3d_2021/mbj_bandgap/full.json")
+    first = snakemake_in(work, "--cores", "2", graphs, "results/splits/jarvis_dft_3d_2021/mbj_bandgap/full.json",
+                         config=cfg)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "Nothing to be done" in snakemake(*base, "-n", graphs).stdout
+    assert "Nothing to be done" in snakemake_in(work, "-n", graphs).stdout
     cfg["graphs"]["cutoff"] = 7.0
     cfg["describe"]["timeout_s"] = 30  # a text-stage parameter: must not touch the graph jobs
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    plan = snakemake(*base, "-n", graphs, "results/splits/jarvis_dft_3d_2021/mbj_bandgap/full.json")
+    plan = snakemake_in(work, "-n", graphs, "results/splits/jarvis_dft_3d_2021/mbj_bandgap/full.json", config=cfg)
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert job_counts(plan.stdout) == {"graphs": 1}
     assert "params" in plan.stdout.lower()
