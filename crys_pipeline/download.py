@@ -49,6 +49,16 @@ def figshare_entry(jarvis_key: str) -> tuple[str, str]:
     return info[jarvis_key][0], info[jarvis_key][1]
 
 
+def local_snapshot_candidates(snapshot_dir: Path, provider: str) -> list[Path]:
+    """The files of `snapshot_dir` that `find_local_snapshot` may pick for `provider` (the download rule's
+    inputs, so that editing a snapshot reruns download and ingest): the offline file when present, else
+    every jarvis-tools figshare zip (``*.json.zip``) in the folder. No jarvis-tools import (DAG-time cheap)."""
+    offline = snapshot_dir / OFFLINE_FILES[provider]
+    if offline.is_file():
+        return [offline]
+    return sorted(p for p in snapshot_dir.glob("*.json.zip") if p.is_file())
+
+
 def find_local_snapshot(snapshot_dir: Path, provider: str, jarvis_key: str) -> tuple[Path, str] | None:
     """The snapshot file in `snapshot_dir` for this source and its format, or None."""
     offline = snapshot_dir / OFFLINE_FILES[provider]
@@ -139,7 +149,7 @@ def fetch(
         source: source name (config key), recorded in the manifest.
         provider: `jarvis` or `mp`.
         jarvis_key: jarvis-tools figshare key (`dft_3d_2021`, `megnet`).
-        snapshot_dir: local snapshot folder tried first (None: download only).
+        snapshot_dir: local snapshot folder tried first (None: download only); must exist when given.
         download_dir: where downloads are stored.
         out: manifest JSON path.
 
@@ -152,6 +162,10 @@ def fetch(
     """
     if provider not in OFFLINE_FILES:
         raise ValueError(f"unknown provider {provider!r}; expected one of {sorted(OFFLINE_FILES)}")
+    if snapshot_dir and not snapshot_dir.is_dir():
+        raise FileNotFoundError(f"source {source!r}: snapshot_dir {snapshot_dir} is not a folder; point "
+                                f"sources.{source}.snapshot_dir at the folder holding {OFFLINE_FILES[provider]}, "
+                                "or set it to null to download")
     found = find_local_snapshot(snapshot_dir, provider, jarvis_key) if snapshot_dir else None
     if found:
         path, fmt = found

@@ -105,3 +105,50 @@ def test_graph_parameter_change_reruns_graphs_and_nothing_upstream(tmp_path: Pat
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert job_counts(plan.stdout) == {"graphs": 1}
     assert "params" in plan.stdout.lower()
+
+
+def _tiny_sources(cfg: dict, snapshot: Path, subset: dict | None = None) -> dict:
+    for source in cfg["sources"].values():
+        source.update(snapshot_dir=str(snapshot), subset=subset or {"train": 4, "val": 1, "test": 1})
+    return cfg
+
+
+def test_edited_snapshot_reruns_download_and_ingest(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    from crys_pipeline.io import read_parquet
+
+    snapshot = tiny_snapshot_dir(tmp_path / "snapshot")
+    cfg = _tiny_sources(yaml.safe_load((REPO / "config.yaml").read_text()), snapshot)
+    work, out = tmp_path / "work", "results/structures/jarvis_dft_3d_2021.parquet"
+    assert snakemake_in(work, "--cores", "1", out, config=cfg).returncode == 0
+    first = read_parquet(work / out, "structures").to_pylist()[0]
+    path = snapshot / "jarvis_dft3d_2021_structures.jsonl.gz"
+    with gzip.open(path, "rt") as fh:
+        records = [json.loads(line) for line in fh]
+    for rec in records:
+        if rec["jid"] == first["material_id"]:
+            rec["formation_energy_peratom"] = 123.5
+    with gzip.open(path, "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records))
+    plan = snakemake_in(work, "-n", out)
+    assert job_counts(plan.stdout) == {"download": 1, "ingest": 1}, plan.stdout[-2000:]
+    assert snakemake_in(work, "--cores", "1", out).returncode == 0
+    assert read_parquet(work / out, "structures").to_pylist()[0]["formation_energy_peratom"] == 123.5
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["tables"]["table1"].update(source="jarvis_typo"),
+     r"tables.table1.source 'jarvis_typo' is not one of \['jarvis_dft_3d_2021', 'mp_2018'\]"),
+    (lambda c: c["tables"]["table1"].update(targets=["formation_energy_per_atom"]),
+     "tables.table1.targets 'formation_energy_per_atom' .*did you mean 'formation_energy_peratom'"),
+    (lambda c: c["sources"]["mp_2018"].update(snapshot_dir="/nonexistent/data"),
+     "sources.mp_2018.snapshot_dir '/nonexistent/data' is not a folder.*null to download"),
+])
+def test_config_cross_checks_name_key_and_choices(tmp_path: Path, edit, message: str) -> None:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    edit(cfg)
+    result = snakemake_in(tmp_path, "-n", "results/table1.csv", config=cfg)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stderr[-2000:]

@@ -1,7 +1,8 @@
-# Shared helpers: target lists and params rendering for the rules. No stage logic lives here;
-# the functions only read `config`.
+# Shared helpers: config checks the schema cannot express, target lists and params rendering for the
+# rules. No stage logic lives here; the functions only read `config` (and the snapshot folder's listing).
 
 import json
+from pathlib import Path
 
 
 TEXT_VARIANT = {"crysmmnet": "full", "crysmmnet_global": "global", "crysmmnet_local": "local",
@@ -56,3 +57,51 @@ def train_inputs(wildcards):
 def table_outputs():
     """Every configured table (CSV and Markdown)."""
     return expand("results/{table}.{ext}", table=sorted(config["tables"]), ext=["csv", "md"])
+
+
+def snapshot_files(wildcards):
+    """The local snapshot file(s) `download` reads (its inputs), so editing one reruns download and ingest.
+
+    Empty when the source downloads (`snapshot_dir: null`) or the folder does not hold it (then download).
+    """
+    from crys_pipeline.download import local_snapshot_candidates
+
+    folder = source_cfg(wildcards).get("snapshot_dir")
+    if not folder:
+        return []
+    return [str(p) for p in local_snapshot_candidates(Path(folder), source_cfg(wildcards)["provider"])]
+
+
+def unknown_choice(what, name, choices):
+    """The error for config key `what` naming `name`, which is not among `choices`, with the closest ones."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(choices), n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"config: {what} {name!r} is not one of {sorted(choices)}{hint}")
+
+
+def check_config(cfg):
+    """Cross-key checks the JSON schema cannot express; each error names the key, the value and the choices."""
+    unknown = unknown_choice
+    errors = []
+    for name, src in cfg["sources"].items():
+        if src["stratify_target"] not in src["targets"]:
+            errors.append(unknown(f"sources.{name}.stratify_target", src["stratify_target"], src["targets"]))
+        folder = src.get("snapshot_dir")
+        if folder and not Path(folder).is_dir():
+            errors.append(ValueError(
+                f"config: sources.{name}.snapshot_dir {folder!r} is not a folder (relative to {Path.cwd()}); "
+                "point it at the folder holding the snapshot, or set it to null to download"))
+    for table, block in cfg["tables"].items():
+        if block["source"] not in cfg["sources"]:
+            errors.append(unknown(f"tables.{table}.source", block["source"], cfg["sources"]))
+        elif block["targets"] != "all":
+            known = cfg["sources"][block["source"]]["targets"]
+            errors.extend(unknown(f"tables.{table}.targets", t, known) for t in block["targets"] if t not in known)
+    errors.extend(unknown("report.tables", t, cfg["tables"]) for t in cfg["report"]["tables"] if t not in cfg["tables"])
+    if errors:
+        raise ValueError("\n".join(str(e) for e in errors))
+
+
+check_config(config)

@@ -1,7 +1,10 @@
 # Stage `download`: fetch (or locate) a source snapshot and record its sha256; never edits it.
+# A local snapshot file is an input, so editing it reruns download, ingest and everything downstream.
 
 
 rule download:
+    input:
+        snapshot=snapshot_files,
     output:
         manifest="resources/snapshots/{source}.json",
     params:
