@@ -24,7 +24,8 @@ but computed without BLAS (`rows_times`): ALIGNN's per-bond ``np.dot`` rounds di
 different OpenBLAS kernels (up to ~1e-14 A in near-zero components), ours is the same on every CPU.
 
 The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py: one row per input
-structure, failures with status/error) plus ``manifest.json``. The graph parameters are stamped in
+structure, failures with status/error) plus ``manifest.json`` (counts and the sha256 of every shard,
+verified by the reader). The graph parameters are stamped in
 every shard and checked by ``io.read_graph_dir(expect=...)``. Line graphs are not stored: the
 model builds them per batch (``crys_pipeline.models.line_graph``).
 """
@@ -430,7 +431,8 @@ def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers
         io.write_parquet(table, out_dir / name, "graphs", params.as_meta(),
                          {**extra, "shard": index, "n_shards": n_shards})
         failed = table.num_rows - sum(s == STATUS_OK for s in table.column("status").to_pylist())
-        shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed})
+        shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed,
+                       "sha256": io.sha256_file(out_dir / name)})
     for stale in {p.name for p in out_dir.glob("shard-*.parquet")} - {s["file"] for s in shards}:
         (out_dir / stale).unlink()
     return _write_manifest(out_dir, params, shards, extra)

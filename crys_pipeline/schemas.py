@@ -252,7 +252,21 @@ EMBEDDINGS = H5Layout(
         "_truncated": ("bool", 1),
         "_empty": ("bool", 1),
     },
-    required_attrs=("model", "revision", "pooling", "max_length", "normalizer", "dtype", "dim", "versions"),
+    required_attrs=("model", "revision", "pooling", "max_length", "normalizer", "dtype", "dim", "versions", "digests"),
 )
 
 H5: dict[str, H5Layout] = {EMBEDDINGS.kind: EMBEDDINGS}
+
+#: model.json of a training run: required key -> JSON type (checked by `io.read_model_json`).
+#: `model_sha256` is the sha256 of the run's model.pt, verified before the weights are loaded.
+MODEL_JSON: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "variant": str,
+    "target": str,
+    "source": str,
+    "regime": str,
+    "seed": int,
+    "graph_params": dict,
+    "embedding_attrs": dict,
+    "model_sha256": str,
+}

@@ -45,7 +45,7 @@ def test_export_writes_the_contribution_format(official_run: Path, tmp_path: Pat
     assert [r["id"] for r in rows] == [p["material_id"] for p in preds]
     assert [float(r["prediction"]) for r in rows] == pytest.approx([p["prediction"] for p in preds])
     assert {r["id"] for r in rows} <= leaderboard.benchmark_test_ids(f"dft_3d_{TARGET}")
-    meta = io.read_json(tmp_path / "metadata.json")
+    meta = io.read_json(tmp_path / "metadata.json", checked=False)  # a file for the leaderboard: no checksum key
     assert meta["model_name"] == "CrysMMNet-alignn" and meta["author_email"] == "a@b.c"
     assert meta["database_version"] == "8-18-2021"
 

@@ -1,0 +1,50 @@
+"""The only package that opens Parquet, HDF5, JSON and torch artifacts.
+
+Writers stamp every file with its kind, SCHEMA_VERSION, the package version and the parameters
+that produced it, add checksums (Parquet page CRCs, a sha256 per graph shard in manifest.json, a
+sha256 per HDF5 dataset, a self-sha256 in every JSON object) and write atomically (temporary file,
+then rename), so a killed job never leaves a half-written artifact under its final name. Readers
+validate the layout declared in `schemas.py`, the checksums and, when asked, that the file was made
+with the expected parameters: a stale, foreign or damaged file is one ArtifactError naming the path
+and the fix, never a silent wrong value. Modules: `core` (stamps, JSON, text, torch), `parquet`,
+`hdf5`.
+"""
+
+from crys_pipeline.io.core import (
+    CHECKSUM_KEY,
+    ArtifactError,
+    corrupt,
+    read_json,
+    read_jsonl,
+    read_model_json,
+    read_torch,
+    sha256_file,
+    write_json,
+    write_text,
+    write_torch,
+)
+from crys_pipeline.io.hdf5 import (
+    EmbeddingsPartial,
+    h5_summary,
+    np_dtype,
+    open_embeddings_partial,
+    partial_path,
+    read_embedding_flags,
+    read_embeddings,
+)
+from crys_pipeline.io.parquet import (
+    check_meta,
+    parquet_head,
+    read_graph_dir,
+    read_meta,
+    read_parquet,
+    write_parquet,
+)
+from crys_pipeline.schemas import META_KEY
+
+__all__ = [
+    "CHECKSUM_KEY", "META_KEY", "ArtifactError", "EmbeddingsPartial", "check_meta", "corrupt", "h5_summary",
+    "np_dtype", "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags",
+    "read_embeddings", "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_torch",
+    "sha256_file", "write_json", "write_parquet", "write_text", "write_torch",
+]

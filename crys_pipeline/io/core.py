@@ -1,0 +1,183 @@
+"""Stamps, atomic writes, checksums and the plain-file artifacts (JSON, JSON lines, text, torch state).
+
+Every JSON object artifact carries the sha256 of its own canonical content under `CHECKSUM_KEY`;
+`read_json` verifies and strips it, so a changed or damaged file is an error, never a silent value.
+Torch files are loaded with `weights_only=True`: tensors and plain values only, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from crys_pipeline import __version__
+from crys_pipeline.schemas import SCHEMA_VERSION
+
+#: Key of the self-checksum in every JSON object artifact.
+CHECKSUM_KEY = "_sha256"
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, corrupt, of the wrong kind or version, or was made with other parameters."""
+
+
+def corrupt(path: str | Path, exc: BaseException | str) -> ArtifactError:
+    """The one-line error for an unreadable or damaged artifact: the path, the cause and the fix."""
+    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return ArtifactError(f"{path}: corrupt or unreadable artifact ({cause}); delete it and rerun the stage that "
+                         "makes it (snakemake rebuilds a deleted file)")
+
+
+def stamp(kind: str, params: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The metadata every Parquet/HDF5 artifact carries: kind, versions, creation time, params, `extra`."""
+    meta = {
+        "kind": kind,
+        "schema_version": SCHEMA_VERSION,
+        "package_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "params": params,
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def atomic_target(path: Path) -> Path:
+    """A temporary file beside `path` (same file system), to be renamed onto it once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _replace_with(path: Path, write: Any) -> None:
+    tmp = atomic_target(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def json_digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_json(obj: Any, path: str | Path, checksum: bool = True) -> None:
+    """Write JSON atomically (sorted keys, indented); a dict gets its own sha256 under `CHECKSUM_KEY`.
+
+    `checksum=False` only for files another program reads (e.g. a leaderboard contribution).
+    """
+    if checksum and isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: json_digest(obj)}
+    text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
+    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def read_json(path: str | Path, checked: bool = True) -> Any:
+    """Read a JSON artifact; a dict's `CHECKSUM_KEY` is verified (required unless `checked=False`) and dropped.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ArtifactError: not JSON, or (checked) no or a wrong checksum; the message names the path and the fix.
+    """
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise corrupt(path, exc) from exc
+    if not isinstance(obj, dict):
+        return obj
+    digest = obj.pop(CHECKSUM_KEY, None)
+    if checked and digest is None:
+        raise corrupt(path, f"no {CHECKSUM_KEY} checksum: not written by this version of crys_pipeline")
+    if digest is not None and digest != json_digest(obj):
+        raise corrupt(path, f"{CHECKSUM_KEY} checksum mismatch: the file changed after it was written")
+    return obj
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """Write a text artifact (CSV, Markdown, JSON lines) atomically."""
+    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Read a JSON-lines artifact (one JSON value per non-empty line); a bad line is named by number."""
+    path = Path(path)
+    out = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as exc:
+                raise corrupt(f"{path}:{number}", exc) from exc
+    return out
+
+
+def write_torch(obj: Any, path: str | Path) -> None:
+    """torch.save `obj` (tensors and plain values only, so `read_torch` can load it) atomically."""
+    import torch
+
+    _replace_with(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def read_torch(path: str | Path) -> Any:
+    """Load a torch file onto the CPU as tensors and plain values only (`weights_only=True`).
+
+    A file holding anything else (a pickle that could run code) is refused without being run.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ArtifactError: refused (other objects) or corrupt; the message names the path.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ArtifactError(f"{path}: refused, it holds objects other than tensors and plain values, which "
+                            f"could run code when loaded ({first}); use a model file written by "
+                            "`crys-pipeline train`") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise corrupt(path, exc) from exc
+
+
+def read_model_json(run_dir: str | Path) -> dict[str, Any]:
+    """A run's model.json (checksum and `schemas.MODEL_JSON` layout verified) after checking that the
+    run's model.pt is the file it names (`model_sha256`).
+
+    Raises:
+        ArtifactError: a missing key, a value of the wrong type, or a model.pt that is not the run's own.
+    """
+    from crys_pipeline.schemas import MODEL_JSON
+
+    path = Path(run_dir) / "model.json"
+    meta = read_json(path)
+    for key, typ in MODEL_JSON.items():
+        if not isinstance(meta.get(key), typ):
+            raise ArtifactError(f"{path}: field {key!r} is {type(meta.get(key)).__name__}, the model.json layout "
+                                f"needs {getattr(typ, '__name__', typ)}; retrain the run or use one written by "
+                                "`crys-pipeline train`")
+    weights = path.with_name("model.pt")
+    if not weights.is_file() or sha256_file(weights) != meta["model_sha256"]:
+        raise corrupt(weights, f"missing or not the file {path.name} was written with (sha256 differs)")
+    return meta
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
