@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from crys_pipeline.io import read_json, read_torch
+from crys_pipeline.io import read_model_json, read_torch
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        """Short label of the run (its seed folder, or the folder name)."""
-        return self.run_dir.name
+        """Label of the run's column: `{variant}/{regime}/seed{seed}` (unique among the runs of one model)."""
+        return f"{self.meta['variant']}/{self.meta['regime']}/seed{self.meta['seed']}"
 
 
 def collect_files(paths: list[Path]) -> list[Path]:
@@ -102,13 +102,17 @@ def read_crystal(path: Path) -> Crystal:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Rebuild a run's val-selected model from model.json + model.pt (eval mode, CPU)."""
+    """Rebuild a run's val-selected model from model.json + model.pt (eval mode, CPU).
+
+    model.json is checked against its layout and model.pt against the sha256 it records; the weights
+    load as tensors only (never unpickled code).
+    """
     import torch
 
     from crys_pipeline.atom_features import cgcnn_feature_table
     from crys_pipeline.models import build_model
 
-    meta = read_json(run_dir / "model.json")
+    meta = read_model_json(run_dir)
     model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
     model.load_state_dict(read_torch(run_dir / "model.pt"))
     model.eval()
@@ -221,16 +225,32 @@ def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in lines)
 
 
+def check_one_model(runs: list[Run]) -> None:
+    """Raise ValueError unless `runs` are seeds of one model: same source, target, variant and regime,
+    each seed once (a mean and std over them is then a seed ensemble)."""
+    targets = {(r.meta["source"], r.meta["target"]) for r in runs}
+    if len(targets) != 1:
+        raise ValueError(f"runs predict different targets {sorted(targets)}; give runs of one target")
+    models = sorted({(r.meta["variant"], r.meta["regime"]) for r in runs})
+    if len(models) != 1:
+        raise ValueError(f"runs are different models (variant, regime) {models}: their predictions are not one "
+                         "mean; run predict once per model")
+    seen: dict[str, Path] = {}
+    for run in runs:
+        if run.name in seen:
+            raise ValueError(f"{run.run_dir} and {seen[run.name]} are both {run.name}; give each seed once")
+        seen[run.name] = run.run_dir
+
+
 def run_predict(run_dirs: list[Path], paths: list[Path]) -> tuple[list[Crystal], str]:
     """Predict every structure file under `paths` with every run; returns the crystals and the table text.
 
     Raises:
-        ValueError: the runs predict different targets (their predictions cannot be averaged).
+        ValueError: the runs predict different targets or are different models (variant, regime), or one
+            run is given twice: their predictions cannot be averaged into one mean.
     """
     runs = [load_run(d) for d in run_dirs]
-    targets = {(r.meta["source"], r.meta["target"]) for r in runs}
-    if len(targets) != 1:
-        raise ValueError(f"runs predict different targets {sorted(targets)}; give runs of one target")
+    check_one_model(runs)
     crystals = [read_crystal(p) for p in collect_files(paths)]
     for c in crystals:
         if c.error:

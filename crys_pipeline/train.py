@@ -89,8 +89,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    """The global RNG states of torch, CUDA, numpy and stdlib random."""
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    """The global RNG states of torch, CUDA, numpy and stdlib random, as tensors and plain values only
+    (so a checkpoint loads with `weights_only=True`)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "random": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -99,7 +103,9 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what `rng_states` returned."""
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(states["random"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -411,7 +417,8 @@ def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, 
              "regime": data.split_meta["regime"], "seed": cfg.seed, "split_hash": data.split_meta["hash"]}
     _write_predictions(preds, out_dir / "predictions.parquet", asdict(cfg), extra)
     io.write_torch(model.state_dict(), out_dir / "model.pt")
-    io.write_json(_model_json(model, cfg, data, state, device), out_dir / "model.json")
+    model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}
+    io.write_json(model_json, out_dir / "model.json")
     summary = _summary(cfg, data, state, preds, wall)
     io.write_json(summary, out_dir / "summary.json")
     return summary

@@ -52,10 +52,11 @@ def test_predictions_of_written_files_equal_the_runs_own_predictions(alignn_runs
                for r in io.read_parquet(run / "predictions.parquet", "predictions").to_pylist()}
         for crystal in crystals:
             mid = crystal.material_id.removeprefix("POSCAR-")
-            assert crystal.predictions[run.name] == pytest.approx(own[mid], abs=1e-4)
+            assert crystal.predictions[f"alignn/full/{run.name}"] == pytest.approx(own[mid], abs=1e-4)
     first = crystals[0]
     values = list(first.predictions.values())
     assert first.material_id in table and f"{sum(values) / 2:.4f}" in table
+    assert "alignn/full/seed0" in table and "alignn/full/seed1" in table and values[0] != values[1]
 
 
 def test_malformed_file_gets_its_own_error_and_others_are_predicted(alignn_runs: dict, tmp_path: Path,
@@ -97,4 +98,61 @@ def test_text_model_describes_and_embeds_new_files(tmp_path: Path) -> None:
     _write_inputs(data["structures"], ids[:2], tmp_path / "inputs")
     crystals, _ = predict.run_predict([run], [tmp_path / "inputs"])
     assert [c.error for c in crystals] == ["", ""]
-    assert all(isinstance(c.predictions["run"], float) for c in crystals)
+    assert all(isinstance(c.predictions["crysmmnet/full/seed0"], float) for c in crystals)
+
+
+def _copy_run(run: Path, dest: Path, **changes) -> Path:
+    """A copy of a run folder whose model.json has `changes` (written with a valid checksum)."""
+    dest.mkdir(parents=True)
+    (dest / "model.pt").write_bytes((run / "model.pt").read_bytes())
+    io.write_json({**io.read_json(run / "model.json"), **changes}, dest / "model.json")
+    return dest
+
+
+def test_runs_of_other_models_or_twice_the_same_seed_are_refused(alignn_runs: dict, tmp_path: Path) -> None:
+    seed0 = alignn_runs["runs"][0]
+    other = _copy_run(seed0, tmp_path / "crysmmnet" / "full" / "seed0", variant="crysmmnet")
+    with pytest.raises(ValueError, match=r"different models .*\('alignn', 'full'\), \('crysmmnet', 'full'\)"):
+        predict.run_predict([seed0, other], [tmp_path])
+    twin = _copy_run(seed0, tmp_path / "elsewhere" / "seed0")
+    with pytest.raises(ValueError, match="are both alignn/full/seed0; give each seed once"):
+        predict.run_predict([seed0, twin], [tmp_path])
+
+
+class _Marker:
+    """Unpickling this writes a marker file: what a crafted model.pt would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "code ran"))
+
+
+def test_crafted_model_pt_is_refused_without_running_it(alignn_runs: dict, tmp_path: Path, caplog) -> None:
+    import torch
+
+    run = _copy_run(alignn_runs["runs"][0], tmp_path / "shared_run")
+    marker = tmp_path / "marker"
+    state = io.read_torch(run / "model.pt")
+    torch.save({**state, "payload": _Marker(str(marker))}, run / "model.pt")
+    io.write_json({**io.read_json(run / "model.json"), "model_sha256": io.sha256_file(run / "model.pt")},
+                  run / "model.json")  # a consistent, hostile run folder
+    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"][:1], tmp_path / "in")
+    assert main(["predict", "--model", str(run), str(tmp_path / "in")]) == 1
+    assert not marker.exists()
+    assert any("model.pt: refused, it holds objects other than tensors" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda run: (run / "model.pt").write_bytes((run / "model.pt").read_bytes()[:-100]),
+     "model.pt: corrupt or unreadable artifact .*sha256 differs"),
+    (lambda run: io.write_json({k: v for k, v in io.read_json(run / "model.json").items() if k != "variant"},
+                               run / "model.json"),
+     "model.json: field 'variant' is NoneType, the model.json layout needs str"),
+])
+def test_damaged_run_files_are_named(alignn_runs: dict, tmp_path: Path, edit, message: str) -> None:
+    run = _copy_run(alignn_runs["runs"][0], tmp_path / "run")
+    edit(run)
+    with pytest.raises(io.ArtifactError, match=message):
+        predict.load_run(run)
