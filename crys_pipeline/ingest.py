@@ -2,12 +2,17 @@
 
 Reads the snapshot named in the `download` manifest (after checking its sha256), maps each record to
 canonical fields, optionally keeps a deterministic subset inside each official split, and validates
-every structure. Records that cannot become a sound structure (unparseable, non-positive volume,
+every structure. Records that cannot become a sound structure (unparseable, degenerate cell,
 atoms closer than `MIN_DISTANCE` Angstrom, NaN coordinates, unknown element) go to the rejected
-table with a reason; every selected input id lands in exactly one of the two files. Row order is the
-snapshot's order, which ALIGNN's seed-123 split depends on.
+table with a reason; every selected input id lands in exactly one of the two files. Snapshot lines
+that cannot be read at all (bad JSON, no id field) are rejected too, under the id `file:line`. A
+left-handed cell (negative lattice determinant) is a valid structure. Row order is the snapshot's
+order, which ALIGNN's seed-123 split depends on.
 
-Missing targets (None, the string 'na', NaN) become null, as in ALIGNN's filter (SPEC.md 1.2).
+Missing targets (None, the string 'na', NaN) become null, as in ALIGNN's filter. A target value that
+is not a number ('abc') or is infinite also becomes null, with a warning, and is listed (id, field,
+value) in the structures metadata `bad_values`. A target whose `field` the snapshot lacks stops the
+stage, naming the closest field names.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from crys_pipeline.schemas import split_column
 log = logging.getLogger(__name__)
 
 MIN_DISTANCE = 0.5  # Angstrom; closer atoms are a broken structure
+MIN_VOLUME = 1e-3  # Angstrom^3; a smaller |det(lattice)| is a degenerate cell
 SPLIT_LABELS = ("train", "val", "test")
 
 #: jarvis-leaderboard benchmark files holding the official split of each canonical field.
@@ -58,6 +64,12 @@ class RawRecord:
     frac_coords: Any
     values: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, str | None] = field(default_factory=dict)
+    problem: str | None = None  # why the snapshot entry could not be read (its id is then `file:line`)
+
+
+def _unreadable(where: str, problem: str) -> RawRecord:
+    """The placeholder of a snapshot entry that cannot be read (bad JSON, no id): a rejected row."""
+    return RawRecord(where, None, None, None, problem=f"{where}: {problem}")
 
 
 def _open_text(path: Path):
@@ -67,11 +79,19 @@ def _open_text(path: Path):
 
 
 def _offline_records(path: Path, provider: str) -> Iterator[RawRecord]:
+    id_key = "jid" if provider == "jarvis" else "material_id"
     with _open_text(path) as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                yield _unreadable(f"{path}:{number}", f"unparseable JSON ({exc})")
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get(id_key), str) or not rec[id_key]:
+                yield _unreadable(f"{path}:{number}", f"no {id_key!r} id field")
+                continue
             if provider == "jarvis":
                 yield RawRecord(
                     rec["jid"], rec.get("lattice_mat"), rec.get("species"), rec.get("frac_coords"),
@@ -113,7 +133,10 @@ def _figshare_records(path: Path, provider: str, moduli: dict[str, dict[str, Any
     id_key = "jid" if provider == "jarvis" else "id"
     fields = list(JARVIS_FIELDS) if provider == "jarvis" else ["e_form", "gap_pbe"]
     official = leaderboard_splits(fields)
-    for rec in data:
+    for index, rec in enumerate(data):
+        if rec.get(id_key) in (None, ""):
+            yield _unreadable(f"{path}[{index}]", f"no {id_key!r} id field")
+            continue
         atoms = rec.get("atoms") or {}
         coords = np.asarray(atoms.get("coords"), dtype=float)
         lattice = np.asarray(atoms.get("lattice_mat"), dtype=float)
@@ -139,11 +162,26 @@ def read_snapshot(manifest: dict[str, Any]) -> Iterator[RawRecord]:
     return _figshare_records(Path(main["path"]), provider, moduli)
 
 
+class BadValue(ValueError):
+    """A target value that is neither a number nor a missing-value marker, or is infinite."""
+
+
 def clean_value(value: Any, transform: str) -> float | None:
-    """ALIGNN's missing-value rule (None, 'na', NaN -> None), then the target transform."""
+    """ALIGNN's missing-value rule (None, 'na', NaN -> None), then the target transform.
+
+    Raises:
+        BadValue: a non-numeric value (e.g. 'abc', a list, a bool) or an infinite one.
+    """
     if value is None or (isinstance(value, str) and value.strip().lower() == "na"):
         return None
-    number = float(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError("a boolean")
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise BadValue(f"non-numeric value {value!r}") from exc
+    if math.isinf(number):
+        raise BadValue(f"non-finite value {value!r}")
     if math.isnan(number):
         return None
     if transform == "log10":
@@ -174,9 +212,9 @@ def validate(rec: RawRecord) -> str | None:
         unknown = sorted({str(el) for el in rec.species if not Element.is_valid_symbol(str(el))})
         if unknown:
             return f"unknown element(s) {', '.join(unknown)}"
-        volume = float(np.linalg.det(lattice))
-        if volume <= 0:
-            return f"non-positive cell volume {volume:.4g} A^3"
+        volume = abs(float(np.linalg.det(lattice)))  # a left-handed cell (negative determinant) is valid
+        if volume < MIN_VOLUME:
+            return f"degenerate cell: volume {volume:.4g} A^3 (lattice vectors (nearly) coplanar)"
         structure = row_to_structure({"lattice": lattice, "species": rec.species, "frac_coords": frac})
     except (ValueError, KeyError, TypeError) as exc:
         return f"unparseable: {type(exc).__name__}: {exc}"
@@ -204,9 +242,14 @@ def select_subset(
     if subset is None:
         return records
 
+    def usable(value: Any) -> bool:
+        try:
+            return clean_value(value, "none") is not None
+        except BadValue:
+            return False
+
     def rank(rec: RawRecord) -> tuple[int, str]:
-        present = sum(clean_value(rec.values.get(f), "none") is not None for f in fields)
-        return -present, _hash_key(rec.material_id)
+        return -sum(usable(rec.values.get(f)) for f in fields), _hash_key(rec.material_id)
 
     chosen: set[str] = set()
     for label in SPLIT_LABELS:
@@ -215,7 +258,20 @@ def select_subset(
     return [r for r in records if r.material_id in chosen]
 
 
-def _structure_rows(records: list[RawRecord], targets: dict[str, dict[str, Any]]) -> pa.Table:
+def _target_value(rec: RawRecord, spec: dict[str, Any], bad: list[dict[str, Any]]) -> float | None:
+    """The cleaned value of one target; a bad one becomes null and is appended to `bad` (id, field, value)."""
+    raw = rec.values.get(spec["field"])
+    try:
+        return clean_value(raw, spec.get("transform", "none"))
+    except BadValue as exc:
+        bad.append({"material_id": rec.material_id, "field": spec["field"], "value": repr(raw), "problem": str(exc)})
+        return None
+
+
+def _structure_rows(
+    records: list[RawRecord], targets: dict[str, dict[str, Any]], bad: list[dict[str, Any]]
+) -> pa.Table:
+    """The structures table of `records`; target values that are not numbers are nulled and listed in `bad`."""
     from pymatgen.core import Composition
 
     columns: dict[str, list[Any]] = {k: [] for k in ("material_id", "formula", "natoms", "lattice", "species",
@@ -230,7 +286,7 @@ def _structure_rows(records: list[RawRecord], targets: dict[str, dict[str, Any]]
         columns["species"].append(list(rec.species))
         columns["frac_coords"].append(np.asarray(rec.frac_coords, dtype=float).tolist())
         for name, spec in targets.items():
-            columns[name].append(clean_value(rec.values.get(spec["field"]), spec.get("transform", "none")))
+            columns[name].append(_target_value(rec, spec, bad))
             official = spec.get("split", "official") == "official"
             columns[split_column(name)].append(rec.splits.get(spec["field"]) if official else None)
     arrays = {k: pa.array(v, type=pa.float64() if k in targets else None) for k, v in columns.items()}
@@ -256,6 +312,29 @@ def _check_not_logged(table: pa.Table, targets: dict[str, dict[str, Any]]) -> No
                              f"(all <= 3.5); set transform: none")
 
 
+def check_fields(records: list[RawRecord], targets: dict[str, dict[str, Any]], snapshot: str) -> None:
+    """Raise ValueError when a target reads a field the snapshot does not have (with the closest names)."""
+    import difflib
+
+    known = sorted({name for rec in records for name in rec.values})
+    for name, spec in targets.items():
+        if spec["field"] not in known:
+            close = difflib.get_close_matches(spec["field"], known, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"{snapshot}: target {name!r} reads field {spec['field']!r}, which this snapshot does "
+                             f"not have (fields: {known}){hint}")
+
+
+def _log_bad_values(source: str, bad: list[dict[str, Any]], unreadable: list[RawRecord]) -> None:
+    for rec in unreadable:
+        log.warning("%s: rejected unreadable snapshot entry %s", source, rec.problem)
+    for item in bad[:20]:
+        log.warning("%s: %s field %r: %s set to null", source, item["material_id"], item["field"], item["problem"])
+    if bad:
+        log.warning("%s: %d target values were not numbers and became null (all listed in the structures "
+                    "metadata `bad_values`)", source, len(bad))
+
+
 def ingest(
     manifest_path: Path,
     targets: dict[str, dict[str, Any]],
@@ -275,27 +354,37 @@ def ingest(
         rejected_out: rejected Parquet (material_id, reason).
 
     Returns:
-        (kept, rejected) row counts; kept + rejected equals the number of selected input records.
+        (kept, rejected) row counts; kept + rejected equals the number of selected input records plus the
+        unreadable snapshot lines.
+
+    Raises:
+        ValueError: a target field the snapshot lacks, duplicate ids, or a changed snapshot file.
     """
     manifest = read_json(manifest_path)
     if stratify_target not in targets:
         raise ValueError(f"stratify_target {stratify_target!r} is not one of the targets {sorted(targets)}")
     records = list(read_snapshot(manifest))
+    unreadable = [r for r in records if r.problem]
+    records = [r for r in records if not r.problem]
     n_input = len(records)
     dupes = n_input - len({r.material_id for r in records})
     if dupes:
         raise ValueError(f"snapshot has {dupes} duplicate material ids")
+    check_fields(records, targets, manifest["files"]["structures"]["path"])
     fields = [spec["field"] for spec in targets.values()]
     records = select_subset(records, subset, targets[stratify_target]["field"], fields)
-    good, bad = [], []
+    good, bad = [], [(r.material_id, r.problem) for r in unreadable]
     for rec in tqdm(records, desc=f"validate {manifest['source']}", unit="structure", disable=None):
         reason = validate(rec)
         (bad.append((rec.material_id, reason)) if reason else good.append(rec))
-    table = _structure_rows(good, targets)
+    bad_values: list[dict[str, Any]] = []
+    table = _structure_rows(good, targets, bad_values)
     _check_not_logged(table, targets)
+    _log_bad_values(manifest["source"], bad_values, unreadable)
     meta = {"source": manifest["source"], "targets": list(targets), "snapshot_sha256": manifest["files"]
             ["structures"]["sha256"], "n_snapshot": n_input, "n_selected": len(records), "units":
-            {k: v.get("unit", "") for k, v in targets.items()}}
+            {k: v.get("unit", "") for k, v in targets.items()}, "n_unreadable": len(unreadable),
+            "bad_values": bad_values}
     params = {"targets": targets, "subset": subset, "stratify_target": stratify_target}
     write_parquet(table, out, "structures", params, meta)
     rejected = pa.table({"material_id": [m for m, _ in bad], "reason": [r for _, r in bad]},

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -56,7 +57,7 @@ def test_bad_records_are_rejected_with_reason_and_none_lost(tmp_path: Path) -> N
     bad[0].update(jid="BAD-nan", frac_coords=[[float("nan"), 0, 0]] + good[0]["frac_coords"][1:])
     reasons["BAD-nan"] = "NaN"
     bad[1].update(jid="BAD-vol", lattice_mat=[[1, 0, 0], [0, 1, 0], [0, 0, 0]])
-    reasons["BAD-vol"] = "non-positive cell volume"
+    reasons["BAD-vol"] = "degenerate cell: volume 0 A^3"
     bad[2].update(jid="BAD-close", frac_coords=[[0, 0, 0]] * len(good[0]["frac_coords"]))
     reasons["BAD-close"] = "atoms closer than"
     bad[3].update(jid="BAD-el", species=["Xx"] + good[0]["species"][1:])
@@ -153,3 +154,68 @@ def test_figshare_zip_in_snapshot_dir_is_recognised(tmp_path: Path) -> None:
     assert all(r["optb88vdw_bandgap"] is None for r in rows)
     # the official label comes from the installed jarvis-leaderboard benchmark files
     assert rows[0]["split_formation_energy_peratom"] == tiny_records("jarvis")[0]["split"]["formation_energy_peratom"]
+
+
+def _ingest_snapshot(tmp_path: Path, records: list[dict], lines: list[str] = (), targets: dict | None = None):
+    snap = _write_snapshot(tmp_path, records)
+    if lines:
+        with gzip.open(snap / download.OFFLINE_FILES["jarvis"], "at") as fh:
+            fh.writelines(lines)
+    cfg = default_config()["sources"][SOURCES["jarvis"]]
+    download.fetch("j", "jarvis", "dft_3d_2021", snap, tmp_path / "dl", tmp_path / "m.json")
+    counts = ingest.ingest(tmp_path / "m.json", targets or cfg["targets"], None, cfg["stratify_target"],
+                           tmp_path / "s.parquet", tmp_path / "r.parquet")
+    return counts, snap / download.OFFLINE_FILES["jarvis"]
+
+
+def test_non_numeric_and_infinite_targets_become_null_and_are_named(tmp_path: Path, caplog) -> None:
+    records = [dict(r) for r in tiny_records("jarvis")[:4]]
+    records[1]["formation_energy_peratom"] = float("inf")  # json.dumps writes Infinity, as the file has
+    records[2]["mbj_bandgap"] = "abc"
+    (kept, rejected), _ = _ingest_snapshot(tmp_path, records)
+    assert (kept, rejected) == (4, 0)
+    rows = {r["material_id"]: r for r in read_parquet(tmp_path / "s.parquet", "structures").to_pylist()}
+    assert rows[records[1]["jid"]]["formation_energy_peratom"] is None
+    assert rows[records[2]["jid"]]["mbj_bandgap"] is None
+    assert rows[records[3]["jid"]]["formation_energy_peratom"] == records[3]["formation_energy_peratom"]
+    bad = read_meta(tmp_path / "s.parquet")["bad_values"]
+    assert [(b["material_id"], b["field"], b["value"]) for b in bad] == [
+        (records[1]["jid"], "formation_energy_peratom", "inf"), (records[2]["jid"], "mbj_bandgap", "'abc'")]
+    assert f"{records[2]['jid']} field 'mbj_bandgap': non-numeric value 'abc' set to null" in caplog.text
+
+
+def test_misspelled_target_field_stops_ingest_naming_the_closest(tmp_path: Path) -> None:
+    targets = {"formation_energy_peratom": {"field": "formation_energy_per_atom", "unit": "eV/atom"}}
+    with pytest.raises(ValueError, match="target 'formation_energy_peratom' reads field "
+                       "'formation_energy_per_atom', which this snapshot does not have.*did you mean "
+                       "'formation_energy_peratom'"):
+        _ingest_snapshot(tmp_path, tiny_records("jarvis")[:3], targets=targets)
+
+
+def test_record_without_id_and_truncated_line_are_rejected_with_file_and_line(tmp_path: Path) -> None:
+    records = [dict(r) for r in tiny_records("jarvis")[:3]]
+    del records[1]["jid"]
+    truncated = json.dumps(tiny_records("jarvis")[3])[:200]
+    (kept, rejected), path = _ingest_snapshot(tmp_path, records, [truncated])
+    assert (kept, rejected) == (2, 2)
+    rows = {r["material_id"]: r["reason"] for r in read_parquet(tmp_path / "r.parquet", "rejected").to_pylist()}
+    assert rows == {f"{path}:2": f"{path}:2: no 'jid' id field",
+                    f"{path}:4": rows[f"{path}:4"]}
+    assert rows[f"{path}:4"].startswith(f"{path}:4: unparseable JSON (")
+
+
+def test_left_handed_cell_is_accepted_with_the_same_graph(tmp_path: Path) -> None:
+    from crys_pipeline.graphs import GraphParams, knn_graph
+
+    rec = dict(tiny_records("jarvis")[0])
+    lattice = np.array(rec["lattice_mat"])
+    frac = np.array(rec["frac_coords"])
+    left = dict(rec, jid="LEFT", lattice_mat=(lattice * [[1], [1], [-1]]).tolist(),
+                frac_coords=(frac * [1, 1, -1]).tolist())  # same atoms, c vector reversed: det < 0
+    assert np.linalg.det(left["lattice_mat"]) < 0
+    (kept, rejected), _ = _ingest_snapshot(tmp_path, [rec, left])
+    assert (kept, rejected) == (2, 0)
+    right_g = knn_graph(lattice, frac, GraphParams())
+    left_g = knn_graph(np.array(left["lattice_mat"]), np.array(left["frac_coords"]), GraphParams())
+    lengths = [np.sort(np.round(np.linalg.norm(g.edge_vec, axis=1), 6)) for g in (right_g, left_g)]
+    np.testing.assert_array_equal(*lengths)
