@@ -102,7 +102,19 @@ def _load_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
+def _check_folder(path: Path, summary: dict[str, Any]) -> None:
+    """A summary inside a `{source}/{target}/{variant}/{regime}/seed{seed}` run folder must be that run's."""
+    if not path.parent.name.startswith("seed") or len(path.parents) < 6:
+        return
+    folder = [p.name for p in path.parents[:5]][::-1]
+    own = [str(summary[k]) for k in ("source", "target", "variant", "regime")] + [f"seed{summary['seed']}"]
+    if folder != own:
+        raise TableSpecError(f"{path}: the summary of run {'/'.join(own)} lies in the folder of {'/'.join(folder)}; "
+                             "delete the run folder and rerun its training job")
+
+
 def _check_run(path: Path, summary: dict[str, Any], spec: dict[str, Any], targets: list[str]) -> None:
+    _check_folder(path, summary)
     expected = {"source": spec["source"], "regime": spec["regime"]}
     for key, want in expected.items():
         if summary[key] != want:
@@ -147,7 +159,8 @@ def _mean(values: list[float]) -> float:
 
 
 def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else math.nan
+    """Sample std; NaN with one value or when a value is missing (a diverged seed)."""
+    return statistics.stdev(values) if len(values) > 1 and not any(map(math.isnan, values)) else math.nan
 
 
 def _shared(cell: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,6 +194,8 @@ def cell_row(
         "ratio_to_paper": mae_mean / paper.mae if paper else math.nan,
         "paper_label": paper.label if paper else "", "paper_ref": paper.reference if paper else "",
         "split_hash": shared["split_hash"],
+        "notes": [f"seed {s['seed']}: {s['stop_reason']}" for s in cell
+                  if str(s.get("stop_reason", "")).startswith("diverged")],
     }
 
 
@@ -245,6 +260,7 @@ def fmt(value: float, digits: int = 4) -> str:
 
 def _md_row(row: dict[str, Any]) -> str:
     mae = fmt(row["mae_mean"]) + ("" if math.isnan(row["mae_std"]) else f" ± {fmt(row['mae_std'], 2)}")
+    mae += " †" if row.get("notes") else ""
     ratio = "–" if math.isnan(row["ratio_to_paper"]) else f"{row['ratio_to_paper']:.2f}×"
     cells = [
         row["property"], row["unit"], row["variant"], row["encoder"] or "–",
@@ -272,6 +288,7 @@ def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]])
             f"split hash. crys_pipeline {__version__}."
         ),
         "",
+        *(f"† {row['property']} / {row['variant']}, {note}" for row in rows for note in row.get("notes", [])),
     ]
     return "\n".join(lines)
 

@@ -444,6 +444,7 @@ def train(
 
     Raises:
         ValueError: the inputs do not fit the variant, or nothing is left to train on.
+        RuntimeError: the run diverged (non-finite loss); the outputs are written first, for inspection.
     """
     from crys_pipeline.devices import resolve_device, set_threads
     from crys_pipeline.models import VARIANTS
@@ -463,6 +464,9 @@ def train(
     model, state, loaders = fit(data, cfg, out_dir, device)
     summary = write_outputs(model, cfg, data, state, loaders, out_dir, device, load_seconds + state.wall_seconds)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    if summary["stop_reason"].startswith("diverged"):
+        raise RuntimeError(f"{out_dir}: training {summary['stop_reason']}; summary.json records it. Look for extreme "
+                           f"{cfg.target} values in {structures} or lower the learning rate, then rerun")
     log.info("%s/%s %s seed %d: val-selected test MAE %s (epoch %d), last %s, min %s", data.source, cfg.target,
              cfg.variant, cfg.seed, summary["test_mae"], summary["best_epoch"], summary["last_test_mae"],
              summary["min_test_mae"])

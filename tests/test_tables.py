@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from crys_pipeline.tables import (
     build_table,
     load_paper_values,
     read_table_csv,
+    table_markdown,
 )
 
 JARVIS = "jarvis_dft_3d_2021"
@@ -173,3 +175,19 @@ def test_cli_tables_writes_both_files_and_fails_clearly_on_mismatch(tmp_path: Pa
     assert cli.main([*args[:4], json.dumps(low20), *args[5:], *runs]) == 1
     assert not out_csv.exists()
     assert "regime='full' but the table spec says 'low20'" in caplog.text
+
+
+def test_diverged_run_gets_a_footnote(tmp_path: Path) -> None:
+    runs = make_grid(tmp_path)
+    io.write_json({**io.read_json(runs[2]), "test_mae": None, "stop_reason": "diverged (non-finite train loss in "
+                   "epoch 1)"}, runs[2])
+    md = table_markdown("table1", SPEC, assemble_table("table1", SPEC, UNITS, runs))
+    assert "† formation_energy_peratom / alignn, seed 0: diverged (non-finite train loss in epoch 1)" in md
+
+
+def test_summary_in_another_runs_folder_is_refused(tmp_path: Path) -> None:
+    runs = make_grid(tmp_path)
+    shutil.copy(runs[2], runs[0])  # alignn seed 0's valid summary.json in crysmmnet seed 0's folder
+    with pytest.raises(TableSpecError, match="summary of run jarvis_dft_3d_2021/formation_energy_peratom/alignn/"
+                       "full/seed0 lies in the folder of .*/crysmmnet/full/seed0"):
+        assemble_table("table1", SPEC, UNITS, runs)

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, structure_ids, write_split
@@ -205,6 +206,30 @@ def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> No
     assert summary["seed"] == 1 and summary["epochs_run"] == 2 and math.isfinite(summary["test_mae"])
     for name in ("model.pt", "model.json", "metrics.jsonl", "predictions.parquet"):
         assert (out / name).exists()
+
+
+def test_diverged_run_exits_non_zero_with_the_reason(jarvis40, split30, tmp_path: Path, caplog) -> None:
+    from crys_pipeline.cli import main
+
+    table = io.read_parquet(jarvis40["structures"], "structures")
+    meta = io.read_meta(jarvis40["structures"])
+    first_train = io.read_json(split30)["id_train"][0]
+    values = [1e200 if m == first_train else v  # finite in the file, overflows float32 in training
+              for m, v in zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist())]
+    table = table.set_column(table.column_names.index(TARGET), TARGET, pa.array(values, pa.float64()))
+    structures = tmp_path / "structures.parquet"
+    io.write_parquet(table, structures, "structures", meta["params"], {k: meta[k] for k in ("source", "targets",
+                                                                                             "snapshot_sha256")})
+    graphs = build_graph_dir(structures, tmp_path / "graphs")
+    out = tmp_path / "run"
+    argv = ["train", "--structures", str(structures), "--split", str(split30), "--graphs", str(graphs),
+            "--embeddings", "", "--target", TARGET, "--variant", "alignn", "--seed", "0", "--epochs", "2",
+            "--batch-size", "8",
+            "--hidden-features", "16", "--alignn-layers", "1", "--gcn-layers", "1", "--device", "cpu",
+            "--threads", "1", "--out-dir", str(out)]
+    assert main(argv) == 1
+    assert io.read_json(out / "summary.json")["stop_reason"] == "diverged (non-finite train loss in epoch 1)"
+    assert f"{out}: training diverged (non-finite train loss in epoch 1)" in caplog.text
 
 
 @pytest.fixture(scope="module")
