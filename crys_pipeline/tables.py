@@ -114,7 +114,6 @@ def _check_folder(path: Path, summary: dict[str, Any]) -> None:
 
 
 def _check_run(path: Path, summary: dict[str, Any], spec: dict[str, Any], targets: list[str]) -> None:
-    _check_folder(path, summary)
     expected = {"source": spec["source"], "regime": spec["regime"]}
     for key, want in expected.items():
         if summary[key] != want:
@@ -125,6 +124,7 @@ def _check_run(path: Path, summary: dict[str, Any], spec: dict[str, Any], target
         raise TableSpecError(
             f"{path}: run variant {summary['variant']!r} is not in the table's variants {spec['variants']}"
         )
+    _check_folder(path, summary)
 
 
 def group_runs(

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import SOURCES, default_config, tiny_records
 
-from conftest import SOURCES, default_config, tiny_records, tiny_snapshot_dir
 from crys_pipeline import download, ingest
 from crys_pipeline.io import ArtifactError, read_meta, read_parquet
 
