@@ -217,6 +217,8 @@ def _add_sections(sub: argparse._SubParsersAction) -> None:
         "prepended to full and global. Failed descriptions stay as rows with empty texts.",
     )
     p.add_argument("--descriptions", type=Path, required=True, help="results/text/{source}/descriptions.parquet")
+    p.add_argument("--structures", type=_optional_path, default=None,
+                   help="results/structures/{source}.parquet: the descriptions must have been made from it")
     _bool_flag(p, "global-header", False, "prepend the templated global header to full and global")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_run_sections)
@@ -225,7 +227,7 @@ def _add_sections(sub: argparse._SubParsersAction) -> None:
 def _run_sections(a: argparse.Namespace) -> None:
     from crys_pipeline import sections
 
-    sections.build_sections(a.descriptions, a.global_header, a.out)
+    sections.build_sections(a.descriptions, a.global_header, a.out, a.structures)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -261,6 +263,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
         "a killed job resumes after its last finished chunk.",
     )
     p.add_argument("--sections", type=Path, required=True, help="results/text/{source}/sections.parquet")
+    p.add_argument("--structures", type=_optional_path, default=None,
+                   help="results/structures/{source}.parquet: the sections must have been made from it")
     p.add_argument("--model", required=True, help="package:<name>, a local model directory, or a hub id")
     p.add_argument("--revision", default="", help="hub revision (commit hash) to pin; '' = none")
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
@@ -281,7 +285,8 @@ def _run_embed(a: argparse.Namespace) -> None:
         model=a.model, revision=a.revision or None, pooling=a.pooling, max_length=a.max_length,
         normalizer=a.normalizer, token_budget=a.token_budget, device=a.device,
     )
-    embed.embed_sections(a.sections, a.out, settings, chunk_rows=a.chunk_rows, threads=a.threads)
+    embed.embed_sections(a.sections, a.out, settings, chunk_rows=a.chunk_rows, threads=a.threads,
+                         structures=a.structures)
 
 
 # --- graphs ---------------------------------------------------------------------------------------

@@ -109,6 +109,15 @@ def _load_graphs(graphs: Path) -> tuple[dict[str, GraphArrays], dict[str, str], 
     return table_to_arrays(table), failures, io.read_meta(_graph_shards(graphs)[0])
 
 
+def _check_ids(path: Path, ids: list[str], structures: Path, structure_ids: set[str]) -> None:
+    """Every stage keeps one row per structure: other ids mean the file belongs to another structures table."""
+    if set(ids) != structure_ids:
+        missing, extra = sorted(structure_ids - set(ids)), sorted(set(ids) - structure_ids)
+        raise io.ArtifactError(f"{path}: its material ids are not those of {structures} ({len(missing)} missing, "
+                               f"e.g. {missing[:3]}; {len(extra)} foreign, e.g. {extra[:3]}); delete it and rerun "
+                               "its stage")
+
+
 def _load_targets(structures: Path, target: str) -> tuple[dict[str, float | None], str]:
     """({id: target value or None}, source name) from the structures table."""
     meta = io.read_meta(structures)
@@ -175,6 +184,8 @@ def load_training_data(
 
     Raises:
         ValueError: the split belongs to another target, or `embeddings` is given without a variant.
+        ArtifactError: the split, graphs or embeddings were made from another structures file (stale or
+            swapped), or the embeddings do not hold one row per structure.
     """
     split_rec = io.read_json(split)
     if split_rec.get("target") != target:
@@ -186,6 +197,13 @@ def load_training_data(
     text_rows, matrix, text_failures, embed_attrs = None, None, {}, {}
     if embeddings is not None:
         text_rows, matrix, text_failures, embed_attrs = _load_text(embeddings, text_variant)
+    hashes = input_hashes(structures, split, graphs, embeddings)
+    io.check_lineage(structures, {
+        split: split_rec.get("structures_sha256"), **({graphs: graph_meta.get("structures_sha256")} if graphs else {}),
+        **({embeddings: (embed_attrs.get("inputs") or {}).get("structures_sha256")} if embeddings else {}),
+    }, hashes["structures"])
+    if embeddings is not None:
+        _check_ids(embeddings, [*text_rows, *text_failures], structures, set(targets))
     splits, dropped = {}, []
     for name in SPLITS:
         keep = []
@@ -204,8 +222,7 @@ def load_training_data(
     if dropped:
         log.warning("dropped %d split members after the split (reasons in the run summary)", len(dropped))
     split_meta = {k: split_rec.get(k) for k in ("target", "method", "regime", "seed", "hash")}
-    return TrainingData(splits, dropped, split_meta, source, graph_meta, embed_attrs,
-                        input_hashes(structures, split, graphs, embeddings))
+    return TrainingData(splits, dropped, split_meta, source, graph_meta, embed_attrs, hashes)
 
 
 class CrystalDataset(Dataset):

@@ -65,7 +65,7 @@ from robocrys.condense.mineral import MineralMatcher, ReducedAflowPrototypeMatch
 from robocrys.condense.molecule import MoleculeNamer
 from tqdm import tqdm
 
-from crys_pipeline.io import read_meta, read_parquet, write_parquet
+from crys_pipeline.io import read_meta, read_parquet, sha256_file, write_parquet
 from crys_pipeline.schemas import DESCRIPTIONS, STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -666,6 +666,6 @@ def merge_shards(structures: Path, shards: list[Path], out: Path) -> None:
                          f"({len(missing)}), unknown {unknown[:5]} ({len(unknown)})")
     rows = [by_id[i] for i in ids]
     meta = {"source": metas[0].get("source"), "versions": metas[0].get("versions"), "counts": _counts(rows),
-            "shards": len(shards)}
+            "shards": len(shards), "structures_sha256": sha256_file(structures)}
     write_parquet(rows_to_table(rows), out, "descriptions", params[0], meta)
     log.info("merged %d shards: %s", len(shards), meta["counts"])

@@ -362,7 +362,7 @@ def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant:
 
 def embed_sections(
     sections: Path, out: Path, settings: EncoderSettings, chunk_rows: int = 256, threads: int = 0,
-    encoder: TextEncoder | None = None,
+    encoder: TextEncoder | None = None, structures: Path | None = None,
 ) -> dict[str, Any]:
     """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
 
@@ -373,6 +373,7 @@ def embed_sections(
         chunk_rows: rows encoded and written per resumable chunk.
         threads: torch intra-op threads (0 = torch default).
         encoder: an already loaded encoder with exactly these `settings` (loaded here when None).
+        structures: the structures table the sections must have been made from (checked when given).
 
     Returns:
         per-variant statistics (counts, truncated share, token-length percentiles), also stored in `out`.
@@ -387,7 +388,11 @@ def embed_sections(
         encoder = TextEncoder(settings)
     elif encoder.settings != settings:
         raise ValueError(f"encoder loaded with {encoder.settings}, not {settings}")
-    inputs = {"sections_sha256": io.sha256_file(sections), "sections_params": io.read_meta(sections).get("params", {})}
+    sections_meta = io.read_meta(sections)
+    if structures is not None:
+        io.check_lineage(structures, {sections: sections_meta.get("structures_sha256")})
+    inputs = {"sections_sha256": io.sha256_file(sections), "sections_params": sections_meta.get("params", {}),
+              "structures_sha256": sections_meta.get("structures_sha256")}
     partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(), inputs)
     try:
         todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VARIANTS)

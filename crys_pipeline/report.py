@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from crys_pipeline import __version__
-from crys_pipeline.io import read_json, read_jsonl, read_parquet, write_text
+from crys_pipeline.io import read_json, read_jsonl, read_parquet, verify_files, write_text
 from crys_pipeline.tables import fmt, read_table_csv, table_markdown
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,16 @@ class Run:
 
 
 def load_run(summary_path: Path) -> Run:
-    """Read a run's summary, per-epoch metrics and test-split predictions."""
+    """Read a run's summary, per-epoch metrics and test-split predictions (checked against the sha256
+    the summary records for them)."""
     run_dir = Path(summary_path).parent
+    summary = read_json(summary_path)
+    verify_files(run_dir, summary.get("files"))
     table = read_parquet(run_dir / "predictions.parquet", "predictions", columns=["split", "target", "prediction"])
     test = [i for i, split in enumerate(table.column("split").to_pylist()) if split == "test"]
     y_true = np.asarray(table.column("target").to_pylist(), dtype=np.float64)[test]
     y_pred = np.asarray(table.column("prediction").to_pylist(), dtype=np.float64)[test]
-    return Run(read_json(summary_path), read_jsonl(run_dir / "metrics.jsonl"), y_true, y_pred)
+    return Run(summary, read_jsonl(run_dir / "metrics.jsonl"), y_true, y_pred)
 
 
 def group_runs(runs: list[Run]) -> dict[PropertyKey, dict[str, list[Run]]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from crys_pipeline.io import read_meta, read_parquet, write_parquet
+from crys_pipeline.io import check_lineage, read_meta, read_parquet, write_parquet
 from crys_pipeline.schemas import SECTIONS, STATUS_OK
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _counts(rows: list[dict[str, str]]) -> dict[str, int]:
     }
 
 
-def build_sections(descriptions: Path, global_header: bool, out: Path) -> None:
+def build_sections(descriptions: Path, global_header: bool, out: Path, structures: Path | None = None) -> None:
     """Write the sections table: one row per descriptions row, same order.
 
     Args:
@@ -79,10 +79,13 @@ def build_sections(descriptions: Path, global_header: bool, out: Path) -> None:
     table_in = read_parquet(descriptions, "descriptions", columns=_COLUMNS)
     rows = [split_row(r, global_header) for r in table_in.to_pylist()]
     meta_in = read_meta(descriptions)
+    if structures is not None:
+        check_lineage(structures, {descriptions: meta_in.get("structures_sha256")})
     counts = _counts(rows)
     params = {"global_header": global_header, "header_template": GLOBAL_HEADER if global_header else None,
               "describe": meta_in.get("params", {})}
-    meta = {"source": meta_in.get("source"), "versions": meta_in.get("versions"), "counts": counts}
+    meta = {"source": meta_in.get("source"), "versions": meta_in.get("versions"), "counts": counts,
+            "structures_sha256": meta_in.get("structures_sha256")}
     table = pa.Table.from_pylist(rows) if rows else SECTIONS.schema.empty_table()
     write_parquet(table, out, "sections", params, meta)
     log.info("sections: %s", counts)

@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline.io import read_parquet, write_json
+from crys_pipeline.io import read_parquet, sha256_file, write_json
 from crys_pipeline.schemas import split_column
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def make_splits(
     """Write the full and low20 split JSON files of one target.
 
     Each file holds id_train / id_val / id_test, counts, the method, seed, regime, the number of
-    materials with a non-null target (n_total) and the split hash.
+    materials with a non-null target (n_total), the split hash and the structures file's sha256.
     """
     table = read_parquet(structures, "structures", columns=None)
     if target not in table.column_names:
@@ -129,7 +129,8 @@ def make_splits(
     for regime, split, out in (("full", full, out_full), ("low20", low, out_low20)):
         record = {**split, "target": target, "method": method, "seed": seed, "regime": regime,
                   "n_total": len(ids), "n_train": len(split["id_train"]), "n_val": len(split["id_val"]),
-                  "n_test": len(split["id_test"]), "hash": split_hash(split)}
+                  "n_test": len(split["id_test"]), "hash": split_hash(split),
+                  "structures_sha256": sha256_file(structures)}
         write_json(record, out)
         log.info("%s %s/%s: %d train, %d val, %d test (hash %s)", target, method, regime, record["n_train"],
                  record["n_val"], record["n_test"], record["hash"])

@@ -420,6 +420,8 @@ def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, 
     model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}
     io.write_json(model_json, out_dir / "model.json")
     summary = _summary(cfg, data, state, preds, wall)
+    files = ("model.pt", "model.json", "metrics.jsonl", "predictions.parquet")
+    summary["files"] = {name: io.sha256_file(out_dir / name) for name in files}
     io.write_json(summary, out_dir / "summary.json")
     return summary
 

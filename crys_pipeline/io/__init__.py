@@ -13,12 +13,14 @@ and the fix, never a silent wrong value. Modules: `core` (stamps, JSON, text, to
 from crys_pipeline.io.core import (
     CHECKSUM_KEY,
     ArtifactError,
+    check_lineage,
     corrupt,
     read_json,
     read_jsonl,
     read_model_json,
     read_torch,
     sha256_file,
+    verify_files,
     write_json,
     write_text,
     write_torch,
@@ -43,8 +45,8 @@ from crys_pipeline.io.parquet import (
 from crys_pipeline.schemas import META_KEY
 
 __all__ = [
-    "CHECKSUM_KEY", "META_KEY", "ArtifactError", "EmbeddingsPartial", "check_meta", "corrupt", "h5_summary",
+    "CHECKSUM_KEY", "META_KEY", "ArtifactError", "EmbeddingsPartial", "check_lineage", "check_meta", "corrupt", "h5_summary",
     "np_dtype", "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags",
     "read_embeddings", "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_torch",
-    "sha256_file", "write_json", "write_parquet", "write_text", "write_torch",
+    "sha256_file", "verify_files", "write_json", "write_parquet", "write_text", "write_torch",
 ]

@@ -174,6 +174,31 @@ def read_model_json(run_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def verify_files(folder: str | Path, digests: dict[str, str] | None) -> None:
+    """Check that every file named in `digests` ({file name: sha256}, e.g. a run summary's `files`) under
+    `folder` still has that sha256 (nothing to check when `digests` is None).
+
+    Raises:
+        ArtifactError: a file is missing or changed, naming it and the fix.
+    """
+    for name, digest in (digests or {}).items():
+        path = Path(folder) / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise corrupt(path, "missing, or not the file the run recorded (sha256 differs)")
+
+
+def check_lineage(structures: str | Path, derived: dict[Path, str | None], sha: str | None = None) -> None:
+    """Raise ArtifactError when an artifact in `derived` ({path: the structures sha256 it records}) was made
+    from another structures file than `structures` (sha256 `sha`, computed when None): stale or swapped.
+    An artifact that records no structures sha256 (None) is not checked."""
+    sha = sha or sha256_file(structures)
+    for path, recorded in derived.items():
+        if recorded is not None and recorded != sha:
+            raise ArtifactError(f"{path}: made from another structures file than {structures} (sha256 "
+                                f"{recorded[:12]}... vs {sha[:12]}...): one of the two is stale, swapped or "
+                                "damaged; delete it and rerun the stage that makes it")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

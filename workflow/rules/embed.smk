@@ -4,6 +4,7 @@
 rule embed:
     input:
         sections="results/text/{source}/sections.parquet",
+        structures="results/structures/{source}.parquet",
     output:
         embeddings="results/embeddings/{source}.h5",
     params:
@@ -25,7 +26,7 @@ rule embed:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "crys-pipeline embed --sections {input.sections} --model '{params.model}'"
+        "crys-pipeline embed --sections {input.sections} --structures {input.structures} --model '{params.model}'"
         " --revision '{params.revision}' --pooling {params.pooling} --max-length {params.max_length}"
         " --normalizer {params.normalizer} --token-budget {params.token_budget}"
         " --chunk-rows {params.chunk_rows} --device {params.device} --threads {threads}"

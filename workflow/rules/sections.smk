@@ -4,6 +4,7 @@
 rule sections:
     input:
         descriptions="results/text/{source}/descriptions.parquet",
+        structures="results/structures/{source}.parquet",
     output:
         sections="results/text/{source}/sections.parquet",
     params:
@@ -13,5 +14,5 @@ rule sections:
     conda:
         "../../envs/describe.yaml"
     shell:
-        "crys-pipeline sections --descriptions {input.descriptions} {params.header}"
+        "crys-pipeline sections --descriptions {input.descriptions} --structures {input.structures} {params.header}"
         " --out {output.sections} 2> {log}"
