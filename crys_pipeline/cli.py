@@ -540,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from crys_pipeline.lifecycle import watch_workflow
+
+    watch_workflow()  # a killed snakemake takes this job with it (no orphan beside the rerun's copy)
     try:
         status = args.handler(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

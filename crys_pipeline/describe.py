@@ -397,6 +397,9 @@ def empty_row(material_id: str, status: str, error: str = "", elapsed_s: float =
 # --- worker pool ----------------------------------------------------------------------------------
 def _worker_main(conn: Connection, settings: DescribeSettings) -> None:
     """Worker process: build the engine once, then describe (position, id, structure) tasks."""
+    from crys_pipeline.lifecycle import die_with_parent
+
+    die_with_parent()  # the forkserver, which ends with the stage process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.filterwarnings("ignore")
     _install_worker_patches()

@@ -49,6 +49,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from crys_pipeline import __version__, io
+from crys_pipeline.lifecycle import die_with_parent
 from crys_pipeline.schemas import STATUS_FAILED, STATUS_OK
 
 log = logging.getLogger(__name__)
@@ -392,7 +393,7 @@ def _graph_rows(records: list[dict[str, Any]], params: GraphParams, workers: int
         results: Iterable[list[dict[str, Any]]] = map(_rows_task, tasks)
         yield from _with_progress(results, bar)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=die_with_parent) as pool:
         yield from _with_progress(pool.map(_rows_task, tasks), bar)
 
 
