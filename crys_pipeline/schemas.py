@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+#: 2: Parquet page checksums, per-dataset sha256 of the embeddings (`digests`), structures lineage.
+SCHEMA_VERSION = "2"
 
 #: Key under which every artifact stores its JSON metadata (Parquet schema metadata / HDF5 attrs).
 META_KEY = "crys_pipeline"
