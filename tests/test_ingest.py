@@ -219,3 +219,14 @@ def test_left_handed_cell_is_accepted_with_the_same_graph(tmp_path: Path) -> Non
     left_g = knn_graph(np.array(left["lattice_mat"]), np.array(left["frac_coords"]), GraphParams())
     lengths = [np.sort(np.round(np.linalg.norm(g.edge_vec, axis=1), 6)) for g in (right_g, left_g)]
     np.testing.assert_array_equal(*lengths)
+
+
+def test_missing_snapshot_dir_is_an_error_not_a_download(tmp_path: Path) -> None:
+    from crys_pipeline.cli import main
+
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FileNotFoundError, match=f"snapshot_dir {missing} is not a folder.*null to download"):
+        download.fetch("j", "jarvis", "dft_3d_2021", missing, tmp_path / "dl", tmp_path / "m.json")
+    code = main(["download", "--source", "j", "--provider", "jarvis", "--jarvis-key", "dft_3d_2021",
+                 "--snapshot-dir", str(missing), "--download-dir", str(tmp_path / "dl"), "--out", str(tmp_path / "m")])
+    assert code == 1 and not (tmp_path / "dl").exists()
