@@ -168,6 +168,7 @@ class GATGNNEncoder(nn.Module):
         e = F.leaky_relu(self.embed_e(bonds), NEG_SLOPE)
         for conv, norm in zip(self.node_att, self.batch_norm):
             h = F.softplus(norm(conv(h, e, batch.edge_index)))
-        weights = self.comp_atten(h, composition_fractions(batch.z, node_graph, n_graphs), node_graph)
+        composition = composition_fractions(batch.z, node_graph, n_graphs).to(h.dtype)  # [B, 103]
+        weights = self.comp_atten(h, composition, node_graph)  # [N, 1]
         y = scatter(h * weights, node_graph, dim=0, dim_size=n_graphs, reduce="sum")  # [N, F] -> [B, F]
         return F.softplus(self.linear2(F.softplus(self.linear1(y))))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,7 +128,7 @@ def register_encoder(name: str, factory: EncoderFactory) -> None:
     ENCODERS[name] = factory
 
 
-def encoder_settings(model: PropertyModel) -> dict | None:
+def encoder_settings(model: PropertyModel) -> dict[str, Any] | None:
     """The graph encoder's hyper-parameters and which are this project's choice (for model.json).
 
     None for text-only models and for encoders whose settings are all in ``model.config`` (ALIGNN, CGCNN).
