@@ -25,7 +25,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     source="|".join(config["sources"]),
     target=r"[A-Za-z0-9_]+",
-    variant=r"crysmmnet|alignn|crystextnet|crysmmnet_global|crysmmnet_local|cgcnn|crysmmnet_cgcnn",
+    variant=r"crysmmnet|alignn|crystextnet|crysmmnet_global|crysmmnet_local|cgcnn|crysmmnet_cgcnn|megnet|crysmmnet_megnet|gatgnn|crysmmnet_gatgnn",
     regime=r"full|low20",
     seed=r"\d+",
     table=r"table[1-6]",

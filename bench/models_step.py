@@ -27,7 +27,10 @@ from crys_pipeline.models.line_graph import line_graph
 
 TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"
 REFERENCE = "alignn"
-VARIANTS = ("alignn", "crysmmnet", "crystextnet", "cgcnn", "crysmmnet_cgcnn")
+VARIANTS = (
+    "alignn", "crysmmnet", "crystextnet", "cgcnn", "crysmmnet_cgcnn",
+    "megnet", "crysmmnet_megnet", "gatgnn", "crysmmnet_gatgnn",
+)
 
 
 def real_batch(n: int) -> Batch:

@@ -9,8 +9,8 @@ property (source, regime, target) the report draws
 * learning curves: validation (dashed) and test (solid) MAE per epoch on a log axis, one panel
   per variant, one line pair per seed, the validation-selected epoch marked.
 
-Per table it writes a short generated summary: the best variant per property and, where SPEC.md
-quotes the paper's MAE for a cell, our MAE as a ratio to it. The table rows are checked against
+Per table it writes a short generated summary: the best variant per property and, where the paper
+gives an MAE for a cell, our MAE as a ratio to it (noting values the paper copied from a baseline's paper). The table rows are checked against
 the runs given (same seeds per cell), so a stale table cannot be reported next to fresh runs.
 PNGs use matplotlib's Agg canvas (no display, no pyplot global state).
 """
@@ -182,6 +182,10 @@ def draw_figures(
     return out
 
 
+def _copied(row: dict[str, Any]) -> str:
+    return ", copied by the paper from the baseline's own paper" if row["paper_origin"] == "copied" else ""
+
+
 def table_summary(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown bullet lines: our MAE against the paper's per cell, and the best variant per property."""
     lines = []
@@ -194,16 +198,16 @@ def table_summary(rows: list[dict[str, Any]]) -> list[str]:
         standing = f"**{ratio:.2f}×** the paper's MAE" if math.isfinite(ratio) else "no finite MAE to compare"
         lines.append(
             f"- {row['property']} / {row['variant']}: {fmt(row['mae_mean'])} {row['unit']} vs the paper's "
-            f"{fmt(row['paper_mae'])} ({row['paper_label']}): {standing}."
+            f"{fmt(row['paper_mae'])} ({row['paper_label']}{_copied(row)}): {standing}."
         )
     finite = [r for r in ratios if math.isfinite(r) and r > 0]
     if finite:
         geo = math.exp(sum(math.log(r) for r in finite) / len(finite))
         lines.append(f"- Geometric mean of ours / paper over {len(finite)} cells: **{geo:.2f}×**.")
     if not ratios:
-        lines.append("- SPEC.md quotes no paper MAE for this table's cells; compare the variants with each other.")
+        lines.append("- The paper gives no MAE for this table's cells; compare the variants with each other.")
     if any("disagrees" in row["paper_ref"] for row in rows):
-        lines.append("- The paper's Table 6 Global+Local MAEs disagree with its own Table 1 (SPEC.md section 0), so the "
+        lines.append("- The paper's Table 6 Global+Local MAEs disagree with its own Table 1, so the "
                      "ablation setup is unknown: compare global/local against our own full-text run.")
     for prop in dict.fromkeys(row["property"] for row in rows):
         cands = [r for r in rows if r["property"] == prop and math.isfinite(r["mae_mean"])]

@@ -5,7 +5,10 @@ per (target, variant); each cell gathers the `summary.json` of every seed traine
 reports the test MAE of the validation-selected checkpoint as mean and sample standard deviation
 over seeds (blank with one seed), the last-epoch and min-over-epochs test MAE (diagnostics, SPEC.md
 5), the split sizes and hash, the text encoder, and the paper's MAE for the same cell with its
-source (package data `data/paper_values.csv`, only numbers stated in SPEC.md) and our ratio to it.
+source and origin and our ratio to it. Package data `data/paper_values.csv` holds every number of the
+paper's Tables 1-6 (transcribed from the paper): `origin` is `own` for the paper's own runs and `copied`
+where the paper took the number from the baseline's own paper. The Markdown marks copied values with a
+dagger and lists the paper's columns the table does not run (e.g. SchNet) below it.
 
 Every run must belong to the table (same source and regime, a listed target and variant), every
 cell must have at least one run, and the seeds of a cell must share split, sizes and encoder:
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 COLUMNS = [
     "table", "source", "regime", "property", "unit", "variant", "encoder", "n_train", "n_val", "n_test",
     "n_dropped", "n_seeds", "seeds", "mae_mean", "mae_std", "last_mae_mean", "min_test_mae_mean",
-    "paper_mae", "ratio_to_paper", "paper_label", "paper_ref", "split_hash",
+    "paper_mae", "ratio_to_paper", "paper_label", "paper_ref", "paper_origin", "split_hash",
 ]
 #: Keys every run summary must carry.
 SUMMARY_KEYS = (
@@ -55,17 +58,19 @@ class TableSpecError(ValueError):
 
 @dataclass(frozen=True)
 class PaperValue:
-    """One MAE reported by the CrysMMNet paper, as quoted in SPEC.md.
+    """One MAE reported in the CrysMMNet paper's Tables 1-6.
 
     Attributes:
         mae: the paper's MAE in the target's unit.
-        label: the paper's column name (e.g. "CrysMMNet", "Global+Local").
-        reference: where in SPEC.md the number is stated.
+        label: the paper's column name (e.g. "CrysMMNet", "Global+Local", "SchNet").
+        reference: the paper's table and column, with notes (e.g. disagreement with Table 1).
+        origin: "own" (the paper's own run) or "copied" (taken from the baseline's own paper).
     """
 
     mae: float
     label: str
     reference: str
+    origin: str
 
 
 def load_paper_values(path: str | Path | None = None) -> dict[CellKey, PaperValue]:
@@ -80,7 +85,7 @@ def load_paper_values(path: str | Path | None = None) -> dict[CellKey, PaperValu
         if not rec["mae"]:
             continue
         key = (rec["table"], rec["source"], rec["target"], rec["variant"], rec["regime"])
-        values[key] = PaperValue(float(rec["mae"]), rec["paper_label"], rec["reference"])
+        values[key] = PaperValue(float(rec["mae"]), rec["paper_label"], rec["reference"], rec["origin"])
     return values
 
 
@@ -193,6 +198,7 @@ def cell_row(
         "paper_mae": paper.mae if paper else math.nan,
         "ratio_to_paper": mae_mean / paper.mae if paper else math.nan,
         "paper_label": paper.label if paper else "", "paper_ref": paper.reference if paper else "",
+        "paper_origin": paper.origin if paper else "",
         "split_hash": shared["split_hash"],
         "notes": [f"seed {s['seed']}: {s['stop_reason']}" for s in cell
                   if str(s.get("stop_reason", "")).startswith("diverged")],
@@ -258,14 +264,41 @@ def fmt(value: float, digits: int = 4) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}g}"
 
 
+def _paper_cell(mae: float, origin: str) -> str:
+    """The paper's MAE for Markdown, with a dagger where the paper copied it from the baseline's paper."""
+    return fmt(mae) + ("†" if origin == "copied" else "")
+
+
+def other_paper_columns(table: str, rows: list[dict[str, Any]],
+                        paper_values: dict[CellKey, PaperValue] | None = None) -> list[str]:
+    """Markdown lines: the paper's MAEs for the rows' properties in the columns this table does not run."""
+    if not rows:
+        return []
+    values = load_paper_values() if paper_values is None else paper_values
+    source, regime = rows[0]["source"], rows[0]["regime"]
+    props = list(dict.fromkeys(row["property"] for row in rows))
+    ours = {row["variant"] for row in rows}
+    extra = [(key[2], v) for key, v in values.items()
+             if key[:2] == (table, source) and key[4] == regime and key[2] in props and key[3] not in ours]
+    if not extra:
+        return []
+    labels = list(dict.fromkeys(v.label for _, v in extra))
+    lines = [f"The paper's other {table} columns for these properties (not run here):", "",
+             "| property | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for prop in props:
+        cells = {v.label: _paper_cell(v.mae, v.origin) for target, v in extra if target == prop}
+        lines.append(f"| {prop} | " + " | ".join(cells.get(label, "–") for label in labels) + " |")
+    return [*lines, ""]
+
+
 def _md_row(row: dict[str, Any]) -> str:
     mae = fmt(row["mae_mean"]) + ("" if math.isnan(row["mae_std"]) else f" ± {fmt(row['mae_std'], 2)}")
-    mae += " †" if row.get("notes") else ""
+    mae += " ‡" if row.get("notes") else ""
     ratio = "–" if math.isnan(row["ratio_to_paper"]) else f"{row['ratio_to_paper']:.2f}×"
     cells = [
         row["property"], row["unit"], row["variant"], row["encoder"] or "–",
         f"{row['n_train']} / {row['n_val']} / {row['n_test']}", mae, str(row["n_seeds"]),
-        fmt(row["last_mae_mean"]), fmt(row["paper_mae"]), ratio, f"`{row['split_hash'][:12]}`",
+        fmt(row["last_mae_mean"]), _paper_cell(row["paper_mae"], row["paper_origin"]), ratio, f"`{row['split_hash'][:12]}`",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -283,12 +316,14 @@ def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]])
         "",
         (
             "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed); "
-            "last-epoch MAE is the final epoch's test MAE. Paper MAE: the value SPEC.md quotes for the same cell "
-            "(– where the paper gives none); see the CSV `paper_ref` column. split: first 12 hex digits of the "
+            "last-epoch MAE is the final epoch's test MAE. Paper MAE: the paper's value for the same cell "
+            "(– where the paper gives none; † copied by the paper from the baseline's own paper, other splits and "
+            "data versions); see the CSV `paper_ref` and `paper_origin` columns. split: first 12 hex digits of the "
             f"split hash. crys_pipeline {__version__}."
         ),
         "",
-        *(f"† {row['property']} / {row['variant']}, {note}" for row in rows for note in row.get("notes", [])),
+        *(f"‡ {row['property']} / {row['variant']}, {note}" for row in rows for note in row.get("notes", [])),
+        *other_paper_columns(table, rows),
     ]
     return "\n".join(lines)
 

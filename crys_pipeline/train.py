@@ -372,8 +372,10 @@ def _versions() -> dict[str, str]:
 
 
 def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, device: torch.device) -> dict:
+    from crys_pipeline.models import encoder_settings
+
     return {
-        "config": model.config, "variant": cfg.variant, "target": cfg.target, "source": data.source,
+        "config": model.config, "graph_encoder": encoder_settings(model), "variant": cfg.variant, "target": cfg.target, "source": data.source,
         "regime": data.split_meta["regime"], "seed": cfg.seed, "best_epoch": state.best_epoch,
         "train_config": asdict(cfg), "versions": _versions(), "device": str(device),
         "graph_params": _jsonable(data.graph_meta.get("params", {})),

@@ -188,7 +188,7 @@ def test_variant_inputs_are_checked(jarvis40, split30, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs graphs"):
         train.train(jarvis40["structures"], split30, None, None, tmp_path, _cfg())
     with pytest.raises(ValueError, match="unknown variant"):
-        train.train(jarvis40["structures"], split30, jarvis40["graphs"], None, tmp_path, _cfg(variant="megnet"))
+        train.train(jarvis40["structures"], split30, jarvis40["graphs"], None, tmp_path, _cfg(variant="schnet"))
 
 
 def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> None:
@@ -242,9 +242,10 @@ def mp_text(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return data
 
 
-@pytest.mark.parametrize("variant", ["crysmmnet", "crystextnet"])
+@pytest.mark.parametrize("variant", ["crysmmnet", "crystextnet", "crysmmnet_megnet", "crysmmnet_gatgnn"])
 def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
-    graphs = mp_text["graphs"] if variant == "crysmmnet" else None
+    with_graph = variant != "crystextnet"
+    graphs = mp_text["graphs"] if with_graph else None
     summary = train.train(mp_text["structures"], mp_text["split"], graphs, mp_text["embeddings"], tmp_path,
                           _cfg(target="e_form", variant=variant, epochs=2))
     failed = mp_text["ids"][-1]
@@ -256,7 +257,9 @@ def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, t
     assert math.isfinite(summary["test_mae"])
     model_json = io.read_json(tmp_path / "model.json")
     assert model_json["config"]["text_dim"] == 384 and model_json["embedding_attrs"]["pooling"] == "cls"
-    assert ("graphs" in model_json["data_hashes"]) == (variant == "crysmmnet")
+    assert ("graphs" in model_json["data_hashes"]) == with_graph
+    settings = model_json["graph_encoder"]
+    assert (settings and settings["encoder"]) == {"crysmmnet_megnet": "megnet", "crysmmnet_gatgnn": "gatgnn"}.get(variant)
     preds = io.read_parquet(tmp_path / "predictions.parquet", "predictions").to_pylist()
     assert failed not in {r["material_id"] for r in preds} and len(preds) == n - 1
 

@@ -31,6 +31,19 @@ def test_dry_run_plans_whole_pipeline_for_table1(tmp_path: Path) -> None:
     }
 
 
+def test_dry_run_plans_all_six_table5_variants(tmp_path: Path) -> None:
+    """Table 5: CGCNN, MEGNet and GATGNN, each alone and with text, on every JARVIS property."""
+    result = snakemake_in(tmp_path, "-n", "results/table5.csv")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    variants = ["cgcnn", "crysmmnet_cgcnn", "megnet", "crysmmnet_megnet", "gatgnn", "crysmmnet_gatgnn"]
+    assert cfg["tables"]["table5"]["variants"] == variants
+    planned = set(re.findall(r"results/train/jarvis_dft_3d_2021/(\w+)/(\w+)/full/seed0/summary\.json", result.stdout))
+    targets = cfg["sources"]["jarvis_dft_3d_2021"]["targets"]
+    assert planned == {(t, v) for t in targets for v in variants}
+    assert job_counts(result.stdout)["train"] == len(targets) * len(variants) and len(targets) == 6
+
+
 def test_graph_only_table_needs_no_text_stages(tmp_path: Path) -> None:
     result = snakemake_in(tmp_path, "-n", "results/train/jarvis_dft_3d_2021/mbj_bandgap/alignn/full/seed0/summary.json")
     assert result.returncode == 0, result.stderr

@@ -1,12 +1,20 @@
 """Models: torch nn.Modules only (no files, no pymatgen); tensors in, tensors out (SPEC.md 4).
 
 Public API: ``VARIANTS`` / ``VariantSpec`` (what each variant consumes), ``build_model`` (a variant by
-name), ``register_encoder`` / ``ENCODERS`` (graph-encoder registry) and ``param_groups`` (AdamW groups
+name), ``register_encoder`` / ``ENCODERS`` (graph-encoder registry), ``encoder_settings`` (an encoder's
+hyper-parameters and project choices) and ``param_groups`` (AdamW groups
 with the reference's no-decay rule).
 """
 
 from crys_pipeline.models.optim import decay_split, param_groups
-from crys_pipeline.models.registry import ENCODERS, VARIANTS, VariantSpec, build_model, register_encoder
+from crys_pipeline.models.registry import (
+    ENCODERS,
+    VARIANTS,
+    VariantSpec,
+    build_model,
+    encoder_settings,
+    register_encoder,
+)
 
 __all__ = [
     "ENCODERS",
@@ -14,6 +22,7 @@ __all__ = [
     "VariantSpec",
     "build_model",
     "decay_split",
+    "encoder_settings",
     "param_groups",
     "register_encoder",
 ]

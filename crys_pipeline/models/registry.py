@@ -1,7 +1,7 @@
 """Model variants by name and the graph-encoder registry (SPEC.md 4.5, 6 A1-A3).
 
 ``VARIANTS`` maps a variant name to which graph encoder and which cached text embedding it uses;
-``build_model`` assembles the matching ``PropertyModel``. Further graph encoders (MEGNet, GATGNN, ...)
+``build_model`` assembles the matching ``PropertyModel``. Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
 plug in with ``register_encoder`` behind the same interface: a factory returning a module with
 ``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
 
@@ -9,8 +9,9 @@ Heads (documented choices):
 - graph + text, head "code" (reference): PH_G(z_G) ; PH_768(c) -> Lin(128, 64) -> ReLU -> Lin(64, 1).
 - graph + text, head "paper": z_G = pooled vector as is ; Lin(768, 128)-ReLU-Lin(128, 64) -> MLP(G + 64).
 - text only (CrysTextNet, A1): PH_768 (or the paper projection) -> Lin(64, 64) -> ReLU -> Lin(64, 1).
-- graph only (alignn, cgcnn): the original model's own head, one Linear(G, 1) on the pooled vector
-  (ALIGNN's ``fc``; CGCNN's ``fc_out`` after ``conv_to_fc``), so the baselines are the published
+- graph only (alignn, cgcnn, megnet, gatgnn): the original model's own head, one Linear(G, 1) on the
+  pooled vector (ALIGNN's ``fc``; CGCNN's ``fc_out`` after ``conv_to_fc``; MEGNet's output Dense after
+  its Dense(32)-Dense(16); GATGNN's ``out`` after its two extra layers), so the baselines are the published
   architectures (ALIGNN 256/4/4 = 4,026,753 parameters). ``head`` does not change them.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +27,9 @@ from torch import nn
 from crys_pipeline.models.alignn import ALIGNNEncoder
 from crys_pipeline.models.cgcnn import CGCNNEncoder
 from crys_pipeline.models.crysmmnet import PropertyModel
+from crys_pipeline.models.gatgnn import GATGNNEncoder
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
+from crys_pipeline.models.megnet import MEGNetEncoder
 
 #: Width of the graph and text projections and of the fusion MLP's hidden layer.
 PROJECTION_DIM = 64
@@ -37,7 +41,7 @@ class VariantSpec:
     """What a model variant consumes.
 
     Attributes:
-        graph_encoder: name in ``ENCODERS`` ("alignn" | "cgcnn") or None for text only.
+        graph_encoder: name in ``ENCODERS`` ("alignn" | "cgcnn" | "megnet" | "gatgnn") or None for text only.
         text_variant: cached embedding variant ("full" | "global" | "local") or None for graph only.
     """
 
@@ -53,6 +57,10 @@ VARIANTS: dict[str, VariantSpec] = {
     "crysmmnet_local": VariantSpec("alignn", "local"),
     "cgcnn": VariantSpec("cgcnn", None),
     "crysmmnet_cgcnn": VariantSpec("cgcnn", "full"),
+    "megnet": VariantSpec("megnet", None),
+    "crysmmnet_megnet": VariantSpec("megnet", "full"),
+    "gatgnn": VariantSpec("gatgnn", None),
+    "crysmmnet_gatgnn": VariantSpec("gatgnn", "full"),
 }
 
 EncoderFactory = Callable[..., nn.Module]
@@ -81,7 +89,36 @@ def _cgcnn_encoder(
     return CGCNNEncoder(atom_table, readout=readout)
 
 
-ENCODERS: dict[str, EncoderFactory] = {"alignn": _alignn_encoder, "cgcnn": _cgcnn_encoder}
+def _megnet_encoder(
+    atom_table: torch.Tensor | None,
+    *,
+    hidden_features: int,
+    alignn_layers: int,
+    gcn_layers: int,
+    readout: str,
+) -> nn.Module:
+    """MEGNet with its paper defaults (Set2Set readouts); the ALIGNN width/depth/readout arguments do not apply."""
+    return MEGNetEncoder(atom_table)
+
+
+def _gatgnn_encoder(
+    atom_table: torch.Tensor | None,
+    *,
+    hidden_features: int,
+    alignn_layers: int,
+    gcn_layers: int,
+    readout: str,
+) -> nn.Module:
+    """GATGNN with its paper defaults (global attention pooling); the ALIGNN arguments do not apply."""
+    return GATGNNEncoder(atom_table)
+
+
+ENCODERS: dict[str, EncoderFactory] = {
+    "alignn": _alignn_encoder,
+    "cgcnn": _cgcnn_encoder,
+    "megnet": _megnet_encoder,
+    "gatgnn": _gatgnn_encoder,
+}
 
 
 def register_encoder(name: str, factory: EncoderFactory) -> None:
@@ -89,6 +126,15 @@ def register_encoder(name: str, factory: EncoderFactory) -> None:
     if name in ENCODERS:
         raise ValueError(f"graph encoder {name!r} is already registered")
     ENCODERS[name] = factory
+
+
+def encoder_settings(model: PropertyModel) -> dict[str, Any] | None:
+    """The graph encoder's hyper-parameters and which are this project's choice (for model.json).
+
+    None for text-only models and for encoders whose settings are all in ``model.config`` (ALIGNN, CGCNN).
+    """
+    settings = getattr(model.graph_encoder, "settings", None)
+    return settings() if callable(settings) else None
 
 
 def _text_projection(head: str, text_dim: int) -> nn.Module:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 
 TEXT_VARIANT = {"crysmmnet": "full", "crysmmnet_global": "global", "crysmmnet_local": "local",
-                "crystextnet": "full", "crysmmnet_cgcnn": "full"}
-GRAPH_VARIANTS = {"crysmmnet", "alignn", "crysmmnet_global", "crysmmnet_local", "cgcnn", "crysmmnet_cgcnn"}
+                "crystextnet": "full", "crysmmnet_cgcnn": "full", "crysmmnet_megnet": "full",
+                "crysmmnet_gatgnn": "full"}
+GRAPH_VARIANTS = {"crysmmnet", "alignn", "crysmmnet_global", "crysmmnet_local", "cgcnn", "crysmmnet_cgcnn",
+                  "megnet", "crysmmnet_megnet", "gatgnn", "crysmmnet_gatgnn"}
 
 
 def source_cfg(wildcards):
