@@ -34,8 +34,12 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
         "where they came from (local snapshot dir, or a jarvis-tools / mp-api download).",
     )
     p.add_argument("--source", required=True, help="source name (config key)")
-    p.add_argument("--provider", choices=["jarvis", "mp"], required=True)
-    p.add_argument("--jarvis-key", required=True, help="jarvis-tools figshare key (dft_3d_2021, megnet)")
+    p.add_argument("--provider", choices=["jarvis", "mp", "folder"], required=True)
+    p.add_argument("--jarvis-key", default="", help="jarvis-tools figshare key (dft_3d_2021, megnet)")
+    p.add_argument("--root-dir", type=_optional_path, default=None, help="folder source: the structure files")
+    p.add_argument("--id-prop", default="id_prop.csv", help="folder source: the table of filename,target rows")
+    p.add_argument("--file-format", default="auto", help="folder source: auto | poscar | cif | vasp | xyz")
+    p.add_argument("--split-ids", type=json.loads, default=None, help="folder source: JSON {train,val,test: [ids]}")
     p.add_argument("--snapshot-dir", type=_optional_path, default=None, help="local snapshot folder")
     p.add_argument("--download-dir", type=Path, default=Path("resources/downloads"))
     p.add_argument("--out", type=Path, required=True, help="manifest JSON")
@@ -43,8 +47,13 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_download(a: argparse.Namespace) -> None:
-    from crys_pipeline import download
+    from crys_pipeline import download, folder
 
+    if a.provider == "folder":
+        if a.root_dir is None:
+            raise ValueError("download --provider folder needs --root-dir (the folder of structure files)")
+        folder.fetch_folder(a.source, a.root_dir, a.id_prop, a.file_format, a.split_ids, a.out)
+        return
     download.fetch(a.source, a.provider, a.jarvis_key, a.snapshot_dir, a.download_dir, a.out)
 
 

@@ -155,6 +155,10 @@ def read_snapshot(manifest: dict[str, Any]) -> Iterator[RawRecord]:
             raise ValueError(f"snapshot {entry['path']} changed since download (sha256 mismatch); rerun download")
     provider = manifest["provider"]
     main = manifest["files"]["structures"]
+    if provider == "folder":
+        from crys_pipeline.folder import folder_records
+
+        return folder_records(manifest)
     if main["format"] == "offline_jsonl":
         return _offline_records(Path(main["path"]), provider)
     moduli_entry = manifest["files"].get("moduli")
@@ -385,6 +389,12 @@ def ingest(
             ["structures"]["sha256"], "n_snapshot": n_input, "n_selected": len(records), "units":
             {k: v.get("unit", "") for k, v in targets.items()}, "n_unreadable": len(unreadable),
             "bad_values": bad_values}
+    if "folder" in manifest:  # files the id_prop table does not list are reported, never used
+        unlisted = manifest["folder"]["unlisted"]
+        meta.update(n_unlisted=len(unlisted), unlisted=unlisted[:50])
+        if unlisted:
+            log.warning("%s: %d files in the folder are not in the id_prop table and were not used", meta["source"],
+                        len(unlisted))
     params = {"targets": targets, "subset": subset, "stratify_target": stratify_target}
     write_parquet(table, out, "structures", params, meta)
     rejected = pa.table({"material_id": [m for m, _ in bad], "reason": [r for _, r in bad]},

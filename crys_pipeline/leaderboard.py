@@ -75,7 +75,9 @@ def export_leaderboard(run_dir: Path, out_dir: Path, contact: dict[str, str] | N
     summary = read_json(run_dir / "summary.json")
     key = (summary["source"], summary["target"])
     if key not in BENCHMARKS:
-        raise ValueError(f"{run_dir}: {key[0]}/{key[1]} has no JARVIS-Leaderboard benchmark; exportable: "
+        raise ValueError(f"{run_dir}: {key[0]}/{key[1]} has no JARVIS-Leaderboard benchmark, so the leaderboard "
+                         "export does not apply (it never does to a folder source of your own structures: the "
+                         "leaderboard scores fixed JARVIS/MP test sets); exportable: "
                          + ", ".join(f"{s}/{t}" for s, t in BENCHMARKS))
     dataset, prop, stem = BENCHMARKS[key]
     rows = [r for r in read_parquet(run_dir / "predictions.parquet", "predictions").to_pylist() if r["split"] == "test"]

@@ -61,14 +61,37 @@ def table_outputs():
     return expand("results/{table}.{ext}", table=sorted(config["tables"]), ext=["csv", "md"])
 
 
+def stratify_target(wildcards):
+    """The target a subset is stratified by: `stratify_target`, or a folder source's first target."""
+    src = source_cfg(wildcards)
+    return src.get("stratify_target") or next(iter(src["targets"]))
+
+
+def download_args(wildcards):
+    """The `crys-pipeline download` options naming where the source's snapshot is (quoted shell words)."""
+    import shlex
+
+    src = source_cfg(wildcards)
+    if src["provider"] == "folder":
+        split_ids = json.dumps(src.get("split_ids"), sort_keys=True)
+        return (f"--root-dir {shlex.quote(src['root_dir'])} --id-prop {shlex.quote(src.get('id_prop', 'id_prop.csv'))}"
+                f" --file-format {src.get('file_format', 'auto')} --split-ids {shlex.quote(split_ids)}")
+    return f"--jarvis-key {src['jarvis_key']} --snapshot-dir {shlex.quote(src.get('snapshot_dir') or '')}"
+
+
 def snapshot_files(wildcards):
     """The local snapshot file(s) `download` reads (its inputs), so editing one reruns download and ingest.
 
-    Empty when the source downloads (`snapshot_dir: null`) or the folder does not hold it (then download).
+    A folder source: its id_prop table and every listed file that exists. Otherwise empty when the source
+    downloads (`snapshot_dir: null`) or the folder does not hold it (then download).
     """
     from crys_pipeline.download import local_snapshot_candidates
+    from crys_pipeline.folder import listed_files
 
-    folder = source_cfg(wildcards).get("snapshot_dir")
+    src = source_cfg(wildcards)
+    if src["provider"] == "folder":
+        return [str(p) for p in listed_files(Path(src["root_dir"]), src.get("id_prop", "id_prop.csv"))]
+    folder = src.get("snapshot_dir")
     if not folder:
         return []
     return [str(p) for p in local_snapshot_candidates(Path(folder), source_cfg(wildcards)["provider"])]
@@ -83,12 +106,36 @@ def unknown_choice(what, name, choices):
     return ValueError(f"config: {what} {name!r} is not one of {sorted(choices)}{hint}")
 
 
+#: Keys each provider needs and keys that only apply to another provider.
+PROVIDER_KEYS = {"jarvis": ["jarvis_key", "stratify_target"], "mp": ["jarvis_key", "stratify_target"],
+                 "folder": ["root_dir"]}
+FOLDER_ONLY = ("root_dir", "split_ids")  # keys without a non-null schema default
+
+
+def check_provider_keys(name, src):
+    """Errors for keys missing for the source's provider, or set but meaningless for it; a folder source's checks."""
+    provider = src["provider"]
+    errors = [ValueError(f"config: sources.{name} (provider {provider}) needs `{key}`")
+              for key in PROVIDER_KEYS[provider] if not src.get(key)]
+    other = FOLDER_ONLY if provider != "folder" else ("snapshot_dir",)
+    errors.extend(ValueError(f"config: sources.{name}.{key} does not apply to provider {provider}")
+                  for key in other if src.get(key) is not None)
+    if provider == "folder" and src.get("root_dir"):
+        table = Path(src["root_dir"]) / src.get("id_prop", "id_prop.csv")
+        if not table.is_file():
+            errors.append(ValueError(
+                f"config: sources.{name}: {table} does not exist (relative to {Path.cwd()}); root_dir must hold the "
+                "id_prop table of `filename,target` rows"))
+    return errors
+
+
 def check_config(cfg):
     """Cross-key checks the JSON schema cannot express; each error names the key, the value and the choices."""
     unknown = unknown_choice
     errors = []
     for name, src in cfg["sources"].items():
-        if src["stratify_target"] not in src["targets"]:
+        errors.extend(check_provider_keys(name, src))
+        if src.get("stratify_target") and src["stratify_target"] not in src["targets"]:
             errors.append(unknown(f"sources.{name}.stratify_target", src["stratify_target"], src["targets"]))
         folder = src.get("snapshot_dir")
         if folder and not Path(folder).is_dir():

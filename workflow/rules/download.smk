@@ -1,5 +1,5 @@
 # Stage `download`: fetch (or locate) a source snapshot and record its sha256; never edits it.
-# A local snapshot file is an input, so editing it reruns download, ingest and everything downstream.
+# A local snapshot file (for a folder source: its id_prop table and every listed file) is an input, so editing it reruns download, ingest and everything downstream.
 
 
 rule download:
@@ -9,8 +9,7 @@ rule download:
         manifest="resources/snapshots/{source}.json",
     params:
         provider=lambda w: source_cfg(w)["provider"],
-        jarvis_key=lambda w: source_cfg(w)["jarvis_key"],
-        snapshot_dir=lambda w: source_cfg(w).get("snapshot_dir") or "",
+        where=download_args,
     log:
         "logs/download/{source}.log",
     benchmark:
@@ -19,5 +18,5 @@ rule download:
         "../../envs/describe.yaml"
     shell:
         "crys-pipeline download --source {wildcards.source} --provider {params.provider}"
-        " --jarvis-key {params.jarvis_key} --snapshot-dir '{params.snapshot_dir}'"
+        " {params.where}"
         " --download-dir resources/downloads --out {output.manifest} 2> {log}"

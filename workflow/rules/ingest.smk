@@ -10,7 +10,7 @@ rule ingest:
     params:
         targets=targets_json,
         subset=lambda w: json.dumps(source_cfg(w).get("subset")),
-        stratify=lambda w: source_cfg(w)["stratify_target"],
+        stratify=stratify_target,
     log:
         "logs/ingest/{source}.log",
     benchmark:

@@ -1,0 +1,194 @@
+"""The `folder` provider: an ALIGNN-style folder (structure files + id_prop.csv) through download and ingest.
+
+Each bad-input case asserts the reason a user reads in the rejected table; the seed-123 split of a
+folder is checked against ALIGNN's own `get_id_train_val_test` over the id_prop rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SHARED_DATA
+
+from crys_pipeline import folder, ingest, splits
+from crys_pipeline.io import read_json, read_meta, read_parquet
+
+TARGETS = {"fe": {"field": "target", "unit": "eV/atom", "transform": "none", "split": "random123"}}
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("make_example_folder", REPO / "examples" / "make_example_folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_example(dest: Path, count: int) -> list[tuple[str, float]]:
+    """`count` real JARVIS structures as POSCAR/CIF files and a headerless id_prop.csv (the shipped script)."""
+    return _example_module().make_folder(SHARED_DATA / "jarvis_dft3d_2021_structures.jsonl.gz", dest, count, 8)
+
+
+def write_table(root: Path, rows: list[list[str]], name: str = "id_prop.csv") -> None:
+    with open(root / name, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+def run_ingest(root: Path, work: Path, targets: dict | None = None, split_ids: dict | None = None,
+               file_format: str = "auto") -> tuple[list[dict], dict[str, str], Path]:
+    """download + ingest of a folder: (structures rows, rejected {id: reason}, structures path)."""
+    manifest = work / "manifest.json"
+    folder.fetch_folder("mine", root, "id_prop.csv", file_format, split_ids, manifest)
+    out, rejected = work / "s.parquet", work / "r.parquet"
+    targets = targets or TARGETS
+    ingest.ingest(manifest, targets, None, next(iter(targets)), out, rejected)
+    bad = {r["material_id"]: r["reason"] for r in read_parquet(rejected, "rejected").to_pylist()}
+    return read_parquet(out, "structures").to_pylist(), bad, out
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, float]]]:
+    root = tmp_path_factory.mktemp("example") / "crystals"
+    return root, make_example(root, 6)
+
+
+def _copy(example: tuple[Path, list], dest: Path) -> tuple[Path, list[list[str]]]:
+    import shutil
+
+    root = dest / "crystals"
+    shutil.copytree(example[0], root)
+    return root, [[name, repr(value)] for name, value in example[1]]
+
+
+def test_clean_folder_every_row_kept_in_table_order(example, tmp_path: Path) -> None:
+    rows, bad, _ = run_ingest(example[0], tmp_path)
+    assert bad == {}
+    assert [(r["material_id"], r["fe"]) for r in rows] == example[1]
+    assert {Path(r["material_id"]).suffix for r in rows} == {".vasp", ".cif"}
+    manifest = read_json(tmp_path / "manifest.json")
+    assert sorted(manifest["folder"]["listed"]) == sorted(name for name, _ in example[1])
+    assert manifest["folder"]["unlisted"] == []
+
+
+def test_bad_rows_are_rejected_with_the_reason_a_user_reads(example, tmp_path: Path) -> None:
+    root, rows = _copy(example, tmp_path)
+    good = rows[0][0]
+    (root / "garbage.vasp").write_text("this is not a POSCAR\n")
+    (root / "overlap.vasp").write_text("overlap\n1.0\n4 0 0\n0 4 0\n0 0 4\nNa Cl\n1 1\ndirect\n0 0 0\n0.01 0 0\n")
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    CifWriter(Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])).write_file(root / "alloy.cif")
+    write_table(root, rows[:3] + [["ghost.vasp", "1.0"], ["garbage.vasp", "1.0"], ["overlap.vasp", "1.0"],
+                                  ["alloy.cif", "1.0"], [rows[3][0], "abc"], [rows[4][0], "inf"], [good, "2.0"]])
+    kept, bad, _ = run_ingest(root, tmp_path)
+    assert [r["material_id"] for r in kept] == [r[0] for r in rows[:3]]
+    assert bad["ghost.vasp"] == f"id_prop.csv line 4: ghost.vasp: missing file: {root.resolve()}/ghost.vasp does not exist"
+    assert bad["garbage.vasp"].startswith("id_prop.csv line 5: garbage.vasp: unreadable auto file:")
+    assert bad["overlap.vasp"] == "atoms closer than 0.5 A (min distance 0.040 A)"
+    assert bad["alloy.cif"].startswith("id_prop.csv line 7: alloy.cif: disordered structure (partial occupancies")
+    assert bad[rows[3][0]] == f"id_prop.csv line 8: {rows[3][0]}: target 'target' = 'abc' is not a finite number"
+    assert bad[rows[4][0]] == f"id_prop.csv line 9: {rows[4][0]}: target 'target' = 'inf' is not a finite number"
+    assert bad["id_prop.csv:10"] == (f"id_prop.csv line 10: duplicate filename {good!r} (first listed on line 1); "
+                                     "this row is not used")
+    assert len(kept) + len(bad) == 10  # every table row ends in exactly one of the two tables
+
+
+def test_unlisted_files_are_counted_and_reported_not_used(example, tmp_path: Path, caplog) -> None:
+    root, rows = _copy(example, tmp_path)
+    write_table(root, rows[:4])
+    with caplog.at_level(logging.WARNING):
+        kept, bad, out = run_ingest(root, tmp_path)
+    assert len(kept) == 4 and bad == {}
+    unlisted = sorted(r[0] for r in rows[4:])
+    assert read_json(tmp_path / "manifest.json")["folder"]["unlisted"] == unlisted
+    assert read_meta(out)["n_unlisted"] == 2
+    assert "2 files in" in caplog.text and "are not listed in id_prop.csv and are not used" in caplog.text
+
+
+def test_a_changed_file_is_refused_until_download_reruns(example, tmp_path: Path) -> None:
+    root, _ = _copy(example, tmp_path)
+    manifest = tmp_path / "manifest.json"
+    folder.fetch_folder("mine", root, "id_prop.csv", "auto", None, manifest)
+    changed = root / example[1][0][0]
+    changed.write_text(changed.read_text().replace("\n", "\n\n", 1))
+    with pytest.raises(ValueError, match=f"{changed} changed since download"):
+        ingest.ingest(manifest, TARGETS, None, "fe", tmp_path / "s.parquet", tmp_path / "r.parquet")
+
+
+def test_header_names_several_targets_and_a_split_column(example, tmp_path: Path) -> None:
+    root, rows = _copy(example, tmp_path)
+    labels = ["train", "train", "val", "test", "train", "holdout"]
+    write_table(root, [["file", "fe", "gap", "split"]] + [[n, v, "" if i == 1 else str(i), labels[i]]
+                                                         for i, (n, v) in enumerate(rows)])
+    targets = {"fe": {"field": "fe", "unit": "eV/atom", "transform": "none", "split": "official"},
+               "gap": {"field": "gap", "unit": "eV", "transform": "none", "split": "official"}}
+    kept, bad, _ = run_ingest(root, tmp_path, targets)
+    assert bad == {rows[5][0]: f"id_prop.csv line 7: {rows[5][0]}: split 'holdout' is not one of ['train', 'val', 'test']"}
+    assert [r["gap"] for r in kept] == [0.0, None, 2.0, 3.0, 4.0]  # an empty cell is a missing value
+    assert [r["split_fe"] for r in kept] == labels[:5]
+
+
+def test_fixed_split_id_lists(example, tmp_path: Path) -> None:
+    root, rows = _copy(example, tmp_path)
+    names = [r[0] for r in rows]
+    split_ids = {"train": names[:4], "val": names[4:5], "test": names[5:]}
+    targets = {"fe": {**TARGETS["fe"], "split": "official"}}
+    _, _, out = run_ingest(root, tmp_path, targets, split_ids)
+    full, _ = splits.make_splits(out, "fe", "official", 123, (0.8, 0.1, 0.1), 0.2, tmp_path / "f.json",
+                                 tmp_path / "l.json")
+    assert (full["id_train"], full["id_val"], full["id_test"]) == (names[:4], names[4:5], names[5:])
+    with pytest.raises(ValueError, match="split_ids.test: 'nope.cif' is not listed in"):
+        run_ingest(root, tmp_path, targets, {"test": ["nope.cif"]})
+
+
+def test_extended_xyz_with_a_lattice(tmp_path: Path) -> None:
+    import ase
+    import ase.io
+
+    root = tmp_path / "crystals"
+    root.mkdir()
+    ase.io.write(root / "nacl.xyz", ase.Atoms("NaCl", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=[3.2] * 3,
+                                              pbc=True), format="extxyz")
+    ase.io.write(root / "mol.xyz", ase.Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]]), format="extxyz")
+    write_table(root, [["nacl.xyz", "-1.5"], ["mol.xyz", "0.1"]])
+    kept, bad, _ = run_ingest(root, tmp_path, file_format="xyz")
+    assert [(r["material_id"], r["species"]) for r in kept] == [("nacl.xyz", ["Na", "Cl"])]
+    assert "an xyz file without a lattice" in bad["mol.xyz"]
+
+
+def test_seed123_split_of_a_folder_is_alignns(tmp_path: Path) -> None:
+    """ALIGNN's train_alignn reads id_prop.csv rows in order (id = file name) and splits the indices with
+    get_id_train_val_test(split_seed=123); the folder source must give the same ids."""
+    from alignn.data import get_id_train_val_test
+
+    root = tmp_path / "crystals"
+    make_example(root, 24)
+    with open(root / "id_prop.csv", newline="") as handle:
+        alignn_ids = [row[0] for row in csv.reader(handle)]
+    ref = get_id_train_val_test(total_size=len(alignn_ids), split_seed=123, train_ratio=0.8, val_ratio=0.1,
+                                test_ratio=0.1)
+    _, _, out = run_ingest(root, tmp_path)
+    full, _ = splits.make_splits(out, "fe", "random123", 123, (0.8, 0.1, 0.1), 0.2, tmp_path / "f.json",
+                                 tmp_path / "l.json")
+    assert [full[k] for k in ("id_train", "id_val", "id_test")] == [[alignn_ids[i] for i in part] for part in ref]
+
+
+def test_config_errors_name_the_source_and_key(tmp_path: Path) -> None:
+    from conftest import default_config, snakemake_in
+
+    cfg = default_config()
+    (tmp_path / "empty").mkdir()
+    target = {"e": {"field": "target", "unit": "eV", "split": "random123"}}
+    cfg["sources"]["no_root"] = {"provider": "folder", "targets": target}
+    cfg["sources"]["no_table"] = {"provider": "folder", "root_dir": str(tmp_path / "empty"), "targets": target}
+    cfg["sources"]["jarvis_dft_3d_2021"]["split_ids"] = {"test": ["a.cif"]}
+    result = snakemake_in(tmp_path / "work", "-n", "results/table1.csv", config=cfg)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "config: sources.no_root (provider folder) needs `root_dir`" in out
+    assert f"config: sources.no_table: {tmp_path / 'empty' / 'id_prop.csv'} does not exist" in out
+    assert "config: sources.jarvis_dft_3d_2021.split_ids does not apply to provider jarvis" in out
