@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, absolute_snapshots, snakemake_in
+from test_folder import make_example
 
-DOCS = ["README.md", "config.yaml", "config/tiny.yaml", "config/paper.yaml", "profiles/slurm/config.yaml",
-        "profiles/default/config.yaml"]
+DOCS = ["README.md", "config.yaml", "config/tiny.yaml", "config/paper.yaml", "config/example_folder.yaml",
+        "profiles/slurm/config.yaml", "profiles/default/config.yaml"]
 
 
 def documented(tool: str) -> list[str]:
@@ -41,7 +42,12 @@ def test_documented_snakemake_command_plans(command: str, tmp_path: Path) -> Non
     for folder in ("config", "profiles"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     for config in (tmp_path / "config").glob("*.yaml"):
-        config.write_text(yaml.safe_dump(absolute_snapshots(yaml.safe_load(config.read_text())), sort_keys=False))
+        cfg = absolute_snapshots(yaml.safe_load(config.read_text()))
+        for source in cfg.get("sources", {}).values():
+            if source.get("provider") == "folder":  # the example folder the README's first command writes
+                source["root_dir"] = str(tmp_path / "my_crystals")
+                make_example(tmp_path / "my_crystals", 6)
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     result = snakemake_in(tmp_path, "-n", *shlex.split(command)[1:])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
