@@ -3,7 +3,8 @@
 The convention is ALIGNN's `train_alignn.py --root_dir DIR --file_format poscar|cif|xyz`: the folder
 holds the structure files and a table of `filename,target` rows without a header. A table whose first
 row has a non-numeric second cell is read as having a header instead: its first column is the file
-name, a column named `split` holds train/val/test labels, every other column is a target field.
+name, a column named `split` holds train/val/test labels, every other column is a target field (a first
+row whose first cell names a file in the folder is data, so a bad first value is a rejected row).
 
 `download` (`fetch_folder`) records the sha256 of the table and of every listed file, and the names of
 files in the folder the table does not list (counted and reported, never used). `ingest` reads the
@@ -64,8 +65,8 @@ def read_id_prop(path: Path) -> tuple[list[str], list[IdPropRow]]:
         lines = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(handle), 1) if any(row)]
     if not lines:
         raise ValueError(f"{path}: the id_prop table is empty; expected rows `filename,target`")
-    first = lines[0][1]
-    header = len(first) > 1 and not _is_number(first[1])
+    first = lines[0][1]  # a header unless its second cell is a number or its first cell names a file in the folder
+    header = len(first) > 1 and not _is_number(first[1]) and not (path.parent / first[0]).is_file()
     names = first[1:] if header else [HEADERLESS_FIELD] + [f"{HEADERLESS_FIELD}{i}" for i in range(1, len(first) - 1)]
     fields = [n for n in names if n != SPLIT_COLUMN]
     if not fields:
@@ -85,6 +86,12 @@ def listed_files(root_dir: Path, id_prop: str) -> list[Path]:
         return []
     _, rows = read_id_prop(table)
     return [table] + sorted({root_dir / r.filename for r in rows if r.filename and (root_dir / r.filename).is_file()})
+
+
+def has_split_labels(root_dir: Path, id_prop: str, split_ids: dict[str, list[str]] | None) -> bool:
+    """Whether a folder gives its own split: fixed `split_ids` lists or a `split` column in the table."""
+    table = root_dir / id_prop
+    return bool(split_ids) or (table.is_file() and any(r.split is not None for r in read_id_prop(table)[1]))
 
 
 def fetch_folder(

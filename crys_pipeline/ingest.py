@@ -291,7 +291,7 @@ def _structure_rows(
         columns["frac_coords"].append(np.asarray(rec.frac_coords, dtype=float).tolist())
         for name, spec in targets.items():
             columns[name].append(_target_value(rec, spec, bad))
-            official = spec.get("split", "official") == "official"
+            official = spec.get("split", "auto") != "random123"  # the source's own labels (official or auto)
             columns[split_column(name)].append(rec.splits.get(spec["field"]) if official else None)
     arrays = {k: pa.array(v, type=pa.float64() if k in targets else None) for k, v in columns.items()}
     for name in targets:

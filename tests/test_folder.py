@@ -186,9 +186,38 @@ def test_config_errors_name_the_source_and_key(tmp_path: Path) -> None:
     cfg["sources"]["no_root"] = {"provider": "folder", "targets": target}
     cfg["sources"]["no_table"] = {"provider": "folder", "root_dir": str(tmp_path / "empty"), "targets": target}
     cfg["sources"]["jarvis_dft_3d_2021"]["split_ids"] = {"test": ["a.cif"]}
+    make_example(tmp_path / "unlabelled", 2)
+    cfg["sources"]["unlabelled"] = {"provider": "folder", "root_dir": str(tmp_path / "unlabelled"),
+                                    "targets": {"e": {"field": "target", "unit": "eV", "split": "official"}}}
     result = snakemake_in(tmp_path / "work", "-n", "results/table1.csv", config=cfg)
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "config: sources.no_root (provider folder) needs `root_dir`" in out
     assert f"config: sources.no_table: {tmp_path / 'empty' / 'id_prop.csv'} does not exist" in out
     assert "config: sources.jarvis_dft_3d_2021.split_ids does not apply to provider jarvis" in out
+    assert (f"config: sources.unlabelled.targets.e.split is official, but {tmp_path / 'unlabelled' / 'id_prop.csv'} "
+            "has no `split` column and no split_ids are given; use split: random123") in out
+
+
+@pytest.mark.parametrize("labelled,method", [(False, "random123"), (True, "official")])
+def test_split_auto_is_random123_unless_the_folder_has_labels(example, tmp_path: Path, labelled: bool,
+                                                              method: str) -> None:
+    from conftest import default_config, snakemake_in
+
+    root, rows = _copy(example, tmp_path)
+    if labelled:
+        write_table(root, [["name", "target", "split"]] + [[n, v, "train"] for n, v in rows])
+    cfg = default_config()
+    cfg["sources"]["mine"] = {"provider": "folder", "root_dir": str(root),
+                              "targets": {"e": {"field": "target", "unit": "eV"}}}  # split: auto (the default)
+    result = snakemake_in(tmp_path / "work", "-n", "-p", "results/splits/mine/e/full.json", config=cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"--target e --method {method} " in result.stdout
+
+
+def test_a_bad_value_on_the_first_row_of_a_headerless_table_is_a_rejected_row(example, tmp_path: Path) -> None:
+    root, rows = _copy(example, tmp_path)
+    write_table(root, [[rows[0][0], "n/a"]] + rows[1:])
+    kept, bad, _ = run_ingest(root, tmp_path)
+    assert len(kept) == 5
+    assert bad == {rows[0][0]: f"id_prop.csv line 1: {rows[0][0]}: target 'target' = 'n/a' is not a finite number"}

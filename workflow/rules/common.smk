@@ -67,6 +67,20 @@ def stratify_target(wildcards):
     return src.get("stratify_target") or next(iter(src["targets"]))
 
 
+def split_method(wildcards):
+    """The split method of `{target}`: `auto` resolved to official (jarvis, mp, a folder with split labels) or random123."""
+    from crys_pipeline.folder import has_split_labels
+
+    src = source_cfg(wildcards)
+    method = src["targets"][wildcards.target].get("split", "auto")
+    if method != "auto":
+        return method
+    if src["provider"] != "folder":
+        return "official"
+    labelled = has_split_labels(Path(src["root_dir"]), src.get("id_prop", "id_prop.csv"), src.get("split_ids"))
+    return "official" if labelled else "random123"
+
+
 def download_args(wildcards):
     """The `crys-pipeline download` options naming where the source's snapshot is (quoted shell words)."""
     import shlex
@@ -121,12 +135,23 @@ def check_provider_keys(name, src):
     errors.extend(ValueError(f"config: sources.{name}.{key} does not apply to provider {provider}")
                   for key in other if src.get(key) is not None)
     if provider == "folder" and src.get("root_dir"):
-        table = Path(src["root_dir"]) / src.get("id_prop", "id_prop.csv")
-        if not table.is_file():
-            errors.append(ValueError(
-                f"config: sources.{name}: {table} does not exist (relative to {Path.cwd()}); root_dir must hold the "
-                "id_prop table of `filename,target` rows"))
+        errors.extend(check_folder(name, src))
     return errors
+
+
+def check_folder(name, src):
+    """Errors of a folder source: no id_prop table, or `split: official` on a folder without split labels."""
+    from crys_pipeline.folder import has_split_labels
+
+    table = Path(src["root_dir"]) / src.get("id_prop", "id_prop.csv")
+    if not table.is_file():
+        return [ValueError(f"config: sources.{name}: {table} does not exist (relative to {Path.cwd()}); root_dir must "
+                           "hold the id_prop table of `filename,target` rows")]
+    if has_split_labels(Path(src["root_dir"]), src.get("id_prop", "id_prop.csv"), src.get("split_ids")):
+        return []
+    return [ValueError(f"config: sources.{name}.targets.{target}.split is official, but {table} has no `split` "
+                       "column and no split_ids are given; use split: random123 (ALIGNN's seed-123 split) or auto")
+            for target, spec in src["targets"].items() if spec.get("split") == "official"]
 
 
 def check_config(cfg):

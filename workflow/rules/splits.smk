@@ -8,7 +8,7 @@ rule splits:
         full="results/splits/{source}/{target}/full.json",
         low20="results/splits/{source}/{target}/low20.json",
     params:
-        method=lambda w: source_cfg(w)["targets"][w.target].get("split", "official"),
+        method=split_method,
         seed=config["splits"]["seed"],
         train=config["splits"]["train_ratio"],
         val=config["splits"]["val_ratio"],
