@@ -8,6 +8,9 @@ Two ways to a snapshot, tried in this order:
 2. A download of the jarvis-tools figshare zip (URL from `jarvis.db.figshare.get_db_info`) into the
    download folder; for `mp` sources also the elastic moduli through mp-api when `MP_API_KEY` is set.
 
+A `folder` source (provider `folder`: your own structure files and an id_prop table) has its manifest
+written by `crys_pipeline.folder.fetch_folder` instead (sha256 of the table and of every listed file).
+
 Snapshots are never edited: the manifest records their path, format and sha256, and `ingest`
 refuses a file whose hash changed. Offline with no local snapshot, `SnapshotUnavailable` names
 both ways out.

@@ -13,6 +13,10 @@ Missing targets (None, the string 'na', NaN) become null, as in ALIGNN's filter.
 is not a number ('abc') or is infinite also becomes null, with a warning, and is listed (id, field,
 value) in the structures metadata `bad_values`. A target whose `field` the snapshot lacks stops the
 stage, naming the closest field names.
+
+A `folder` source (your own structure files plus an ALIGNN-style id_prop table) is read by
+`crys_pipeline.folder`, whose records pass the same validation; its per-row problems (missing or
+unreadable file, disordered structure, target not a finite number, duplicate filename) are rejected rows.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -339,6 +344,27 @@ def _log_bad_values(source: str, bad: list[dict[str, Any]], unreadable: list[Raw
                     "metadata `bad_values`)", source, len(bad))
 
 
+def _readable(records: list[RawRecord], source: str) -> tuple[list[RawRecord], list[RawRecord]]:
+    """(readable records, unreadable ones); raises ValueError naming the first reason when none is readable."""
+    unreadable = [r for r in records if r.problem]
+    readable = [r for r in records if not r.problem]
+    if unreadable and not readable:
+        raise ValueError(f"{source}: all {len(unreadable)} entries were rejected, e.g. {unreadable[0].problem}; "
+                         "nothing to ingest")
+    return readable, unreadable
+
+
+def _unlisted_meta(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A folder source's files that its id_prop table does not list (reported, never used); {} otherwise."""
+    if "folder" not in manifest:
+        return {}
+    unlisted = manifest["folder"]["unlisted"]
+    if unlisted:
+        log.warning("%s: %d files in the folder are not in the id_prop table and were not used (e.g. %s)",
+                    manifest["source"], len(unlisted), ", ".join(unlisted[:5]))
+    return {"n_unlisted": len(unlisted), "unlisted": unlisted[:50]}
+
+
 def ingest(
     manifest_path: Path,
     targets: dict[str, dict[str, Any]],
@@ -367,9 +393,7 @@ def ingest(
     manifest = read_json(manifest_path)
     if stratify_target not in targets:
         raise ValueError(f"stratify_target {stratify_target!r} is not one of the targets {sorted(targets)}")
-    records = list(read_snapshot(manifest))
-    unreadable = [r for r in records if r.problem]
-    records = [r for r in records if not r.problem]
+    records, unreadable = _readable(list(read_snapshot(manifest)), manifest["source"])
     n_input = len(records)
     dupes = n_input - len({r.material_id for r in records})
     if dupes:
@@ -389,12 +413,7 @@ def ingest(
             ["structures"]["sha256"], "n_snapshot": n_input, "n_selected": len(records), "units":
             {k: v.get("unit", "") for k, v in targets.items()}, "n_unreadable": len(unreadable),
             "bad_values": bad_values}
-    if "folder" in manifest:  # files the id_prop table does not list are reported, never used
-        unlisted = manifest["folder"]["unlisted"]
-        meta.update(n_unlisted=len(unlisted), unlisted=unlisted[:50])
-        if unlisted:
-            log.warning("%s: %d files in the folder are not in the id_prop table and were not used", meta["source"],
-                        len(unlisted))
+    meta.update(_unlisted_meta(manifest))
     params = {"targets": targets, "subset": subset, "stratify_target": stratify_target}
     write_parquet(table, out, "structures", params, meta)
     rejected = pa.table({"material_id": [m for m, _ in bad], "reason": [r for _, r in bad]},

@@ -221,3 +221,11 @@ def test_a_bad_value_on_the_first_row_of_a_headerless_table_is_a_rejected_row(ex
     kept, bad, _ = run_ingest(root, tmp_path)
     assert len(kept) == 5
     assert bad == {rows[0][0]: f"id_prop.csv line 1: {rows[0][0]}: target 'target' = 'n/a' is not a finite number"}
+
+
+def test_a_folder_where_every_row_is_rejected_stops_with_the_first_reason(example, tmp_path: Path) -> None:
+    root, _ = _copy(example, tmp_path)
+    write_table(root, [["ghost.vasp", "1.0"], ["ghost2.cif", "2.0"]])
+    with pytest.raises(ValueError, match="mine: all 2 entries were rejected, e.g. id_prop.csv line 1: ghost.vasp: "
+                                         "missing file"):
+        run_ingest(root, tmp_path)

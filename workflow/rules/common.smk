@@ -1,5 +1,6 @@
 # Shared helpers: config checks the schema cannot express, target lists and params rendering for the
-# rules. No stage logic lives here; the functions only read `config` (and the snapshot folder's listing).
+# rules. No stage logic lives here; the functions only read `config` (and the snapshot folder's listing, or a
+# folder source's id_prop table).
 
 import json
 from pathlib import Path
