@@ -106,10 +106,19 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed)."""
+    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed).
+
+    The fused implementation (one kernel per parameter group instead of a loop over tensors) where the
+    device has one, else the multi-tensor (``foreach``) one: the same update to float32 rounding.
+    """
     from crys_pipeline.models import param_groups
 
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+    groups = param_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except RuntimeError as exc:  # a device without a fused AdamW kernel
+        log.info("fused AdamW unavailable (%s): using the multi-tensor implementation", exc)
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):

@@ -1,0 +1,146 @@
+"""Fused kernels of the edge-gated graph convolution and the Linear-BatchNorm-SiLU block.
+
+The reference EGGC runs five separate Linear layers, three gathers, two scatters, two BatchNorms
+and two SiLUs per call, each with its own autograd node: about 250 aten operations per call
+(forward + backward), most of them on small tensors. Here one call is one ``autograd.Function``
+whose forward and hand-written backward use a few large operations:
+
+- the four node-side maps (A = src_gate, V = dst_update, B = dst_gate, U = src_update) are one
+  ``addmm`` into [N, 4H]; viewed as [4N, H], the rows A[src], V[src] and B[dst] come out of ONE
+  ``index_select`` with the precomputed index ``4 src | 4 src + 1 | 4 dst + 2`` (``EdgePlan``);
+- the numerator and denominator of the gated mean are one ``index_add_`` of [sigma V h_s, sigma];
+- BatchNorm is ``native_batch_norm`` (running statistics updated exactly as ``nn.BatchNorm1d``);
+- the backward pass scatters the four node-side gradients with ONE ``index_add_`` over the same
+  index (plus ``4 n + 3`` for U) and forms weight and input gradients with one ``mm`` / ``addmm`` each.
+
+The arithmetic is that of the reference (same loss and gradients to float32 rounding). The math runs
+in the parameters' dtype with autocast disabled, so under CUDA bf16 autocast the fused kernels stay
+in float32 (their cost is dispatch, not arithmetic).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Denominator guard of the normalised gated aggregation (SPEC.md 4.2 step 3).
+GATE_EPS = 1e-6
+
+
+class EdgePlan(NamedTuple):
+    """Index tensors of one graph, built once per forward and shared by every layer on that graph.
+
+    Attributes:
+        dst: LongTensor [E] target node of each edge.
+        rows: LongTensor [3E + N]: ``4 src``, ``4 src + 1``, ``4 dst + 2``, ``4 n + 3`` (rows of the
+            [4N, H] view of the node projection: A at src, V at src, B at dst, U of every node).
+        gather: the first 3E entries of ``rows`` (a view).
+    """
+
+    dst: torch.Tensor
+    rows: torch.Tensor
+    gather: torch.Tensor
+
+
+def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
+    """The ``EdgePlan`` of a graph with ``num_nodes`` nodes and directed edges ``edge_index`` [2, E]."""
+    nodes = torch.arange(num_nodes, device=edge_index.device).unsqueeze(0)  # [1, N]
+    offsets = torch.tensor([[0], [1], [2]], device=edge_index.device)  # [3, 1]
+    rows = torch.cat([(4 * edge_index[[0, 0, 1]] + offsets).view(-1), (4 * nodes + 3).view(-1)])
+    return EdgePlan(edge_index[1], rows, rows[: 3 * edge_index.shape[1]])
+
+
+def _check_batch(x: torch.Tensor, training: bool) -> None:
+    if training and x.shape[0] <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+
+
+def _norm_args(norm: nn.BatchNorm1d) -> tuple:
+    """(weight, bias, running_mean, running_var) of a BatchNorm, in ``native_batch_norm`` order."""
+    return norm.weight, norm.bias, norm.running_mean, norm.running_var
+
+
+def _count_batch(norm: nn.BatchNorm1d) -> None:
+    """``nn.BatchNorm1d``'s own bookkeeping of a training forward."""
+    if norm.training and norm.track_running_stats:
+        norm.num_batches_tracked.add_(1)
+
+
+class _EGGCFunction(torch.autograd.Function):
+    """Forward and backward of one EGGC call (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, h, e, rows, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
+                training: bool, momentum: float, eps: float):
+        n, width = h.shape
+        n_edges = e.shape[0]
+        if h.dtype != node_w.dtype or e.dtype != node_w.dtype:  # activations from a bf16 autocast region
+            h, e = h.to(node_w.dtype), e.to(node_w.dtype)
+        proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
+        a_src, v_src, b_dst = proj.view(4 * n, width)[gather].view(3, n_edges, width)
+        gate = torch.addmm(edge_b, e, edge_w.t()).add_(a_src).add_(b_dst)  # [E, H] g = A h_s + B h_t + C e
+        sigma = torch.sigmoid(gate)
+        agg = h.new_zeros(n, 2 * width).index_add_(0, dst, torch.cat([sigma * v_src, sigma], 1))  # [N, 2H]
+        num, den = agg.split(width, 1)
+        inv = den.add(GATE_EPS).reciprocal_()
+        mean_msg = num * inv  # [N, H]
+        x = proj[:, 3 * width:] + mean_msg
+        xn, mean_n, invstd_n = torch.native_batch_norm(x, wn, bn, rmn, rvn, training, momentum, eps)
+        gn, mean_e, invstd_e = torch.native_batch_norm(gate, we, be, rme, rve, training, momentum, eps)
+        ctx.save_for_backward(h, e, rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve, v_src, sigma, inv,
+                              mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e)
+        ctx.flags = (training, eps)
+        ctx.set_materialize_grads(False)  # an unused edge output (the last layer's) skips its BatchNorm backward
+        return h + F.silu(xn), e + F.silu(gn)
+
+    @staticmethod
+    def backward(ctx, dh_out, de_out):
+        (h, e, rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve, v_src, sigma, inv, mean_msg, x, xn,
+         mean_n, invstd_n, gate, gn, mean_e, invstd_e) = ctx.saved_tensors
+        training, eps = ctx.flags
+        width = h.shape[1]
+        aten = torch.ops.aten
+        dh_out = torch.zeros_like(h) if dh_out is None else dh_out
+        dx, dwn, dbn = aten.native_batch_norm_backward(
+            aten.silu_backward(dh_out, xn), x, wn, rmn, rvn, mean_n, invstd_n, training, eps, [True] * 3)
+        if de_out is None:
+            dgate, dwe, dbe = torch.zeros_like(gate), None, None
+        else:
+            dgate, dwe, dbe = aten.native_batch_norm_backward(
+                aten.silu_backward(de_out, gn), gate, we, rme, rve, mean_e, invstd_e, training, eps, [True] * 3)
+        dnum = dx * inv  # d loss / d num; d loss / d den = -dnum * mean_msg
+        dm, dd = torch.cat([dnum, dnum * mean_msg], 1).index_select(0, dst).split(width, 1)  # [E, H] each
+        dgate += aten.sigmoid_backward((dm * v_src).sub_(dd), sigma)
+        per_row = torch.cat([dgate, dm * sigma, dgate, dx])  # [3E + N, H] in the order of `rows`
+        dproj = h.new_zeros(rows.shape[0] - 3 * e.shape[0], 4 * width)
+        dproj.view(-1, width).index_add_(0, rows, per_row)  # [N, 4H]
+        dh = torch.addmm(dh_out, dproj, node_w)
+        de = torch.mm(dgate, edge_w) if de_out is None else torch.addmm(de_out, dgate, edge_w)
+        return (dh, de, None, None, None, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e), dgate.sum(0),
+                dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
+
+
+def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
+         bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused EGGC step (the math of ``EdgeGatedGraphConv``).
+
+    Args:
+        h: node features [N, H]; e: edge features [E, H]; plan: ``edge_plan`` of the graph.
+        node_linear: Linear(H, 4H), output blocks [src_gate | dst_update | dst_gate | src_update].
+        edge_gate: Linear(H, H); bn_nodes, bn_edges: BatchNorm1d(H) (momentum and eps honoured).
+
+    Returns:
+        (h' [N, H], e' [E, H]).
+    """
+    training = bn_nodes.training
+    _check_batch(h, training)
+    _check_batch(e, training)
+    _count_batch(bn_nodes)
+    _count_batch(bn_edges)
+    with torch.autocast(h.device.type, enabled=False):
+        return _EGGCFunction.apply(
+            h, e, plan.rows, plan.gather, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight, edge_gate.bias,
+            *_norm_args(bn_nodes), *_norm_args(bn_edges), training, bn_nodes.momentum, bn_nodes.eps)
