@@ -24,6 +24,8 @@ rule train:
         patience=config["train"]["early_stopping_patience"] or 0,
         workers=config["train"]["num_workers"],
         device=config["train"]["device"],
+        eval_batch_size=config["train"]["eval_batch_size"],
+        test_each_epoch="--test-each-epoch" if config["train"]["test_each_epoch"] else "--no-test-each-epoch",
     threads: 1
     resources:
         gpu=1,
@@ -42,5 +44,6 @@ rule train:
         " --alignn-layers {params.alignn_layers} --gcn-layers {params.gcn_layers}"
         " --early-stopping-patience {params.patience} --num-workers {params.workers}"
         " --device {params.device} --threads {threads}"
+        " --eval-batch-size {params.eval_batch_size} {params.test_each_epoch}"
         " --out-dir results/train/{wildcards.source}/{wildcards.target}/{wildcards.variant}/{wildcards.regime}/seed{wildcards.seed}"
         " 2> {log}"
