@@ -17,7 +17,8 @@ rule embed:
         device=config["embed"]["device"],
     threads: 2
     resources:
-        gpu=1,
+        gpu=gpu_resources(config["embed"]["device"])[0],
+        gpu_share=gpu_resources(config["embed"]["device"])[1],
     log:
         "logs/embed/{source}.log",
     benchmark:
