@@ -260,20 +260,29 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str | None], slice_size: int = 2048) -> Tokenized:
         """Normalise and tokenise (head truncation to max_length); None counts as the empty string.
 
-        Texts are processed `slice_size` at a time so the untruncated token lists (only counted) of a
-        large dataset never sit in memory together; the kept ids are compact int32 arrays.
+        One batch call of the fast tokenizer per slice gives the untruncated content ids (for the counts);
+        the kept ids are their head plus the special tokens, exactly what the tokenizer's own truncation
+        returns. Texts are processed `slice_size` at a time so the untruncated ids of a large dataset
+        never sit in memory together; the kept ids are compact int32 arrays.
         """
         limit = self.settings.max_length
-        n_special = self.tokenizer.num_special_tokens_to_add()
+        prefix, suffix = self._special_frame()
+        n_special = len(prefix) + len(suffix)
         input_ids: list[np.ndarray] = []
         counts = np.zeros(len(texts), dtype=np.int32)
         for start in range(0, len(texts), slice_size):
             norm = [self.normalize(text or "") for text in texts[start:start + slice_size]]
-            enc = self.tokenizer(norm, truncation=True, max_length=limit)["input_ids"]
-            input_ids.extend(np.asarray(ids, dtype=np.int32) for ids in enc)
             content = self.tokenizer(norm, add_special_tokens=False, verbose=False)["input_ids"]
+            input_ids.extend(np.array(prefix + ids[: limit - n_special] + suffix, dtype=np.int32) for ids in content)
             counts[start:start + len(norm)] = [len(ids) + n_special for ids in content]
         return Tokenized(input_ids, counts, counts > limit, counts == n_special)
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """(ids before, ids after) the content that the tokenizer adds to one sequence ([CLS] / [SEP] for BERT)."""
+        framed = self.tokenizer("a")["input_ids"]
+        body = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        at = next(i for i in range(len(framed)) if framed[i:i + len(body)] == body)
+        return framed[:at], framed[at + len(body):]
 
     def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings float32 [n, D], untruncated token counts int32 [n], truncated bool [n]) of `texts`."""
