@@ -266,7 +266,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
     p.add_argument("--max-length", type=int, default=512, help="head truncation, [CLS]/[SEP] included")
     p.add_argument("--normalizer", choices=["matscibert", "none"], default="matscibert")
-    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward batch")
+    p.add_argument("--token-budget", type=int, default=0,
+                   help="padded tokens per forward batch; 0 = the device's default (8192 CPU, 32768 CUDA)")
     p.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable write chunk")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
@@ -279,7 +280,7 @@ def _run_embed(a: argparse.Namespace) -> None:
 
     settings = embed.EncoderSettings(
         model=a.model, revision=a.revision or None, pooling=a.pooling, max_length=a.max_length,
-        normalizer=a.normalizer, token_budget=a.token_budget, device=a.device,
+        normalizer=a.normalizer, token_budget=a.token_budget or None, device=a.device,
     )
     embed.embed_sections(a.sections, a.out, settings, chunk_rows=a.chunk_rows, threads=a.threads)
 

