@@ -8,7 +8,9 @@ reference by swapping every EGGC for the REFERENCE CODE below (the layer, line g
 forward as they were before the fused kernels, copied verbatim) with the same weights.
 
 - Reference: that model + `torch.optim.AdamW(param_groups(model))` (PyTorch's default implementation).
-- New: the fused model + `crys_pipeline.train.make_optimizer` (fused AdamW).
+- Fused: the fused model + `crys_pipeline.train.make_optimizer` (fused AdamW), eager (train.compile false).
+- Compiled: the same with the edge-gated convolutions through `torch.compile` (train.compile true);
+  its one-off compile happens in the warm-up step and is not timed.
 
 Measured, in one run: aten operations per step (forward, backward, optimizer; every aten event
 torch.profiler records, nested ones included, and the top-level ones alone), ms per step on the CPU
@@ -16,7 +18,8 @@ at width 16 (paper depth 4 + 4) and at the offline default (config.yaml train.hi
 alignn_layers, gcn_layers), crystals/s at paper width on CUDA when present, and whether loss and
 gradients agree to float32 tolerance. Timed rounds alternate the two paths; medians are reported.
 
-Last line: `train kernels: X.XXx fewer forward+backward ops (same loss: yes|no)`.
+Last two lines: the op ratio of the fused eager path, then (last line) of the compiled path:
+`train kernels: X.XXx fewer forward+backward ops (same loss: yes|no)`.
 
 Usage: .venv/bin/python bench/bench_train_throughput.py [--threads 2] [--repeats 5] [--batch-file F]
 """
@@ -178,15 +181,20 @@ def real_batch(n: int = 64, path: Path = TINY) -> Batch:
     return Batch.from_data_list([crystal(r, torch.randn(TEXT_DIM, generator=gen)) for r in records])
 
 
-def new_pair(batch: Batch, **sizes) -> tuple[tuple[nn.Module, torch.optim.Optimizer], tuple]:
-    """((fused model, fused AdamW), (reference model, reference AdamW)) from one seed, same weights."""
+def new_pair(batch: Batch, compiled: bool = False, **sizes) -> tuple[tuple[nn.Module, torch.optim.Optimizer], tuple]:
+    """((fused model, fused AdamW), (reference model, reference AdamW)) from one seed, same weights.
+
+    ``compiled`` switches the fused model to the ``torch.compile`` kernels (``train.compile``).
+    """
     from crys_pipeline.atom_features import cgcnn_feature_table
+    from crys_pipeline.models.fused import use_compiled
     from crys_pipeline.train import make_optimizer
 
     torch.manual_seed(0)
     model = build_model("crysmmnet", atom_table=torch.from_numpy(cgcnn_feature_table()), text_dim=TEXT_DIM, **sizes)
     model = model.to(batch.z.device).train()
     ref = reference_model(model)
+    use_compiled(model, compiled)
     return (model, make_optimizer(model, 1e-3, 1e-5)), (ref, torch.optim.AdamW(param_groups(ref, 1e-5), lr=1e-3))
 
 
@@ -197,9 +205,9 @@ def loss_of(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.mse_loss(pred.float(), batch.y)
 
 
-def same_numbers(batch: Batch) -> tuple[bool, str]:
-    """Loss and every gradient of the two paths on one float32 CPU step (width 16, paper depth)."""
-    (model, _), (ref, _) = new_pair(batch, hidden_features=16, alignn_layers=4, gcn_layers=4)
+def same_numbers(batch: Batch, compiled: bool = False) -> tuple[bool, str]:
+    """Loss and every gradient of the fused (or compiled) and reference paths on one float32 step (width 16, 4 + 4)."""
+    (model, _), (ref, _) = new_pair(batch, compiled, hidden_features=16, alignn_layers=4, gcn_layers=4)
     torch.manual_seed(1)  # the same dropout masks in both paths
     loss = loss_of(model, batch)
     torch.manual_seed(1)
@@ -211,9 +219,10 @@ def same_numbers(batch: Batch) -> tuple[bool, str]:
     worst = 0.0
     for name, param in model.named_parameters():
         want = wanted[name]
-        if (param.grad is None) != (want is None):
-            return False, f"{name}: gradient present in one path only"
-        if want is not None:
+        if (param.grad is None) != (want is None):  # unused parameters: None, or exact zeros (compiled)
+            if (want if param.grad is None else param.grad).abs().max() > 0:
+                return False, f"{name}: gradient present in one path only"
+        elif want is not None:
             worst = max(worst, float((param.grad - want).abs().max()) / scale)
     ok = bool(torch.isclose(loss, ref_loss, rtol=1e-5)) and worst < 1e-5
     return ok, (f"loss {loss.item():.7f} vs {ref_loss.item():.7f}; largest gradient difference {worst:.1e} "
@@ -262,18 +271,18 @@ def median_seconds(pairs: dict[str, tuple], batch: Batch, repeats: int) -> dict[
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timed(batch: Batch, repeats: int, label: str, **sizes) -> float:
-    """Print ms per step (or crystals/s on CUDA) of both paths at one size; returns reference / new."""
+def timed(batch: Batch, repeats: int, label: str, **sizes) -> dict[str, float]:
+    """Print ms per step (crystals/s on CUDA) of the three paths at one size; returns reference / path."""
     new, ref = new_pair(batch, **sizes)
-    sec = median_seconds({"reference": ref, "new": new}, batch, repeats)
+    compiled, _ = new_pair(batch, True, **sizes)
+    sec = median_seconds({"reference": ref, "fused": new, "compiled": compiled}, batch, repeats)
+    ratios = {k: sec["reference"] / v for k, v in sec.items() if k != "reference"}
     if batch.z.is_cuda:
-        rates = {k: batch.num_graphs / v for k, v in sec.items()}
-        print(f"{label}: reference {rates['reference']:.0f} crystals/s, new {rates['new']:.0f} crystals/s "
-              f"({sec['reference'] / sec['new']:.2f}x)")
+        shown = ", ".join(f"{k} {batch.num_graphs / v:.0f} crystals/s" for k, v in sec.items())
     else:
-        print(f"{label}: reference {1e3 * sec['reference']:.1f} ms/step, new {1e3 * sec['new']:.1f} ms/step "
-              f"({sec['reference'] / sec['new']:.2f}x)")
-    return sec["reference"] / sec["new"]
+        shown = ", ".join(f"{k} {1e3 * v:.1f} ms/step" for k, v in sec.items())
+    print(f"{label}: {shown} (fused {ratios['fused']:.2f}x, compiled {ratios['compiled']:.2f}x)", flush=True)
+    return ratios
 
 
 def offline_default_sizes() -> dict[str, int]:
@@ -295,24 +304,32 @@ def main() -> None:
     batch = real_batch(64, args.batch_file)
     print(f"batch: {batch.num_graphs} crystals, {batch.num_nodes} atoms, {batch.edge_index.shape[1]} bonds; "
           f"torch {torch.__version__}, {args.threads} threads")
-    same, detail = same_numbers(batch)
-    print(f"numerics (width 16, 4 + 4 layers, float32): {detail}")
-    new, ref = new_pair(batch, hidden_features=16, alignn_layers=4, gcn_layers=4)
-    ops = {"reference": count_ops(*ref, batch), "new": count_ops(*new, batch)}
+    checks = {name: same_numbers(batch, name == "compiled") for name in ("fused", "compiled")}
+    for name, (_, detail) in checks.items():
+        print(f"numerics {name} vs reference (width 16, 4 + 4 layers, float32): {detail}", flush=True)
+    ops = {}
+    for name in ("fused", "compiled"):
+        new, ref = new_pair(batch, name == "compiled", hidden_features=16, alignn_layers=4, gcn_layers=4)
+        ops.setdefault("reference", count_ops(*ref, batch))
+        ops[name] = count_ops(*new, batch)
     for name, parts in ops.items():
         print(f"aten ops per step, {name}: " + ", ".join(f"{k} {v[0]} ({v[1]} top-level)" for k, v in parts.items()))
     fb = {name: parts["forward"][0] + parts["backward"][0] for name, parts in ops.items()}
     top = {name: parts["forward"][1] + parts["backward"][1] for name, parts in ops.items()}
-    print(f"forward+backward: {fb['reference']} -> {fb['new']} aten ops ({fb['reference'] / fb['new']:.2f}x), "
-          f"top-level {top['reference']} -> {top['new']} ({top['reference'] / top['new']:.2f}x)")
+    for name in ("fused", "compiled"):
+        print(f"forward+backward, {name}: {fb['reference']} -> {fb[name]} aten ops "
+              f"({fb['reference'] / fb[name]:.2f}x), top-level {top['reference']} -> {top[name]} "
+              f"({top['reference'] / top[name]:.2f}x)")
     timed(batch, args.repeats, "CPU width 16, 4 + 4 layers", hidden_features=16, alignn_layers=4, gcn_layers=4)
     sizes = offline_default_sizes()
     timed(batch, args.repeats, f"CPU offline default (width {sizes['hidden_features']}, "
           f"{sizes['alignn_layers']} + {sizes['gcn_layers']} layers)", **sizes)
     if torch.cuda.is_available():
         timed(batch.to("cuda"), args.repeats, f"CUDA {torch.cuda.get_device_name()} paper width", **PAPER)
-    print(f"train kernels: {fb['reference'] / fb['new']:.2f}x fewer forward+backward ops "
-          f"(same loss: {'yes' if same else 'no'})")
+    print(f"train kernels (fused, eager): {fb['reference'] / fb['fused']:.2f}x fewer forward+backward ops "
+          f"(same loss: {'yes' if checks['fused'][0] else 'no'})")
+    print(f"train kernels: {fb['reference'] / fb['compiled']:.2f}x fewer forward+backward ops "
+          f"(same loss: {'yes' if checks['compiled'][0] else 'no'})")
 
 
 if __name__ == "__main__":

@@ -345,6 +345,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--eval-batch-size", type=int, default=256, help="crystals per val/test/final prediction batch")
     _bool_flag(p, "test-each-epoch", True, "evaluate test after every epoch (a test curve); val selects either way")
+    _bool_flag(p, "compile", False, "torch.compile the edge-gated convolutions (one-off compile, fewer kernels)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_train)
 
@@ -358,6 +359,7 @@ def _run_train(a: argparse.Namespace) -> None:
         hidden_features=a.hidden_features, alignn_layers=a.alignn_layers, gcn_layers=a.gcn_layers,
         early_stopping_patience=a.early_stopping_patience, num_workers=a.num_workers, device=a.device,
         threads=a.threads, eval_batch_size=a.eval_batch_size, test_each_epoch=a.test_each_epoch,
+        compile=a.compile,
     )
     train.train(a.structures, a.split, a.graphs, a.embeddings, a.out_dir, cfg)
 

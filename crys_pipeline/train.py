@@ -44,6 +44,8 @@ class TrainConfig:
     not depend on it beyond float rounding). ``test_each_epoch=False`` skips the per-epoch test pass:
     val still selects the model and the selected state's test MAE is still the result, but the
     history has no test curve (and the summary no last-epoch or min-over-epochs test MAE).
+    ``compile=True`` runs the edge-gated convolutions through ``torch.compile`` (a one-off compile per
+    job, then far fewer and fused kernels; ``crys_pipeline.models.fused.use_compiled``).
     """
 
     target: str
@@ -63,6 +65,7 @@ class TrainConfig:
     threads: int = 0
     eval_batch_size: int = 256
     test_each_epoch: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -316,6 +319,10 @@ def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.devic
     """
     seed_everything(cfg.seed)
     model = build(cfg, data).to(device)
+    if cfg.compile:
+        from crys_pipeline.models.fused import use_compiled
+
+        log.info("torch.compile for %d edge-gated convolutions", use_compiled(model))
     loaders = make_loaders(data, cfg, device)
     if len(loaders.train) == 0 or not data.splits["val"].ids:
         raise ValueError(f"nothing to train on: {len(data.splits['train'].ids)} train and "

@@ -74,6 +74,12 @@ def test_model_loss_and_gradients_equal_the_reference(bench, batch: Batch) -> No
     assert same, detail
 
 
+def test_compiled_path_equals_the_reference(bench, batch: Batch) -> None:
+    """train.compile: torch.compile's kernels of the same math give the reference's loss and gradients."""
+    same, detail = bench.same_numbers(batch, compiled=True)
+    assert same, detail
+
+
 def test_seed_gives_the_reference_initial_weights_and_old_state_dicts_load(bench, batch: Batch) -> None:
     """Same seed -> the reference's initial weights; a reference-layout state_dict loads and predicts the same."""
     torch.manual_seed(5)

@@ -57,6 +57,7 @@ class EdgeGatedGraphConv(nn.Module):
         self.bn_edges = nn.BatchNorm1d(features)
         self._init_blocks("src_update", "dst_update")
         self.bn_nodes = nn.BatchNorm1d(features)
+        self.compiled = False  # fused.use_compiled: torch.compile's kernels instead of the hand-written ones
 
     @torch.no_grad()
     def _init_blocks(self, *names: str) -> None:
@@ -85,7 +86,7 @@ class EdgeGatedGraphConv(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One gated message-passing step; returns updated (node, edge) features."""
         plan = graph if isinstance(graph, EdgePlan) else edge_plan(graph, h.shape[0])
-        return eggc(h, e, plan, self.node_linear, self.edge_gate, self.bn_nodes, self.bn_edges)
+        return eggc(h, e, plan, self.node_linear, self.edge_gate, self.bn_nodes, self.bn_edges, self.compiled)
 
 
 class ALIGNNLayer(nn.Module):

@@ -77,8 +77,6 @@ class _EGGCFunction(torch.autograd.Function):
                 training: bool, momentum: float, eps: float):
         n, width = h.shape
         n_edges = e.shape[0]
-        if h.dtype != node_w.dtype or e.dtype != node_w.dtype:  # activations from a bf16 autocast region
-            h, e = h.to(node_w.dtype), e.to(node_w.dtype)
         proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
         a_src, v_src, b_dst = proj.view(4 * n, width)[gather].view(3, n_edges, width)
         gate = torch.addmm(edge_b, e, edge_w.t()).add_(a_src).add_(b_dst)  # [E, H] g = A h_s + B h_t + C e
@@ -123,14 +121,45 @@ class _EGGCFunction(torch.autograd.Function):
                 dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
 
 
+def eggc_math(h, e, rows, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
+              training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of ``_EGGCFunction`` as plain differentiable ops (arguments in the same order).
+
+    What ``torch.compile`` fuses (``use_compiled``): inductor generates the kernels of this forward and
+    of the backward that autograd derives from it, so neither the hand-written backward nor the
+    per-op dispatch remains.
+    """
+    n, width = h.shape
+    proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
+    rows3 = proj.view(4 * n, width)[gather].view(3, e.shape[0], width)  # A[src], V[src], B[dst]
+    gate = torch.addmm(edge_b, e, edge_w.t()) + rows3[0] + rows3[2]
+    sigma = torch.sigmoid(gate)
+    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows3[1], sigma], 1))
+    x = proj[:, 3 * width:] + agg[:, :width] / (agg[:, width:] + GATE_EPS)
+    xn = F.batch_norm(x, rmn, rvn, wn, bn, training, momentum, eps)
+    gn = F.batch_norm(gate, rme, rve, we, be, training, momentum, eps)
+    return h + F.silu(xn), e + F.silu(gn)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_math():
+    """``torch.compile(eggc_math, dynamic=True)``, built once per process (shapes vary per batch)."""
+    if "eggc" not in _COMPILED:
+        _COMPILED["eggc"] = torch.compile(eggc_math, dynamic=True)
+    return _COMPILED["eggc"]
+
+
 def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
-         bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+         bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused EGGC step (the math of ``EdgeGatedGraphConv``).
 
     Args:
         h: node features [N, H]; e: edge features [E, H]; plan: ``edge_plan`` of the graph.
         node_linear: Linear(H, 4H), output blocks [src_gate | dst_update | dst_gate | src_update].
         edge_gate: Linear(H, H); bn_nodes, bn_edges: BatchNorm1d(H) (momentum and eps honoured).
+        compiled: run ``torch.compile``'s kernels of ``eggc_math`` instead of ``_EGGCFunction``.
 
     Returns:
         (h' [N, H], e' [E, H]).
@@ -140,7 +169,23 @@ def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linea
     _check_batch(e, training)
     _count_batch(bn_nodes)
     _count_batch(bn_edges)
+    dtype = node_linear.weight.dtype
+    if h.dtype != dtype or e.dtype != dtype:  # activations from a bf16 autocast region
+        h, e = h.to(dtype), e.to(dtype)
+    step = _compiled_math() if compiled else _EGGCFunction.apply
     with torch.autocast(h.device.type, enabled=False):
-        return _EGGCFunction.apply(
-            h, e, plan.rows, plan.gather, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight, edge_gate.bias,
-            *_norm_args(bn_nodes), *_norm_args(bn_edges), training, bn_nodes.momentum, bn_nodes.eps)
+        return step(h, e, plan.rows, plan.gather, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight,
+                    edge_gate.bias, *_norm_args(bn_nodes), *_norm_args(bn_edges), training, bn_nodes.momentum,
+                    bn_nodes.eps)
+
+
+def use_compiled(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every fused EGGC of ``model`` to (or back from) the ``torch.compile`` kernels.
+
+    Returns:
+        the number of layers switched. Weights, state_dict and numerics (to float32 rounding) are unchanged.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "compiled")]
+    for layer in layers:
+        layer.compiled = enabled
+    return len(layers)

@@ -29,6 +29,7 @@ rule train:
         device=config["train"]["device"],
         eval_batch_size=config["train"]["eval_batch_size"],
         test_each_epoch="--test-each-epoch" if config["train"]["test_each_epoch"] else "--no-test-each-epoch",
+        compile="--compile" if config["train"]["compile"] else "--no-compile",
     threads: 1
     resources:
         gpu=gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
@@ -51,6 +52,6 @@ rule train:
         " --alignn-layers {params.alignn_layers} --gcn-layers {params.gcn_layers}"
         " --early-stopping-patience {params.patience} --num-workers {params.workers}"
         " --device {params.device} --threads {threads}"
-        " --eval-batch-size {params.eval_batch_size} {params.test_each_epoch}"
+        " --eval-batch-size {params.eval_batch_size} {params.test_each_epoch} {params.compile}"
         " --out-dir results/train/{wildcards.source}/{wildcards.target}/{wildcards.variant}/{wildcards.regime}/seed{wildcards.seed}"
         " 2> {log}"
