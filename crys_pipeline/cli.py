@@ -345,7 +345,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--eval-batch-size", type=int, default=256, help="crystals per val/test/final prediction batch")
     _bool_flag(p, "test-each-epoch", True, "evaluate test after every epoch (a test curve); val selects either way")
-    _bool_flag(p, "compile", False, "torch.compile the edge-gated convolutions (one-off compile, fewer kernels)")
+    _bool_flag(p, "compile", False, "torch.compile the edge-gated convolutions and embedding MLPs (one-off compile, fewer kernels)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_train)
 

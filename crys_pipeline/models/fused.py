@@ -16,6 +16,11 @@ whose forward and hand-written backward use a few large operations:
 The arithmetic is that of the reference (same loss and gradients to float32 rounding). The math runs
 in the parameters' dtype with autocast disabled, so under CUDA bf16 autocast the fused kernels stay
 in float32 (their cost is dispatch, not arithmetic).
+
+With ``use_compiled`` (config ``train.compile``) the same math written as plain ops (``eggc_math``,
+``mlp_math`` for the Linear-BatchNorm-SiLU embedding blocks) runs through ``torch.compile`` with
+dynamic shapes: inductor generates fused kernels for the forward and for the backward that autograd
+derives, after a one-off compile per process.
 """
 
 from __future__ import annotations
@@ -141,14 +146,35 @@ def eggc_math(h, e, rows, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, r
     return h + F.silu(xn), e + F.silu(gn)
 
 
+def mlp_math(x, weight, bias, wn, bn, rm, rv, training: bool, momentum: float, eps: float) -> torch.Tensor:
+    """SiLU(BatchNorm(Linear(x))) as plain differentiable ops (``layers.MLPLayer``'s math)."""
+    return F.silu(F.batch_norm(torch.addmm(bias, x, weight.t()), rm, rv, wn, bn, training, momentum, eps))
+
+
 _COMPILED: dict[str, object] = {}
 
 
-def _compiled_math():
-    """``torch.compile(eggc_math, dynamic=True)``, built once per process (shapes vary per batch)."""
-    if "eggc" not in _COMPILED:
-        _COMPILED["eggc"] = torch.compile(eggc_math, dynamic=True)
-    return _COMPILED["eggc"]
+def _compiled(fn):
+    """``torch.compile(fn, dynamic=True)``, built once per process (shapes vary per batch)."""
+    if fn.__name__ not in _COMPILED:
+        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn.__name__]
+
+
+def mlp_block(x: torch.Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> torch.Tensor:
+    """``mlp_math`` through ``torch.compile`` with a layer's parameters (float32, autocast off).
+
+    Args:
+        x: [M, a]; linear: Linear(a, b); norm: BatchNorm1d(b).
+
+    Returns:
+        [M, b].
+    """
+    _check_batch(x, norm.training)
+    _count_batch(norm)
+    with torch.autocast(x.device.type, enabled=False):
+        return _compiled(mlp_math)(x.to(linear.weight.dtype), linear.weight, linear.bias, *_norm_args(norm),
+                                   norm.training, norm.momentum, norm.eps)
 
 
 def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
@@ -172,7 +198,7 @@ def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linea
     dtype = node_linear.weight.dtype
     if h.dtype != dtype or e.dtype != dtype:  # activations from a bf16 autocast region
         h, e = h.to(dtype), e.to(dtype)
-    step = _compiled_math() if compiled else _EGGCFunction.apply
+    step = _compiled(eggc_math) if compiled else _EGGCFunction.apply
     with torch.autocast(h.device.type, enabled=False):
         return step(h, e, plan.rows, plan.gather, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight,
                     edge_gate.bias, *_norm_args(bn_nodes), *_norm_args(bn_edges), training, bn_nodes.momentum,
@@ -180,7 +206,7 @@ def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linea
 
 
 def use_compiled(model: nn.Module, enabled: bool = True) -> int:
-    """Switch every fused EGGC of ``model`` to (or back from) the ``torch.compile`` kernels.
+    """Switch every fused EGGC (and Linear-BatchNorm-SiLU block) of ``model`` to or from ``torch.compile``.
 
     Returns:
         the number of layers switched. Weights, state_dict and numerics (to float32 rounding) are unchanged.
