@@ -40,14 +40,13 @@ class EdgePlan(NamedTuple):
 
     Attributes:
         dst: LongTensor [E] target node of each edge.
-        rows: LongTensor [3E + N]: ``4 src``, ``4 src + 1``, ``4 dst + 2``, ``4 n + 3`` (rows of the
-            [4N, H] view of the node projection: A at src, V at src, B at dst, U of every node).
-        gather: the first 3E entries of ``rows`` (a view).
+        rows: (``4 src``, ``4 src + 1``, ``4 dst + 2``, ``4 n + 3``): LongTensors [E], [E], [E], [N], the
+            rows of the [4N, H] view of the node projection holding A h at the source, V h at the
+            source, B h at the target, and U h of every node.
     """
 
     dst: torch.Tensor
-    rows: torch.Tensor
-    gather: torch.Tensor
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
@@ -55,7 +54,8 @@ def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
     nodes = torch.arange(num_nodes, device=edge_index.device).unsqueeze(0)  # [1, N]
     offsets = torch.tensor([[0], [1], [2]], device=edge_index.device)  # [3, 1]
     rows = torch.cat([(4 * edge_index[[0, 0, 1]] + offsets).view(-1), (4 * nodes + 3).view(-1)])
-    return EdgePlan(edge_index[1], rows, rows[: 3 * edge_index.shape[1]])
+    n_edges = edge_index.shape[1]
+    return EdgePlan(edge_index[1], tuple(rows.split([n_edges, n_edges, n_edges, num_nodes])))
 
 
 def _check_batch(x: torch.Tensor, training: bool) -> None:
@@ -78,33 +78,34 @@ class _EGGCFunction(torch.autograd.Function):
     """Forward and backward of one EGGC call (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, h, e, rows, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
-                training: bool, momentum: float, eps: float):
+    def forward(ctx, h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn,
+                we, be, rme, rve, training: bool, momentum: float, eps: float):
         n, width = h.shape
-        n_edges = e.shape[0]
         proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
-        a_src, v_src, b_dst = proj.view(4 * n, width)[gather].view(3, n_edges, width)
-        gate = torch.addmm(edge_b, e, edge_w.t()).add_(a_src).add_(b_dst)  # [E, H] g = A h_s + B h_t + C e
+        rows = proj.view(4 * n, width)
+        # Gathers and scatters of [E, H] each, no [3E, H] / [E, 2H] concatenations: on the CPU a tensor
+        # over glibc's mmap threshold (32 MB; [E, 2H] at width 64 on a 64-crystal line graph) is mapped
+        # and page-faulted anew at every step, which costs more than the dispatch it saves.
+        v_src = rows[v_rows]  # [E, H]
+        gate = torch.addmm(edge_b, e, edge_w.t()).add_(rows[a_rows]).add_(rows[b_rows])  # g = A h_s + B h_t + C e
         sigma = torch.sigmoid(gate)
-        agg = h.new_zeros(n, 2 * width).index_add_(0, dst, torch.cat([sigma * v_src, sigma], 1))  # [N, 2H]
-        num, den = agg.split(width, 1)
-        inv = den.add(GATE_EPS).reciprocal_()
-        mean_msg = num * inv  # [N, H]
+        num = h.new_zeros(n, width).index_add_(0, dst, sigma * v_src)  # [E, H] -> [N, H]
+        inv = h.new_zeros(n, width).index_add_(0, dst, sigma).add_(GATE_EPS).reciprocal_()
+        mean_msg = num.mul_(inv)  # [N, H]
         x = proj[:, 3 * width:] + mean_msg
         xn, mean_n, invstd_n = torch.native_batch_norm(x, wn, bn, rmn, rvn, training, momentum, eps)
         gn, mean_e, invstd_e = torch.native_batch_norm(gate, we, be, rme, rve, training, momentum, eps)
-        ctx.save_for_backward(h, e, rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve, v_src, sigma, inv,
-                              mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e)
+        ctx.save_for_backward(h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve,
+                              v_src, sigma, inv, mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e)
         ctx.flags = (training, eps)
         ctx.set_materialize_grads(False)  # an unused edge output (the last layer's) skips its BatchNorm backward
         return h + F.silu(xn), e + F.silu(gn)
 
     @staticmethod
     def backward(ctx, dh_out, de_out):
-        (h, e, rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve, v_src, sigma, inv, mean_msg, x, xn,
-         mean_n, invstd_n, gate, gn, mean_e, invstd_e) = ctx.saved_tensors
+        (h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve, v_src, sigma, inv,
+         mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e) = ctx.saved_tensors
         training, eps = ctx.flags
-        width = h.shape[1]
         aten = torch.ops.aten
         dh_out = torch.zeros_like(h) if dh_out is None else dh_out
         dx, dwn, dbn = aten.native_batch_norm_backward(
@@ -115,19 +116,19 @@ class _EGGCFunction(torch.autograd.Function):
             dgate, dwe, dbe = aten.native_batch_norm_backward(
                 aten.silu_backward(de_out, gn), gate, we, rme, rve, mean_e, invstd_e, training, eps, [True] * 3)
         dnum = dx * inv  # d loss / d num; d loss / d den = -dnum * mean_msg
-        dm, dd = torch.cat([dnum, dnum * mean_msg], 1).index_select(0, dst).split(width, 1)  # [E, H] each
-        dgate += aten.sigmoid_backward((dm * v_src).sub_(dd), sigma)
-        per_row = torch.cat([dgate, dm * sigma, dgate, dx])  # [3E + N, H] in the order of `rows`
-        dproj = h.new_zeros(rows.shape[0] - 3 * e.shape[0], 4 * width)
-        dproj.view(-1, width).index_add_(0, rows, per_row)  # [N, 4H]
+        dm = dnum[dst]  # [E, H]
+        dgate += aten.sigmoid_backward((dm * v_src).sub_((dnum * mean_msg)[dst]), sigma)
+        dproj = h.new_zeros(h.shape[0], 4 * h.shape[1])  # [N, 4H], filled through its [4N, H] view
+        for idx, grad in ((a_rows, dgate), (v_rows, dm.mul_(sigma)), (b_rows, dgate), (u_rows, dx)):
+            dproj.view(-1, h.shape[1]).index_add_(0, idx, grad)
         dh = torch.addmm(dh_out, dproj, node_w)
         de = torch.mm(dgate, edge_w) if de_out is None else torch.addmm(de_out, dgate, edge_w)
-        return (dh, de, None, None, None, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e), dgate.sum(0),
-                dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
+        return (dh, de, None, None, None, None, None, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e),
+                dgate.sum(0), dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
 
 
-def eggc_math(h, e, rows, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
-              training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def eggc_math(h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be,
+              rme, rve, training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward of ``_EGGCFunction`` as plain differentiable ops (arguments in the same order).
 
     What ``torch.compile`` fuses (``use_compiled``): inductor generates the kernels of this forward and
@@ -136,10 +137,10 @@ def eggc_math(h, e, rows, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, r
     """
     n, width = h.shape
     proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
-    rows3 = proj.view(4 * n, width)[gather].view(3, e.shape[0], width)  # A[src], V[src], B[dst]
-    gate = torch.addmm(edge_b, e, edge_w.t()) + rows3[0] + rows3[2]
+    rows = proj.view(4 * n, width)
+    gate = torch.addmm(edge_b, e, edge_w.t()) + rows[a_rows] + rows[b_rows]
     sigma = torch.sigmoid(gate)
-    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows3[1], sigma], 1))
+    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows[v_rows], sigma], 1))
     x = proj[:, 3 * width:] + agg[:, :width] / (agg[:, width:] + GATE_EPS)
     xn = F.batch_norm(x, rmn, rvn, wn, bn, training, momentum, eps)
     gn = F.batch_norm(gate, rme, rve, we, be, training, momentum, eps)
@@ -200,7 +201,7 @@ def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linea
         h, e = h.to(dtype), e.to(dtype)
     step = _compiled(eggc_math) if compiled else _EGGCFunction.apply
     with torch.autocast(h.device.type, enabled=False):
-        return step(h, e, plan.rows, plan.gather, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight,
+        return step(h, e, *plan.rows, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight,
                     edge_gate.bias, *_norm_args(bn_nodes), *_norm_args(bn_edges), training, bn_nodes.momentum,
                     bn_nodes.eps)
 
