@@ -140,8 +140,8 @@ def eggc_math(h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w,
     rows = proj.view(4 * n, width)
     gate = torch.addmm(edge_b, e, edge_w.t()) + rows[a_rows] + rows[b_rows]
     sigma = torch.sigmoid(gate)
-    num = h.new_zeros(n, width).index_add(0, dst, sigma * rows[v_rows])
-    x = proj[:, 3 * width:] + num / (h.new_zeros(n, width).index_add(0, dst, sigma) + GATE_EPS)
+    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows[v_rows], sigma], 1))
+    x = proj[:, 3 * width:] + agg[:, :width] / (agg[:, width:] + GATE_EPS)
     xn = F.batch_norm(x, rmn, rvn, wn, bn, training, momentum, eps)
     gn = F.batch_norm(gate, rme, rve, we, be, training, momentum, eps)
     return h + F.silu(xn), e + F.silu(gn)
