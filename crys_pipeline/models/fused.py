@@ -43,10 +43,12 @@ class EdgePlan(NamedTuple):
         rows: (``4 src``, ``4 src + 1``, ``4 dst + 2``, ``4 n + 3``): LongTensors [E], [E], [E], [N], the
             rows of the [4N, H] view of the node projection holding A h at the source, V h at the
             source, B h at the target, and U h of every node.
+        gather: the first three of ``rows`` as one LongTensor [3E] (the compiled path's single gather).
     """
 
     dst: torch.Tensor
     rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    gather: torch.Tensor
 
 
 def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
@@ -55,7 +57,7 @@ def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
     offsets = torch.tensor([[0], [1], [2]], device=edge_index.device)  # [3, 1]
     rows = torch.cat([(4 * edge_index[[0, 0, 1]] + offsets).view(-1), (4 * nodes + 3).view(-1)])
     n_edges = edge_index.shape[1]
-    return EdgePlan(edge_index[1], tuple(rows.split([n_edges, n_edges, n_edges, num_nodes])))
+    return EdgePlan(edge_index[1], tuple(rows.split([n_edges, n_edges, n_edges, num_nodes])), rows[: 3 * n_edges])
 
 
 def _check_batch(x: torch.Tensor, training: bool) -> None:
@@ -127,9 +129,9 @@ class _EGGCFunction(torch.autograd.Function):
                 dgate.sum(0), dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
 
 
-def eggc_math(h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be,
-              rme, rve, training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward of ``_EGGCFunction`` as plain differentiable ops (arguments in the same order).
+def eggc_math(h, e, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
+              training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of ``_EGGCFunction`` as plain differentiable ops (one gather: ``EdgePlan.gather``).
 
     What ``torch.compile`` fuses (``use_compiled``): inductor generates the kernels of this forward and
     of the backward that autograd derives from it, so neither the hand-written backward nor the
@@ -137,10 +139,10 @@ def eggc_math(h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w,
     """
     n, width = h.shape
     proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
-    rows = proj.view(4 * n, width)
-    gate = torch.addmm(edge_b, e, edge_w.t()) + rows[a_rows] + rows[b_rows]
+    rows3 = proj.view(4 * n, width)[gather].view(3, e.shape[0], width)  # A[src], V[src], B[dst]
+    gate = torch.addmm(edge_b, e, edge_w.t()) + rows3[0] + rows3[2]
     sigma = torch.sigmoid(gate)
-    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows[v_rows], sigma], 1))
+    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows3[1], sigma], 1))
     x = proj[:, 3 * width:] + agg[:, :width] / (agg[:, width:] + GATE_EPS)
     xn = F.batch_norm(x, rmn, rvn, wn, bn, training, momentum, eps)
     gn = F.batch_norm(gate, rme, rve, we, be, training, momentum, eps)
@@ -199,11 +201,12 @@ def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linea
     dtype = node_linear.weight.dtype
     if h.dtype != dtype or e.dtype != dtype:  # activations from a bf16 autocast region
         h, e = h.to(dtype), e.to(dtype)
-    step = _compiled(eggc_math) if compiled else _EGGCFunction.apply
+    params = (node_linear.weight, node_linear.bias, edge_gate.weight, edge_gate.bias, *_norm_args(bn_nodes),
+              *_norm_args(bn_edges), training, bn_nodes.momentum, bn_nodes.eps)
     with torch.autocast(h.device.type, enabled=False):
-        return step(h, e, *plan.rows, plan.dst, node_linear.weight, node_linear.bias, edge_gate.weight,
-                    edge_gate.bias, *_norm_args(bn_nodes), *_norm_args(bn_edges), training, bn_nodes.momentum,
-                    bn_nodes.eps)
+        if compiled:
+            return _compiled(eggc_math)(h, e, plan.gather, plan.dst, *params)
+        return _EGGCFunction.apply(h, e, *plan.rows, plan.dst, *params)
 
 
 def use_compiled(model: nn.Module, enabled: bool = True) -> int:
