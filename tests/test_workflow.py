@@ -14,7 +14,7 @@ def job_counts(stdout: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run as {rule: count}."""
     assert "Job stats:" in stdout, f"no jobs planned:\n{stdout[-2000:]}"
     block = stdout.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.MULTILINE)}
 
 
 def test_dry_run_plans_whole_pipeline_for_table1(tmp_path: Path) -> None:
