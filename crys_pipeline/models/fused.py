@@ -6,12 +6,16 @@ and two SiLUs per call, each with its own autograd node: about 250 aten operatio
 whose forward and hand-written backward use a few large operations:
 
 - the four node-side maps (A = src_gate, V = dst_update, B = dst_gate, U = src_update) are one
-  ``addmm`` into [N, 4H]; viewed as [4N, H], the rows A[src], V[src] and B[dst] come out of ONE
-  ``index_select`` with the precomputed index ``4 src | 4 src + 1 | 4 dst + 2`` (``EdgePlan``);
-- the numerator and denominator of the gated mean are one ``index_add_`` of [sigma V h_s, sigma];
+  ``addmm`` into [N, 4H]; viewed as [4N, H], the rows A[src], V[src] and B[dst] are gathered with
+  index tensors ``4 src``, ``4 src + 1``, ``4 dst + 2`` built once per graph (``EdgePlan``);
 - BatchNorm is ``native_batch_norm`` (running statistics updated exactly as ``nn.BatchNorm1d``);
-- the backward pass scatters the four node-side gradients with ONE ``index_add_`` over the same
-  index (plus ``4 n + 3`` for U) and forms weight and input gradients with one ``mm`` / ``addmm`` each.
+- the backward pass scatters each node-side gradient block with one ``index_add_`` into the [4N, H]
+  view and forms weight and input gradients with one ``mm`` / ``addmm`` each; no autograd graph of
+  its own.
+
+Gathers and scatters stay [E, H]-sized on purpose: concatenating them ([3E, H], [E, 2H]) saves a few
+dispatches, but on the CPU such tensors exceed glibc's mmap threshold at width 64 and are mapped and
+page-faulted anew at every step, which measured slower.
 
 The arithmetic is that of the reference (same loss and gradients to float32 rounding). The math runs
 in the parameters' dtype with autocast disabled, so under CUDA bf16 autocast the fused kernels stay
