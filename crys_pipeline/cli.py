@@ -11,8 +11,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -124,7 +124,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 def _run_inspect(a: argparse.Namespace) -> None:
     from crys_pipeline import inspect
 
-    print(inspect.describe_artifact(a.path, a.rows))  # noqa: T201 - the command's output
+    print(inspect.describe_artifact(a.path, a.rows))
 
 
 # --- export-leaderboard ---------------------------------------------------------------------------
@@ -279,7 +279,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
     p.add_argument("--max-length", type=int, default=512, help="head truncation, [CLS]/[SEP] included")
     p.add_argument("--normalizer", choices=["matscibert", "none"], default="matscibert")
-    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward batch")
+    p.add_argument("--token-budget", type=int, default=0,
+                   help="padded tokens per forward batch; 0 = the device's default (8192 CPU, 32768 CUDA)")
     p.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable write chunk")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
@@ -292,7 +293,7 @@ def _run_embed(a: argparse.Namespace) -> None:
 
     settings = embed.EncoderSettings(
         model=a.model, revision=a.revision or None, pooling=a.pooling, max_length=a.max_length,
-        normalizer=a.normalizer, token_budget=a.token_budget, device=a.device,
+        normalizer=a.normalizer, token_budget=a.token_budget or None, device=a.device,
     )
     embed.embed_sections(a.sections, a.out, settings, chunk_rows=a.chunk_rows, threads=a.threads,
                          structures=a.structures)
@@ -356,6 +357,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="crystals per val/test/final prediction batch")
+    _bool_flag(p, "test-each-epoch", True, "evaluate test after every epoch (a test curve); val selects either way")
+    _bool_flag(p, "compile", False, "torch.compile the edge-gated convolutions and embedding MLPs (one-off compile, fewer kernels)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_train)
 
@@ -368,7 +372,8 @@ def _run_train(a: argparse.Namespace) -> None:
         learning_rate=a.learning_rate, weight_decay=a.weight_decay, head=a.head,
         hidden_features=a.hidden_features, alignn_layers=a.alignn_layers, gcn_layers=a.gcn_layers,
         early_stopping_patience=a.early_stopping_patience, num_workers=a.num_workers, device=a.device,
-        threads=a.threads,
+        threads=a.threads, eval_batch_size=a.eval_batch_size, test_each_epoch=a.test_each_epoch,
+        compile=a.compile,
     )
     train.train(a.structures, a.split, a.graphs, a.embeddings, a.out_dir, cfg)
 
@@ -427,8 +432,8 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
 
 def _run_attention(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
-    from crys_pipeline.embed import EncoderSettings
     from crys_pipeline.devices import set_threads
+    from crys_pipeline.embed import EncoderSettings
 
     block = _config_block(a.config, "attention")
     layer = a.layer if a.layer is not None else block.get("layer", 5)
@@ -466,8 +471,8 @@ def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
 
 def _run_attention_summary(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
-    from crys_pipeline.embed import EncoderSettings
     from crys_pipeline.devices import set_threads
+    from crys_pipeline.embed import EncoderSettings
 
     set_threads(a.threads)
     attention.summarize(a.sections, a.variant, a.sample, a.seed, EncoderSettings(**_encoder_options(a)),
@@ -502,7 +507,7 @@ def _run_predict(a: argparse.Namespace) -> int:
     if not files:
         raise ValueError("no structure files given")
     crystals, table = predict.run_predict(runs, files)
-    print(table)  # noqa: T201 - the command's output
+    print(table)
     if a.out:
         predict.write_csv(crystals, a.out)
     return 1 if predict.has_failures(crystals) else 0

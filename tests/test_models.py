@@ -114,12 +114,13 @@ def naive_eggc(conv: EdgeGatedGraphConv, h: torch.Tensor, e: torch.Tensor, edge_
     def bn(x: torch.Tensor, norm: torch.nn.BatchNorm1d) -> torch.Tensor:
         return (x - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
 
-    def lin(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return layer.weight @ x + layer.bias
+    def lin(layer: torch.nn.Linear | str, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = conv.block(layer) if isinstance(layer, str) else (layer.weight, layer.bias)
+        return weight @ x + bias
 
     silu = torch.nn.functional.silu
     gates = [
-        lin(conv.src_gate, h[s]) + lin(conv.dst_gate, h[t]) + lin(conv.edge_gate, e[k])
+        lin("src_gate", h[s]) + lin("dst_gate", h[t]) + lin(conv.edge_gate, e[k])
         for k, (s, t) in enumerate(edge_index.T.tolist())
     ]
     h_out = []
@@ -128,9 +129,9 @@ def naive_eggc(conv: EdgeGatedGraphConv, h: torch.Tensor, e: torch.Tensor, edge_
         den = torch.zeros(h.shape[1], dtype=h.dtype)
         for k, (s, tt) in enumerate(edge_index.T.tolist()):
             if tt == t:
-                num += torch.sigmoid(gates[k]) * lin(conv.dst_update, h[s])
+                num += torch.sigmoid(gates[k]) * lin("dst_update", h[s])
                 den += torch.sigmoid(gates[k])
-        h_out.append(h[t] + silu(bn(lin(conv.src_update, h[t]) + num / (den + 1e-6), conv.bn_nodes)))
+        h_out.append(h[t] + silu(bn(lin("src_update", h[t]) + num / (den + 1e-6), conv.bn_nodes)))
     e_out = [e[k] + silu(bn(g, conv.bn_edges)) for k, g in enumerate(gates)]
     return torch.stack(h_out), torch.stack(e_out)
 
@@ -276,7 +277,8 @@ def test_param_groups_name_rule_decays_embedding_batchnorm(atom_table: torch.Ten
     assert isinstance(model.graph_encoder.atom_embedding, MLPLayer)
     assert emb_bn in decay and "graph_encoder.edge_embedding.1.layer.1.bias" in no_decay
     assert "graph_encoder.alignn_layers.0.node_update.bn_nodes.weight" in no_decay
-    assert "graph_encoder.gcn_layers.3.src_gate.weight" in decay
+    assert "graph_encoder.gcn_layers.3.node_linear.weight" in decay  # the fused src_gate | ... | src_update
+    assert "graph_encoder.gcn_layers.3.node_linear.bias" in no_decay
     assert isinstance(model.text_projection, ProjectionHead)
     assert "text_projection.layer_norm.weight" in no_decay
     type_decay, type_no_decay = decay_split(model, "type")

@@ -14,7 +14,7 @@ def job_counts(stdout: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run as {rule: count}."""
     assert "Job stats:" in stdout, f"no jobs planned:\n{stdout[-2000:]}"
     block = stdout.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.MULTILINE)}
 
 
 def test_dry_run_plans_whole_pipeline_for_table1(tmp_path: Path) -> None:
@@ -165,3 +165,48 @@ def test_config_cross_checks_name_key_and_choices(tmp_path: Path, edit, message:
     result = snakemake_in(tmp_path, "-n", "results/table1.csv", config=cfg)
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr), result.stderr[-2000:]
+
+
+def _job_resources(stdout: str, rule: str) -> list[dict[str, str]]:
+    """The `resources:` line of every planned job of `rule` in a dry run, as {name: value}."""
+    blocks = stdout.split("\nrule ")[1:]
+    out = []
+    for block in (b for b in blocks if b.startswith(f"{rule}:")):
+        line = next(x for x in block.splitlines() if x.strip().startswith("resources:"))
+        out.append(dict(item.split("=", 1) for item in line.split("resources:", 1)[1].strip().split(", ")))
+    return out
+
+
+def test_cpu_machine_runs_train_and_embed_as_plain_cpu_jobs(tmp_path: Path) -> None:
+    """Without a GPU (device auto here, or cpu anywhere) train/embed ask for no GPU: only --cores limits them."""
+    import glob
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    if glob.glob("/dev/nvidia[0-9]*"):
+        cfg["train"]["device"] = cfg["embed"]["device"] = "cpu"
+    result = snakemake_in(tmp_path, "-n", "--cores", "2", "results/table1.csv", config=cfg)
+    assert result.returncode == 0, result.stderr
+    train, embed = _job_resources(result.stdout, "train"), _job_resources(result.stdout, "embed")
+    assert len(train) == job_counts(result.stdout)["train"] and len(embed) == 1
+    for res in train + embed:
+        assert (res["gpu"], res["gpu_share"]) == ("0", "0"), res
+    profile = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
+    assert profile["set-threads"]["train"] == 1 and profile["cores"] >= 2  # 2 train jobs at once on 2 cores
+
+
+@pytest.mark.parametrize(("jobs_per_gpu", "want"), [(1, ("1", "100")), (4, ("0", "25"))])
+def test_jobs_per_gpu_lets_training_jobs_share_a_card(tmp_path: Path, jobs_per_gpu: int, want: tuple) -> None:
+    """On a GPU (device cuda) a train job asks for one card, or for 1/N of gpu_share (cap 100) when N share."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["train"]["device"] = cfg["embed"]["device"] = "cuda"
+    cfg["train"]["jobs_per_gpu"] = jobs_per_gpu
+    result = snakemake_in(tmp_path, "-n", "results/table1.csv", config=cfg)
+    assert result.returncode == 0, result.stderr
+    profile = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
+    caps = profile["resources"]
+    for res in _job_resources(result.stdout, "train"):
+        assert (res["gpu"], res["gpu_share"]) == want
+        assert caps["gpu_share"] // int(res["gpu_share"]) == jobs_per_gpu  # that many fit under the cap at once
+        assert res["slurm_extra"] == ("--gpus=1" if jobs_per_gpu > 1 else "")
+    assert [(r["gpu"], r["gpu_share"]) for r in _job_resources(result.stdout, "embed")] == [("1", "100")]
+    assert caps["gpu"] == 1 and profile["set-resource-scopes"] == {"gpu": "local", "gpu_share": "local"}

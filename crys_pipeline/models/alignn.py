@@ -2,21 +2,23 @@
 
 Edge-gated graph convolution (EGGC), the ALIGNN layer (crystal-graph EGGC, then line-graph EGGC)
 and the encoder that embeds atoms, bonds and bond angles, runs 4 ALIGNN + 4 EGGC layers and
-mean-pools per crystal. The line graph is built per batch inside ``forward``.
+mean-pools per crystal. The line graph is built per batch inside ``forward``; the index tensors
+of each graph are built once per forward (``fused.EdgePlan``) and shared by all layers.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch_geometric.utils import scatter
 
+from crys_pipeline.models.fused import EdgePlan, edge_plan, eggc
 from crys_pipeline.models.layers import AtomFeatures, MLPLayer, RBFExpansion, readout
 from crys_pipeline.models.line_graph import line_graph
 
-#: Denominator guard of the normalised gated aggregation (SPEC.md 4.2 step 3).
-GATE_EPS = 1e-6
+#: Reference names of the node-side maps, in the order of ``EdgeGatedGraphConv.node_linear``'s blocks.
+NODE_BLOCKS = ("src_gate", "dst_update", "dst_gate", "src_update")
 
 
 class EdgeGatedGraphConv(nn.Module):
@@ -28,42 +30,63 @@ class EdgeGatedGraphConv(nn.Module):
         h'_t &= h_t + \mathrm{SiLU}(\mathrm{BN_{node}}(U h_t + a_t)) \\
         e'_{st} &= e_{st} + \mathrm{SiLU}(\mathrm{BN_{edge}}(g_{st}))
 
-    A = ``src_gate``, B = ``dst_gate``, C = ``edge_gate``, U = ``src_update`` (applied to the
-    receiving node itself, as in the released code), V = ``dst_update`` (applied to the sending
-    neighbour). Five Linear(H, H) layers with bias, as in CrysMMNet/ALIGNN ``EdgeGatedGraphConv``.
-    Aggregation is a scatter-sum onto ``edge_index[1]``; nodes without in-edges get a_t = 0.
-    The edge output is built from the raw gate logits g (the code, not the paper's Eq. 3/4).
+    A = src_gate, B = dst_gate, C = ``edge_gate``, U = src_update (applied to the receiving node
+    itself, as in the released code), V = dst_update (applied to the sending neighbour): the five
+    Linear(H, H) layers with bias of CrysMMNet/ALIGNN ``EdgeGatedGraphConv``. The four node-side maps
+    are stored as one ``node_linear`` = Linear(H, 4H) with output blocks [A | V | B | U] (the same
+    parameter count) and run as one fused kernel (``crys_pipeline.models.fused``). Aggregation is a
+    sum onto ``edge_index[1]``; nodes without in-edges get a_t = 0. The edge output is built from the
+    raw gate logits g (the code, not the paper's Eq. 3/4). A state_dict with the five separate
+    Linear layers (``src_gate``, ``dst_gate``, ``dst_update``, ``src_update``) loads as well.
 
     Args:
         features: H, the node and edge width (input = output).
 
     Shapes:
-        h: [N, H] node features; e: [E, H] edge features; edge_index: [2, E] (row 0 = source s).
-        output: (h' [N, H], e' [E, H]).
+        h: [N, H] node features; e: [E, H] edge features; graph: edge_index [2, E] (row 0 = source s)
+        or its ``EdgePlan``. output: (h' [N, H], e' [E, H]).
     """
 
     def __init__(self, features: int) -> None:
         super().__init__()
-        self.src_gate = nn.Linear(features, features)
-        self.dst_gate = nn.Linear(features, features)
+        # Initialised in the reference's construction order (src_gate, dst_gate, edge_gate, src_update,
+        # dst_update), so a seed gives the reference's initial weights.
+        self.node_linear = nn.utils.skip_init(nn.Linear, features, len(NODE_BLOCKS) * features)
+        self._init_blocks("src_gate", "dst_gate")
         self.edge_gate = nn.Linear(features, features)
         self.bn_edges = nn.BatchNorm1d(features)
-        self.src_update = nn.Linear(features, features)
-        self.dst_update = nn.Linear(features, features)
+        self._init_blocks("src_update", "dst_update")
         self.bn_nodes = nn.BatchNorm1d(features)
+        self.compiled = False  # fused.use_compiled: torch.compile's kernels instead of the hand-written ones
+
+    @torch.no_grad()
+    def _init_blocks(self, *names: str) -> None:
+        """``nn.Linear.reset_parameters`` of the named blocks, in order (the same random draws)."""
+        for name in names:
+            weight, bias = self.block(name)
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            nn.init.uniform_(bias, -1.0 / math.sqrt(weight.shape[1]), 1.0 / math.sqrt(weight.shape[1]))
+
+    def block(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [H, H], bias [H]) of one node-side map by its reference name (views, not copies)."""
+        width = self.node_linear.in_features
+        rows = slice(NODE_BLOCKS.index(name) * width, (NODE_BLOCKS.index(name) + 1) * width)
+        return self.node_linear.weight[rows], self.node_linear.bias[rows]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Accept the reference layout (four separate node-side Linear layers) by concatenating them."""
+        if f"{prefix}src_gate.weight" in state_dict:
+            for kind in ("weight", "bias"):
+                parts = [state_dict.pop(f"{prefix}{name}.{kind}") for name in NODE_BLOCKS]
+                state_dict[f"{prefix}node_linear.{kind}"] = torch.cat(parts)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
-        self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor
+        self, h: torch.Tensor, e: torch.Tensor, graph: torch.Tensor | EdgePlan
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One gated message-passing step; returns updated (node, edge) features."""
-        src, dst = edge_index[0], edge_index[1]
-        gate = self.src_gate(h)[src] + self.dst_gate(h)[dst] + self.edge_gate(e)  # [N, H] gathered -> [E, H]
-        sigma = torch.sigmoid(gate)
-        messages = sigma * self.dst_update(h)[src]  # [E, H]
-        num = scatter(messages, dst, dim=0, dim_size=h.shape[0], reduce="sum")  # [E, H] -> [N, H]
-        den = scatter(sigma, dst, dim=0, dim_size=h.shape[0], reduce="sum")  # [E, H] -> [N, H]
-        node = self.src_update(h) + num / (den + GATE_EPS)
-        return h + F.silu(self.bn_nodes(node)), e + F.silu(self.bn_edges(gate))
+        plan = graph if isinstance(graph, EdgePlan) else edge_plan(graph, h.shape[0])
+        return eggc(h, e, plan, self.node_linear, self.edge_gate, self.bn_nodes, self.bn_edges, self.compiled)
 
 
 class ALIGNNLayer(nn.Module):
@@ -76,7 +99,8 @@ class ALIGNNLayer(nn.Module):
         features: H.
 
     Shapes:
-        h: [N, H]; e: [E, H]; t: [T, H]; edge_index: [2, E]; lg_index: [2, T] (indices into edges).
+        h: [N, H]; e: [E, H]; t: [T, H]; edge_index: [2, E]; lg_index: [2, T] (indices into edges);
+        either index may be given as its ``EdgePlan``.
         output: (h' [N, H], e' [E, H], t' [T, H]).
     """
 
@@ -90,8 +114,8 @@ class ALIGNNLayer(nn.Module):
         h: torch.Tensor,
         e: torch.Tensor,
         t: torch.Tensor,
-        edge_index: torch.Tensor,
-        lg_index: torch.Tensor,
+        edge_index: torch.Tensor | EdgePlan,
+        lg_index: torch.Tensor | EdgePlan,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Crystal-graph update, then line-graph update."""
         h, m = self.node_update(h, e, edge_index)
@@ -155,11 +179,13 @@ class ALIGNNEncoder(nn.Module):
         edge_index, edge_vec = batch.edge_index, batch.edge_vec
         h = self.atom_embedding(self.atom_features(batch.z))
         e = self.edge_embedding(torch.linalg.vector_norm(edge_vec, dim=1))
+        crystal = edge_plan(edge_index, h.shape[0])  # index tensors shared by every layer on this graph
         if len(self.alignn_layers) > 0:
-            lg_index, cos = line_graph(edge_index, edge_vec)
+            lg_index, cos = line_graph(edge_index, edge_vec, h.shape[0])
             t = self.angle_embedding(cos)
+            angles = edge_plan(lg_index, e.shape[0])
             for layer in self.alignn_layers:
-                h, e, t = layer(h, e, t, edge_index, lg_index)
+                h, e, t = layer(h, e, t, crystal, angles)
         for layer in self.gcn_layers:
-            h, e = layer(h, e, edge_index)
+            h, e = layer(h, e, crystal)
         return readout(h, batch.batch, batch.num_graphs, self.reduce)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from crys_pipeline.models.fused import mlp_block
+
 log = logging.getLogger(__name__)
 
 #: Rows of the CGCNN atom-feature table (Z = 0..103) and its width (SPEC.md 2.5).
@@ -66,9 +68,12 @@ class MLPLayer(nn.Module):
         self.layer = nn.Sequential(
             nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features), nn.SiLU()
         )
+        self.compiled = False  # fused.use_compiled: one torch.compile'd kernel chain instead of three modules
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply Linear, BatchNorm, SiLU."""
+        if self.compiled:
+            return mlp_block(x, self.layer[0], self.layer[1])
         return self.layer(x)
 
 

@@ -180,3 +180,45 @@ def check_config(cfg):
 
 
 check_config(config)
+
+
+def machine_has_gpu():
+    """Whether this machine shows an NVIDIA GPU to its jobs (a device node or nvidia-smi; CUDA_VISIBLE_DEVICES honoured)."""
+    import glob
+    import os
+    import shutil
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    device_nodes = glob.glob(os.path.join(os.sep, "dev", "nvidia[0-9]*"))
+    return bool(device_nodes) or shutil.which("nvidia-smi") is not None
+
+
+def uses_gpu(device):
+    """Whether a job with config `device` (auto | cpu | cuda) runs on a GPU.
+
+    auto: on a cluster (jobs submitted elsewhere, e.g. Slurm) yes; locally when this machine has one.
+    """
+    if device == "auto":
+        return workflow.non_local_exec or machine_has_gpu()
+    return device == "cuda"
+
+
+def gpu_resources(device, jobs_per_gpu=1):
+    """(gpu, gpu_share) a job asks for: whole GPUs, and hundredths of one.
+
+    A CPU job asks for neither, so only --cores limits it. A GPU job asks for 100 // jobs_per_gpu
+    hundredths (profiles/default caps gpu_share at 100 per machine or Slurm job, so jobs_per_gpu jobs
+    share a card) and for one whole GPU when it does not share; sharing jobs ask for none locally (the
+    hundredths do the counting) and, on a cluster, get their card through the `train_gpu` group's
+    --gpus=1 (see `slurm_extra`).
+    """
+    if not uses_gpu(device):
+        return 0, 0
+    share = 100 // jobs_per_gpu
+    return (1 if jobs_per_gpu == 1 else 0), share
+
+
+def slurm_extra(device, jobs_per_gpu=1):
+    """Extra sbatch flags: `--gpus=1` for a Slurm job holding a group of GPU-sharing training jobs."""
+    return "--gpus=1" if uses_gpu(device) and jobs_per_gpu > 1 else ""

@@ -13,12 +13,13 @@ rule embed:
         pooling=config["embed"]["pooling"],
         max_length=config["embed"]["max_length"],
         normalizer=config["embed"]["normalizer"],
-        token_budget=config["embed"]["token_budget"],
+        token_budget=config["embed"]["token_budget"] or 0,
         chunk_rows=config["embed"]["chunk_rows"],
         device=config["embed"]["device"],
     threads: 2
     resources:
-        gpu=1,
+        gpu=gpu_resources(config["embed"]["device"])[0],
+        gpu_share=gpu_resources(config["embed"]["device"])[1],
     log:
         "logs/embed/{source}.log",
     benchmark:

@@ -1,4 +1,7 @@
 # Stage `train`: one job per (source, target, variant, regime, seed).
+# GPU use (see gpu_resources in common.smk): on a machine without a GPU a plain CPU job limited only
+# by --cores; with train.jobs_per_gpu = N > 1, N jobs share a card (locally through the gpu_share
+# cap; on Slurm run with --group-components train_gpu=N so N jobs go into one --gpus=1 allocation).
 
 
 rule train:
@@ -24,9 +27,16 @@ rule train:
         patience=config["train"]["early_stopping_patience"] or 0,
         workers=config["train"]["num_workers"],
         device=config["train"]["device"],
+        eval_batch_size=config["train"]["eval_batch_size"],
+        test_each_epoch="--test-each-epoch" if config["train"]["test_each_epoch"] else "--no-test-each-epoch",
+        compile="--compile" if config["train"]["compile"] else "--no-compile",
     threads: 1
     resources:
-        gpu=1,
+        gpu=gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
+        gpu_share=gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[1],
+        slurm_extra=slurm_extra(config["train"]["device"], config["train"]["jobs_per_gpu"]),
+    group:
+        "train_gpu" if config["train"]["jobs_per_gpu"] > 1 else None
     log:
         "logs/train/{source}/{target}/{variant}/{regime}/seed{seed}.log",
     benchmark:
@@ -42,5 +52,6 @@ rule train:
         " --alignn-layers {params.alignn_layers} --gcn-layers {params.gcn_layers}"
         " --early-stopping-patience {params.patience} --num-workers {params.workers}"
         " --device {params.device} --threads {threads}"
+        " --eval-batch-size {params.eval_batch_size} {params.test_each_epoch} {params.compile}"
         " --out-dir results/train/{wildcards.source}/{wildcards.target}/{wildcards.variant}/{wildcards.regime}/seed{wildcards.seed}"
         " 2> {log}"

@@ -1,0 +1,225 @@
+"""Fused kernels of the edge-gated graph convolution and the Linear-BatchNorm-SiLU block.
+
+The reference EGGC runs five separate Linear layers, three gathers, two scatters, two BatchNorms
+and two SiLUs per call, each with its own autograd node: about 250 aten operations per call
+(forward + backward), most of them on small tensors. Here one call is one ``autograd.Function``
+whose forward and hand-written backward use a few large operations:
+
+- the four node-side maps (A = src_gate, V = dst_update, B = dst_gate, U = src_update) are one
+  ``addmm`` into [N, 4H]; viewed as [4N, H], the rows A[src], V[src] and B[dst] are gathered with
+  index tensors ``4 src``, ``4 src + 1``, ``4 dst + 2`` built once per graph (``EdgePlan``);
+- BatchNorm is ``native_batch_norm`` (running statistics updated exactly as ``nn.BatchNorm1d``);
+- the backward pass scatters each node-side gradient block with one ``index_add_`` into the [4N, H]
+  view and forms weight and input gradients with one ``mm`` / ``addmm`` each; no autograd graph of
+  its own.
+
+Gathers and scatters stay [E, H]-sized on purpose: concatenating them ([3E, H], [E, 2H]) saves a few
+dispatches, but on the CPU such tensors exceed glibc's mmap threshold at width 64 and are mapped and
+page-faulted anew at every step, which measured slower.
+
+The arithmetic is that of the reference (same loss and gradients to float32 rounding). The math runs
+in the parameters' dtype with autocast disabled, so under CUDA bf16 autocast the fused kernels stay
+in float32 (their cost is dispatch, not arithmetic).
+
+With ``use_compiled`` (config ``train.compile``) the same math written as plain ops (``eggc_math``,
+``mlp_math`` for the Linear-BatchNorm-SiLU embedding blocks) runs through ``torch.compile`` with
+dynamic shapes: inductor generates fused kernels for the forward and for the backward that autograd
+derives, after a one-off compile per process.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Denominator guard of the normalised gated aggregation (SPEC.md 4.2 step 3).
+GATE_EPS = 1e-6
+
+
+class EdgePlan(NamedTuple):
+    """Index tensors of one graph, built once per forward and shared by every layer on that graph.
+
+    Attributes:
+        dst: LongTensor [E] target node of each edge.
+        rows: (``4 src``, ``4 src + 1``, ``4 dst + 2``, ``4 n + 3``): LongTensors [E], [E], [E], [N], the
+            rows of the [4N, H] view of the node projection holding A h at the source, V h at the
+            source, B h at the target, and U h of every node.
+        gather: the first three of ``rows`` as one LongTensor [3E] (the compiled path's single gather).
+    """
+
+    dst: torch.Tensor
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    gather: torch.Tensor
+
+
+def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
+    """The ``EdgePlan`` of a graph with ``num_nodes`` nodes and directed edges ``edge_index`` [2, E]."""
+    nodes = torch.arange(num_nodes, device=edge_index.device).unsqueeze(0)  # [1, N]
+    offsets = torch.tensor([[0], [1], [2]], device=edge_index.device)  # [3, 1]
+    rows = torch.cat([(4 * edge_index[[0, 0, 1]] + offsets).view(-1), (4 * nodes + 3).view(-1)])
+    n_edges = edge_index.shape[1]
+    return EdgePlan(edge_index[1], tuple(rows.split([n_edges, n_edges, n_edges, num_nodes])), rows[: 3 * n_edges])
+
+
+def _check_batch(x: torch.Tensor, training: bool) -> None:
+    if training and x.shape[0] <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+
+
+def _norm_args(norm: nn.BatchNorm1d) -> tuple:
+    """(weight, bias, running_mean, running_var) of a BatchNorm, in ``native_batch_norm`` order."""
+    return norm.weight, norm.bias, norm.running_mean, norm.running_var
+
+
+def _count_batch(norm: nn.BatchNorm1d) -> None:
+    """``nn.BatchNorm1d``'s own bookkeeping of a training forward."""
+    if norm.training and norm.track_running_stats:
+        norm.num_batches_tracked.add_(1)
+
+
+class _EGGCFunction(torch.autograd.Function):
+    """Forward and backward of one EGGC call (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn,
+                we, be, rme, rve, training: bool, momentum: float, eps: float):
+        n, width = h.shape
+        proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
+        rows = proj.view(4 * n, width)
+        # Gathers and scatters of [E, H] each, no [3E, H] / [E, 2H] concatenations: on the CPU a tensor
+        # over glibc's mmap threshold (32 MB; [E, 2H] at width 64 on a 64-crystal line graph) is mapped
+        # and page-faulted anew at every step, which costs more than the dispatch it saves.
+        v_src = rows[v_rows]  # [E, H]
+        gate = torch.addmm(edge_b, e, edge_w.t()).add_(rows[a_rows]).add_(rows[b_rows])  # g = A h_s + B h_t + C e
+        sigma = torch.sigmoid(gate)
+        num = h.new_zeros(n, width).index_add_(0, dst, sigma * v_src)  # [E, H] -> [N, H]
+        inv = h.new_zeros(n, width).index_add_(0, dst, sigma).add_(GATE_EPS).reciprocal_()
+        mean_msg = num.mul_(inv)  # [N, H]
+        x = proj[:, 3 * width:] + mean_msg
+        xn, mean_n, invstd_n = torch.native_batch_norm(x, wn, bn, rmn, rvn, training, momentum, eps)
+        gn, mean_e, invstd_e = torch.native_batch_norm(gate, we, be, rme, rve, training, momentum, eps)
+        ctx.save_for_backward(h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve,
+                              v_src, sigma, inv, mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e)
+        ctx.flags = (training, eps)
+        ctx.set_materialize_grads(False)  # an unused edge output (the last layer's) skips its BatchNorm backward
+        return h + F.silu(xn), e + F.silu(gn)
+
+    @staticmethod
+    def backward(ctx, dh_out, de_out):
+        (h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, edge_w, wn, rmn, rvn, we, rme, rve, v_src, sigma, inv,
+         mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e) = ctx.saved_tensors
+        training, eps = ctx.flags
+        aten = torch.ops.aten
+        dh_out = torch.zeros_like(h) if dh_out is None else dh_out
+        dx, dwn, dbn = aten.native_batch_norm_backward(
+            aten.silu_backward(dh_out, xn), x, wn, rmn, rvn, mean_n, invstd_n, training, eps, [True] * 3)
+        if de_out is None:
+            dgate, dwe, dbe = torch.zeros_like(gate), None, None
+        else:
+            dgate, dwe, dbe = aten.native_batch_norm_backward(
+                aten.silu_backward(de_out, gn), gate, we, rme, rve, mean_e, invstd_e, training, eps, [True] * 3)
+        dnum = dx * inv  # d loss / d num; d loss / d den = -dnum * mean_msg
+        dm = dnum[dst]  # [E, H]
+        dgate += aten.sigmoid_backward((dm * v_src).sub_((dnum * mean_msg)[dst]), sigma)
+        dproj = h.new_zeros(h.shape[0], 4 * h.shape[1])  # [N, 4H], filled through its [4N, H] view
+        for idx, grad in ((a_rows, dgate), (v_rows, dm.mul_(sigma)), (b_rows, dgate), (u_rows, dx)):
+            dproj.view(-1, h.shape[1]).index_add_(0, idx, grad)
+        dh = torch.addmm(dh_out, dproj, node_w)
+        de = torch.mm(dgate, edge_w) if de_out is None else torch.addmm(de_out, dgate, edge_w)
+        return (dh, de, None, None, None, None, None, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e),
+                dgate.sum(0), dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
+
+
+def eggc_math(h, e, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
+              training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of ``_EGGCFunction`` as plain differentiable ops (one gather: ``EdgePlan.gather``).
+
+    What ``torch.compile`` fuses (``use_compiled``): inductor generates the kernels of this forward and
+    of the backward that autograd derives from it, so neither the hand-written backward nor the
+    per-op dispatch remains.
+    """
+    n, width = h.shape
+    proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
+    rows3 = proj.view(4 * n, width)[gather].view(3, e.shape[0], width)  # A[src], V[src], B[dst]
+    gate = torch.addmm(edge_b, e, edge_w.t()) + rows3[0] + rows3[2]
+    sigma = torch.sigmoid(gate)
+    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows3[1], sigma], 1))
+    x = proj[:, 3 * width:] + agg[:, :width] / (agg[:, width:] + GATE_EPS)
+    xn = F.batch_norm(x, rmn, rvn, wn, bn, training, momentum, eps)
+    gn = F.batch_norm(gate, rme, rve, we, be, training, momentum, eps)
+    return h + F.silu(xn), e + F.silu(gn)
+
+
+def mlp_math(x, weight, bias, wn, bn, rm, rv, training: bool, momentum: float, eps: float) -> torch.Tensor:
+    """SiLU(BatchNorm(Linear(x))) as plain differentiable ops (``layers.MLPLayer``'s math)."""
+    return F.silu(F.batch_norm(torch.addmm(bias, x, weight.t()), rm, rv, wn, bn, training, momentum, eps))
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(fn):
+    """``torch.compile(fn, dynamic=True)``, built once per process (shapes vary per batch)."""
+    if fn.__name__ not in _COMPILED:
+        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn.__name__]
+
+
+def mlp_block(x: torch.Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> torch.Tensor:
+    """``mlp_math`` through ``torch.compile`` with a layer's parameters (float32, autocast off).
+
+    Args:
+        x: [M, a]; linear: Linear(a, b); norm: BatchNorm1d(b).
+
+    Returns:
+        [M, b].
+    """
+    _check_batch(x, norm.training)
+    _count_batch(norm)
+    with torch.autocast(x.device.type, enabled=False):
+        return _compiled(mlp_math)(x.to(linear.weight.dtype), linear.weight, linear.bias, *_norm_args(norm),
+                                   norm.training, norm.momentum, norm.eps)
+
+
+def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
+         bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused EGGC step (the math of ``EdgeGatedGraphConv``).
+
+    Args:
+        h: node features [N, H]; e: edge features [E, H]; plan: ``edge_plan`` of the graph.
+        node_linear: Linear(H, 4H), output blocks [src_gate | dst_update | dst_gate | src_update].
+        edge_gate: Linear(H, H); bn_nodes, bn_edges: BatchNorm1d(H) (momentum and eps honoured).
+        compiled: run ``torch.compile``'s kernels of ``eggc_math`` instead of ``_EGGCFunction``.
+
+    Returns:
+        (h' [N, H], e' [E, H]).
+    """
+    training = bn_nodes.training
+    _check_batch(h, training)
+    _check_batch(e, training)
+    _count_batch(bn_nodes)
+    _count_batch(bn_edges)
+    dtype = node_linear.weight.dtype
+    if h.dtype != dtype or e.dtype != dtype:  # activations from a bf16 autocast region
+        h, e = h.to(dtype), e.to(dtype)
+    params = (node_linear.weight, node_linear.bias, edge_gate.weight, edge_gate.bias, *_norm_args(bn_nodes),
+              *_norm_args(bn_edges), training, bn_nodes.momentum, bn_nodes.eps)
+    with torch.autocast(h.device.type, enabled=False):
+        if compiled:
+            return _compiled(eggc_math)(h, e, plan.gather, plan.dst, *params)
+        return _EGGCFunction.apply(h, e, *plan.rows, plan.dst, *params)
+
+
+def use_compiled(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every fused EGGC (and Linear-BatchNorm-SiLU block) of ``model`` to or from ``torch.compile``.
+
+    Returns:
+        the number of layers switched. Weights, state_dict and numerics (to float32 rounding) are unchanged.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "compiled")]
+    for layer in layers:
+        layer.compiled = enabled
+    return len(layers)
