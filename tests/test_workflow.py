@@ -207,6 +207,5 @@ def test_jobs_per_gpu_lets_training_jobs_share_a_card(tmp_path: Path, jobs_per_g
     for res in _job_resources(result.stdout, "train"):
         assert (res["gpu"], res["gpu_share"]) == want
         assert caps["gpu_share"] // int(res["gpu_share"]) == jobs_per_gpu  # that many fit under the cap at once
-        assert res["slurm_extra"] == ("--gpus=1" if jobs_per_gpu > 1 else "")
     assert [(r["gpu"], r["gpu_share"]) for r in _job_resources(result.stdout, "embed")] == [("1", "100")]
     assert caps["gpu"] == 1 and profile["set-resource-scopes"] == {"gpu": "local", "gpu_share": "local"}

@@ -198,6 +198,8 @@ def uses_gpu(device):
     """Whether a job with config `device` (auto | cpu | cuda) runs on a GPU.
 
     auto: on a cluster (jobs submitted elsewhere, e.g. Slurm) yes; locally when this machine has one.
+    Rules call it per job (a resource callable): only then is the executor known, while the Snakefile
+    is parsed `workflow.non_local_exec` is still False on Slurm too.
     """
     if device == "auto":
         return workflow.non_local_exec or machine_has_gpu()
@@ -207,18 +209,14 @@ def uses_gpu(device):
 def gpu_resources(device, jobs_per_gpu=1):
     """(gpu, gpu_share) a job asks for: whole GPUs, and hundredths of one.
 
-    A CPU job asks for neither, so only --cores limits it. A GPU job asks for 100 // jobs_per_gpu
-    hundredths (profiles/default caps gpu_share at 100 per machine or Slurm job, so jobs_per_gpu jobs
-    share a card) and for one whole GPU when it does not share; sharing jobs ask for none locally (the
-    hundredths do the counting) and, on a cluster, get their card through the `train_gpu` group's
-    --gpus=1 (see `slurm_extra`).
+    A CPU job asks for neither, so only --cores limits it. On a cluster a GPU job asks for one card
+    (`gpu=1` becomes `--gpus=1`): the Slurm executor plugin forbids GPU flags in `slurm_extra`, so cards
+    are not shared there. Locally a GPU job asks for 100 // jobs_per_gpu hundredths (profiles/default
+    caps gpu_share at 100 per card, so jobs_per_gpu jobs share it) and for one whole GPU only when it
+    does not share.
     """
     if not uses_gpu(device):
         return 0, 0
-    share = 100 // jobs_per_gpu
-    return (1 if jobs_per_gpu == 1 else 0), share
-
-
-def slurm_extra(device, jobs_per_gpu=1):
-    """Extra sbatch flags: `--gpus=1` for a Slurm job holding a group of GPU-sharing training jobs."""
-    return "--gpus=1" if uses_gpu(device) and jobs_per_gpu > 1 else ""
+    if workflow.non_local_exec or jobs_per_gpu == 1:
+        return 1, 100
+    return 0, 100 // jobs_per_gpu

@@ -18,8 +18,8 @@ rule embed:
         device=config["embed"]["device"],
     threads: 2
     resources:
-        gpu=gpu_resources(config["embed"]["device"])[0],
-        gpu_share=gpu_resources(config["embed"]["device"])[1],
+        gpu=lambda wildcards: gpu_resources(config["embed"]["device"])[0],
+        gpu_share=lambda wildcards: gpu_resources(config["embed"]["device"])[1],
     log:
         "logs/embed/{source}.log",
     benchmark:

@@ -1,7 +1,7 @@
 # Stage `train`: one job per (source, target, variant, regime, seed).
 # GPU use (see gpu_resources in common.smk): on a machine without a GPU a plain CPU job limited only
-# by --cores; with train.jobs_per_gpu = N > 1, N jobs share a card (locally through the gpu_share
-# cap; on Slurm run with --group-components train_gpu=N so N jobs go into one --gpus=1 allocation).
+# by --cores; with train.jobs_per_gpu = N > 1, N local jobs share a card through the gpu_share cap (on
+# Slurm every GPU job gets a card of its own).
 
 
 rule train:
@@ -32,11 +32,8 @@ rule train:
         compile="--compile" if config["train"]["compile"] else "--no-compile",
     threads: 1
     resources:
-        gpu=gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
-        gpu_share=gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[1],
-        slurm_extra=slurm_extra(config["train"]["device"], config["train"]["jobs_per_gpu"]),
-    group:
-        "train_gpu" if config["train"]["jobs_per_gpu"] > 1 else None
+        gpu=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
+        gpu_share=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[1],
     log:
         "logs/train/{source}/{target}/{variant}/{regime}/seed{seed}.log",
     benchmark:
