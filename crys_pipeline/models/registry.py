@@ -89,35 +89,21 @@ def _cgcnn_encoder(
     return CGCNNEncoder(atom_table, readout=readout)
 
 
-def _megnet_encoder(
-    atom_table: torch.Tensor | None,
-    *,
-    hidden_features: int,
-    alignn_layers: int,
-    gcn_layers: int,
-    readout: str,
-) -> nn.Module:
-    """MEGNet with its paper defaults (Set2Set readouts); the ALIGNN width/depth/readout arguments do not apply."""
-    return MEGNetEncoder(atom_table)
+def _paper_defaults(encoder: Callable[[torch.Tensor | None], nn.Module]) -> EncoderFactory:
+    """A factory for an encoder built with its own paper's defaults (MEGNet: Set2Set readouts; GATGNN:
+    global attention pooling): the ALIGNN width/depth/readout arguments do not apply."""
 
+    def factory(atom_table: torch.Tensor | None, **_alignn_args: object) -> nn.Module:
+        return encoder(atom_table)
 
-def _gatgnn_encoder(
-    atom_table: torch.Tensor | None,
-    *,
-    hidden_features: int,
-    alignn_layers: int,
-    gcn_layers: int,
-    readout: str,
-) -> nn.Module:
-    """GATGNN with its paper defaults (global attention pooling); the ALIGNN arguments do not apply."""
-    return GATGNNEncoder(atom_table)
+    return factory
 
 
 ENCODERS: dict[str, EncoderFactory] = {
     "alignn": _alignn_encoder,
     "cgcnn": _cgcnn_encoder,
-    "megnet": _megnet_encoder,
-    "gatgnn": _gatgnn_encoder,
+    "megnet": _paper_defaults(MEGNetEncoder),
+    "gatgnn": _paper_defaults(GATGNNEncoder),
 }
 
 
