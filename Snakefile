@@ -1,10 +1,16 @@
 """crys_pipeline: CrysMMNet (graph + Robocrystallographer text) as a cached Snakemake DAG.
 
-Only configuration, validation and includes live here; every stage is one rule file in
+Only configuration, validation and includes live here (the schema of the settings blocks and the variant
+names come from crys_pipeline/settings.py and crys_pipeline/variants.py); every stage is one rule file in
 workflow/rules/ calling one `crys-pipeline` subcommand.
 """
 
-from snakemake.utils import min_version, validate
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+from crys_pipeline.settings import validate_config
+from crys_pipeline.variants import wildcard_pattern
 
 min_version("9.0")
 
@@ -12,7 +18,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 
 scattergather:
@@ -25,7 +31,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     source="|".join(config["sources"]),
     target=r"[A-Za-z0-9_]+",
-    variant=r"crysmmnet|alignn|crystextnet|crysmmnet_global|crysmmnet_local|cgcnn|crysmmnet_cgcnn|megnet|crysmmnet_megnet|gatgnn|crysmmnet_gatgnn",
+    variant=wildcard_pattern(),
     regime=r"full|low20",
     seed=r"\d+",
     table=r"table[1-6]",

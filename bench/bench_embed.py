@@ -36,6 +36,7 @@ from crys_pipeline import embed, io
 from crys_pipeline.devices import set_threads
 from crys_pipeline.normalize import vocab_mappings
 from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.settings import EmbedSettings
 
 TEXTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "robocrys_text_reference_mp.jsonl"
 
@@ -95,11 +96,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default=embed.OFFLINE_MODEL)
+    parser.add_argument("--model", default=EmbedSettings().model)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     set_threads(args.threads)
-    encoder = embed.TextEncoder(embed.EncoderSettings(model=args.model, device=args.device))
+    encoder = embed.TextEncoder(EmbedSettings(model=args.model, device=args.device))
     work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     texts = write_sections(args.n, work / "sections.parquet")
     flat = [t for v in TEXT_VARIANTS for t in texts[v]]

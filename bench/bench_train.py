@@ -42,7 +42,8 @@ from torch import nn
 from crys_pipeline import train
 from crys_pipeline.data import SplitData, make_loader
 from crys_pipeline.devices import resolve_device, set_threads
-from crys_pipeline.embed import OFFLINE_MODEL, EncoderSettings, TextEncoder
+from crys_pipeline.embed import TextEncoder
+from crys_pipeline.settings import EmbedSettings
 
 TEXTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "robocrys_text_reference_mp.jsonl"
 
@@ -129,7 +130,7 @@ def main() -> None:
     args.hidden = args.hidden or (256 if device.type == "cuda" else 64)
     args.layers = args.layers or (4 if device.type == "cuda" else 2)
     recs = load_records()
-    encoder = TextEncoder(EncoderSettings(device=str(device)))
+    encoder = TextEncoder(EmbedSettings(device=str(device)))
     texts = {r["material_id"]: r["description"] for r in recs}
     cls, _, _ = encoder.encode([r["description"] for r in recs])  # [R, H], cached once as the pipeline does
     n = args.steps * args.batch_size
@@ -154,7 +155,7 @@ def main() -> None:
     # On the CPU the ratios use process CPU time, which other jobs on a shared machine do not inflate.
     step = wall if device.type == "cuda" else cpu
     print(f"device {device}, {len(recs)} real MP crystals with robocrys texts, batch {args.batch_size}, "
-          f"ALIGNN {args.hidden} wide {args.layers}+{args.layers} layers, text encoder {OFFLINE_MODEL} "
+          f"ALIGNN {args.hidden} wide {args.layers}+{args.layers} layers, text encoder {EmbedSettings().model} "
           f"({cls.shape[1]}-d), {args.rounds} rounds x {args.steps} steps")
     for name in step:
         print(f"{name:>10}: {1 / wall[name]:8.2f} steps/s (wall {1000 * wall[name]:8.1f} ms/step, "

@@ -50,10 +50,12 @@ def _ingest(work: Path, lines: list[str]) -> Path:
 def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
     """Every data artifact of one small pipeline, made by the stage functions the rules call."""
     from crys_pipeline import describe, embed, graphs, sections, splits
+    from crys_pipeline.settings import SplitSettings
 
     structures = _ingest(work, lines)
-    splits.make_splits(structures, TARGET, "random123", 123, (0.5, 0.25, 0.25), 0.2, work / "full.json",
-                       work / "low20.json")
+    splits.make_splits(structures, target=TARGET, method="random123", out_full=work / "full.json",
+                       settings=SplitSettings(train_ratio=0.5, val_ratio=0.25, test_ratio=0.25),
+                       out_low20=work / "low20.json")
     settings = describe.DescribeSettings()
     describe.describe_shard(structures, "1-of-1", settings, 1, work / "shard.parquet")
     describe.merge_shards(structures, [work / "shard.parquet"], work / "descriptions.parquet")
@@ -159,10 +161,11 @@ def detected(check: Callable[[], None], path: Path) -> tuple[bool, str]:
 def run_pass(work: Path) -> tuple[int, int]:
     """Build, inject every fault, print one line each and the total; returns (detected, total)."""
     from crys_pipeline import embed
+    from crys_pipeline.settings import EmbedSettings
 
     lines = [line for line in (DATA / "jarvis_dft3d_2021_tiny.jsonl").read_text().splitlines(keepends=True)
              if line.strip()]
-    encoder = embed.TextEncoder(embed.EncoderSettings(max_length=64, token_budget=2048, device="cpu"))
+    encoder = embed.TextEncoder(EmbedSettings(max_length=64, token_budget=2048, device="cpu"))
     art_a = build(work / "A", lines[:8], encoder)
     art_b = build(work / "B", lines[8:16], encoder)
     runs = train_runs(art_a, work / "A")

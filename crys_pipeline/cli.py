@@ -14,11 +14,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from crys_pipeline import settings
+from crys_pipeline.variants import VARIANTS
+
 Handler = Callable[[argparse.Namespace], int | None]
-
-
-def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
-    parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help_text)
 
 
 def _optional_path(value: str) -> Path | None:
@@ -91,11 +90,7 @@ def _add_splits(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--structures", type=Path, required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--method", choices=["official", "random123"], default="official")
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--train-ratio", type=float, default=0.8)
-    p.add_argument("--val-ratio", type=float, default=0.1)
-    p.add_argument("--test-ratio", type=float, default=0.1)
-    p.add_argument("--low20-train-ratio", type=float, default=0.2)
+    settings.add_arguments(p, settings.SplitSettings)
     p.add_argument("--out-full", type=Path, required=True)
     p.add_argument("--out-low20", type=Path, required=True)
     p.set_defaults(handler=_run_splits)
@@ -104,10 +99,9 @@ def _add_splits(sub: argparse._SubParsersAction) -> None:
 def _run_splits(a: argparse.Namespace) -> None:
     from crys_pipeline import splits
 
-    splits.make_splits(
-        a.structures, a.target, a.method, a.seed, (a.train_ratio, a.val_ratio, a.test_ratio),
-        a.low20_train_ratio, a.out_full, a.out_low20,
-    )
+    splits.make_splits(a.structures, target=a.target, method=a.method,
+                       settings=settings.from_arguments(settings.SplitSettings, a), out_full=a.out_full,
+                       out_low20=a.out_low20)
 
 
 # --- inspect --------------------------------------------------------------------------------------
@@ -188,10 +182,7 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
     shard = steps.add_parser("shard", help="describe one shard of a structures table")
     shard.add_argument("--structures", type=Path, required=True, help="results/structures/{source}.parquet")
     shard.add_argument("--shard", required=True, help="scattergather item I-of-N, e.g. 2-of-4")
-    shard.add_argument("--timeout-s", type=float, default=120.0, help="per-structure wall-clock limit")
-    shard.add_argument("--fmt", choices=["raw", "unicode"], default="raw", help="robocrys text format")
-    shard.add_argument("--symprec-retry", type=float, default=0.1,
-                       help="looser symprec tried once when condensing fails at 0.01 (<= 0 disables)")
+    settings.add_arguments(shard, settings.DescribeSettings)
     shard.add_argument("--workers", type=int, default=1, help="robocrys worker processes")
     shard.add_argument("--out", type=Path, required=True, help="results/text/{source}/describe/{shard}.parquet")
     shard.set_defaults(handler=_run_describe_shard)
@@ -205,9 +196,8 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
 def _run_describe_shard(a: argparse.Namespace) -> None:
     from crys_pipeline import describe
 
-    settings = describe.DescribeSettings(fmt=a.fmt, timeout_s=a.timeout_s,
-                                         symprec_retry=a.symprec_retry if a.symprec_retry > 0 else None)
-    describe.describe_shard(a.structures, a.shard, settings, a.workers, a.out)
+    describe.describe_shard(a.structures, a.shard, settings.from_arguments(settings.DescribeSettings, a), a.workers,
+                            a.out)
 
 
 def _run_describe_merge(a: argparse.Namespace) -> None:
@@ -228,7 +218,7 @@ def _add_sections(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--descriptions", type=Path, required=True, help="results/text/{source}/descriptions.parquet")
     p.add_argument("--structures", type=_optional_path, default=None,
                    help="results/structures/{source}.parquet: the descriptions must have been made from it")
-    _bool_flag(p, "global-header", False, "prepend the templated global header to full and global")
+    settings.add_arguments(p, settings.SectionsSettings)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_run_sections)
 
@@ -236,7 +226,8 @@ def _add_sections(sub: argparse._SubParsersAction) -> None:
 def _run_sections(a: argparse.Namespace) -> None:
     from crys_pipeline import sections
 
-    sections.build_sections(a.descriptions, a.global_header, a.out, a.structures)
+    chosen = settings.from_arguments(settings.SectionsSettings, a)
+    sections.build_sections(a.descriptions, chosen.global_header, a.out, a.structures)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -274,15 +265,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sections", type=Path, required=True, help="results/text/{source}/sections.parquet")
     p.add_argument("--structures", type=_optional_path, default=None,
                    help="results/structures/{source}.parquet: the sections must have been made from it")
-    p.add_argument("--model", required=True, help="package:<name>, a local model directory, or a hub id")
-    p.add_argument("--revision", default="", help="hub revision (commit hash) to pin; '' = none")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
-    p.add_argument("--max-length", type=int, default=512, help="head truncation, [CLS]/[SEP] included")
-    p.add_argument("--normalizer", choices=["matscibert", "none"], default="matscibert")
-    p.add_argument("--token-budget", type=int, default=0,
-                   help="padded tokens per forward batch; 0 = the device's default (8192 CPU, 32768 CUDA)")
-    p.add_argument("--chunk-rows", type=int, default=256, help="rows per resumable write chunk")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    settings.add_arguments(p, settings.EmbedSettings)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=_run_embed)
@@ -291,11 +274,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 def _run_embed(a: argparse.Namespace) -> None:
     from crys_pipeline import embed
 
-    settings = embed.EncoderSettings(
-        model=a.model, revision=a.revision or None, pooling=a.pooling, max_length=a.max_length,
-        normalizer=a.normalizer, token_budget=a.token_budget or None, device=a.device,
-    )
-    embed.embed_sections(a.sections, a.out, settings, chunk_rows=a.chunk_rows, threads=a.threads,
+    embed.embed_sections(a.sections, a.out, settings.from_arguments(settings.EmbedSettings, a), threads=a.threads,
                          structures=a.structures)
 
 
@@ -310,11 +289,7 @@ def _add_graphs(sub: argparse._SubParsersAction) -> None:
         "manifest.json lists the shards, ok/failed counts and the params.",
     )
     p.add_argument("--structures", type=Path, required=True, help="structures Parquet (ingest output)")
-    p.add_argument("--cutoff", type=float, default=8.0, help="initial neighbour cutoff, Angstrom")
-    p.add_argument("--max-neighbors", type=int, default=12, help="k of the k-nearest shell selection")
-    _bool_flag(p, "canonize", True, "canonical undirected edges emitted both ways (ALIGNN use_canonize)")
-    _bool_flag(p, "dedup-self-images", False, "keep one of n/-n for periodic self-image bonds (ALIGNN doubles them)")
-    p.add_argument("--shard-size", type=int, default=2000, help="crystals per shard")
+    settings.add_arguments(p, settings.GraphSettings)
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_graphs)
@@ -323,8 +298,7 @@ def _add_graphs(sub: argparse._SubParsersAction) -> None:
 def _run_graphs(a: argparse.Namespace) -> None:
     from crys_pipeline import graphs
 
-    params = graphs.GraphParams(a.cutoff, a.max_neighbors, a.canonize, a.dedup_self_images)
-    graphs.build_graphs(a.structures, params, a.shard_size, a.workers, a.out_dir)
+    graphs.build_graphs(a.structures, settings.from_arguments(settings.GraphSettings, a), a.workers, a.out_dir)
 
 
 # --- train ----------------------------------------------------------------------------------------
@@ -343,23 +317,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--graphs", type=_optional_path, default=None, help="graph shard folder; '' = not used")
     p.add_argument("--embeddings", type=_optional_path, default=None, help="embeddings HDF5; '' = not used")
     p.add_argument("--target", required=True)
-    p.add_argument("--variant", required=True, help="crysmmnet, alignn, crystextnet, cgcnn, ...")
+    p.add_argument("--variant", required=True, choices=list(VARIANTS), help="model variant")
     p.add_argument("--seed", type=int, required=True, help="model seed (torch, numpy, random)")
-    p.add_argument("--epochs", type=int, required=True, help="also the one-cycle schedule length")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW lr = one-cycle max_lr")
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--head", choices=["code", "paper"], default="code")
-    p.add_argument("--hidden-features", type=int, default=256)
-    p.add_argument("--alignn-layers", type=int, default=4)
-    p.add_argument("--gcn-layers", type=int, default=4)
-    p.add_argument("--early-stopping-patience", type=int, default=0, help="epochs without val gain; 0 = off")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    settings.add_arguments(p, settings.TrainSettings)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    p.add_argument("--eval-batch-size", type=int, default=256, help="crystals per val/test/final prediction batch")
-    _bool_flag(p, "test-each-epoch", True, "evaluate test after every epoch (a test curve); val selects either way")
-    _bool_flag(p, "compile", False, "torch.compile the edge-gated convolutions and embedding MLPs (one-off compile, fewer kernels)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_train)
 
@@ -367,20 +328,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(a: argparse.Namespace) -> None:
     from crys_pipeline import train
 
-    cfg = train.TrainConfig(
-        target=a.target, variant=a.variant, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
-        learning_rate=a.learning_rate, weight_decay=a.weight_decay, head=a.head,
-        hidden_features=a.hidden_features, alignn_layers=a.alignn_layers, gcn_layers=a.gcn_layers,
-        early_stopping_patience=a.early_stopping_patience, num_workers=a.num_workers, device=a.device,
-        threads=a.threads, eval_batch_size=a.eval_batch_size, test_each_epoch=a.test_each_epoch,
-        compile=a.compile,
-    )
+    cfg = settings.from_arguments(train.TrainConfig, a, {"target": a.target, "variant": a.variant, "seed": a.seed,
+                                                         "threads": a.threads})
     train.train(a.structures, a.split, a.graphs, a.embeddings, a.out_dir, cfg)
 
 
 # --- attention ------------------------------------------------------------------------------------
 def _config_block(path: Path, key: str) -> dict:
-    """One block of a config file, or {} when the file does not exist (then built-in defaults apply)."""
+    """One block of a config file, or {} when the file does not exist (then the built-in defaults apply)."""
     import yaml
 
     return (yaml.safe_load(path.read_text()) or {}).get(key) or {} if path.is_file() else {}
@@ -388,22 +343,19 @@ def _config_block(path: Path, key: str) -> dict:
 
 def _add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="config file whose `embed` block gives the encoder defaults below (default config.yaml)")
-    p.add_argument("--model", default=None, help="package:<name> | local dir | hub id (default: embed.model)")
-    p.add_argument("--revision", default=None, help="hub revision (default: embed.revision; '' = none)")
-    p.add_argument("--max-length", type=int, default=None, help="head truncation (default: embed.max_length)")
-    p.add_argument("--normalizer", choices=["matscibert", "none"], default=None, help="default: embed.normalizer")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: embed.device)")
+                   help="config file whose `embed` and `attention` blocks give the defaults of the flags not given "
+                   "(default config.yaml; built-in defaults without it)")
+    settings.add_arguments(p, settings.EmbedSettings, names=settings.ENCODER_FIELDS)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
-def _encoder_options(a: argparse.Namespace) -> dict:
-    """EncoderSettings keyword arguments: explicit flags, else the config's `embed` block, else built-ins."""
-    embed = _config_block(a.config, "embed")
-    flags = {"model": a.model, "revision": a.revision, "max_length": a.max_length, "normalizer": a.normalizer,
-             "device": a.device}
-    options = {key: flag if flag is not None else embed.get(key) for key, flag in flags.items()}
-    return {key: value for key, value in options.items() if value is not None and value != ""}
+def _encoder_and_analysis(a: argparse.Namespace) -> tuple[settings.EmbedSettings, settings.AttentionSettings]:
+    """The encoder and analysis settings: flags given, else the --config file's blocks, else the defaults."""
+    from crys_pipeline.devices import set_threads
+
+    set_threads(a.threads)
+    return (settings.from_arguments(settings.EmbedSettings, a, _config_block(a.config, "embed")),
+            settings.from_arguments(settings.AttentionSettings, a, _config_block(a.config, "attention")))
 
 
 def _add_attention(sub: argparse._SubParsersAction) -> None:
@@ -417,9 +369,7 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--source", required=True, help="source name (config key)")
     p.add_argument("--id", dest="material_id", required=True, help="material id")
-    p.add_argument("--layer", type=int, default=None, help="layer, numbered from 1 (default: attention.layer, 5)")
-    p.add_argument("--variant", choices=["full", "global", "local"], default=None,
-                   help="text variant (default: attention.variant, full)")
+    settings.add_arguments(p, settings.AttentionSettings, names=("layer", "variant"))
     p.add_argument("--sections", type=Path, default=None,
                    help="sections table (default: results/text/{source}/sections.parquet)")
     p.add_argument("--out-dir", type=Path, default=Path("results/attention"))
@@ -432,22 +382,12 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
 
 def _run_attention(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
-    from crys_pipeline.devices import set_threads
-    from crys_pipeline.embed import EncoderSettings
 
-    block = _config_block(a.config, "attention")
-    layer = a.layer if a.layer is not None else block.get("layer", 5)
-    variant = a.variant or block.get("variant", "full")
-    settings = EncoderSettings(**_encoder_options(a))
-    set_threads(a.threads)
-    stem = a.out_dir / a.source / f"{a.material_id}_L{layer}"
-    attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"), a.material_id, layer,
-                            variant, settings, a.out_png or stem.with_suffix(".png"),
+    encoder, analysis = _encoder_and_analysis(a)
+    stem = a.out_dir / a.source / f"{a.material_id}_L{analysis.layer}"
+    attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"), a.material_id,
+                            analysis.layer, analysis.variant, encoder, a.out_png or stem.with_suffix(".png"),
                             a.out_table or stem.with_suffix(".parquet"), a.wrap)
-
-
-def _sample_size(value: str) -> int | None:
-    return None if value in ("", "all", "null", "None") else int(value)
 
 
 def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
@@ -458,10 +398,7 @@ def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
         "its heatmap PNG and a per-material Parquet (kind `attention_shares`; failed rows with the reason).",
     )
     p.add_argument("--sections", type=Path, required=True)
-    p.add_argument("--variant", choices=["full", "global", "local"], default="full")
-    p.add_argument("--sample", type=_sample_size, default=50,
-                   help="materials drawn from the ok rows ('all' = every one)")
-    p.add_argument("--seed", type=int, default=0)
+    settings.add_arguments(p, settings.AttentionSettings, names=("variant", "sample", "seed"))
     p.add_argument("--out-csv", type=Path, required=True)
     p.add_argument("--out-png", type=Path, required=True)
     p.add_argument("--out-shares", type=Path, required=True)
@@ -471,12 +408,10 @@ def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
 
 def _run_attention_summary(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
-    from crys_pipeline.devices import set_threads
-    from crys_pipeline.embed import EncoderSettings
 
-    set_threads(a.threads)
-    attention.summarize(a.sections, a.variant, a.sample, a.seed, EncoderSettings(**_encoder_options(a)),
-                        a.out_csv, a.out_png, a.out_shares)
+    encoder, analysis = _encoder_and_analysis(a)
+    attention.summarize(a.sections, analysis.variant, analysis.sample, analysis.seed, encoder, a.out_csv, a.out_png,
+                        a.out_shares)
 
 
 # --- predict --------------------------------------------------------------------------------------

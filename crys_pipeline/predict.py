@@ -164,13 +164,14 @@ def describe_texts(crystals: list[Crystal], describe_params: dict[str, Any], glo
 
 def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict) -> np.ndarray:
     """float32 [n, D] embeddings (rows of crystals whose description failed are NaN)."""
-    from crys_pipeline.embed import EncoderSettings, TextEncoder
+    from crys_pipeline.embed import TextEncoder
+    from crys_pipeline.settings import EmbedSettings
 
     encoder_cfg, describe_params, header = text_settings(run.meta)
     key = repr((sorted(encoder_cfg.items()), sorted(describe_params.items()), header, variant))
     if key not in cache:
         texts = describe_texts(crystals, describe_params, header, variant)
-        encoder = TextEncoder(EncoderSettings(**_only_fields(EncoderSettings, {**encoder_cfg, "device": "cpu"})))
+        encoder = TextEncoder(EmbedSettings(**_only_fields(EmbedSettings, {**encoder_cfg, "device": "cpu"})))
         emb, _, truncated = encoder.encode([t or "" for t, _ in texts])
         for i, (text, problem) in enumerate(texts):
             if text is None:
@@ -186,7 +187,7 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
     import torch
 
     from crys_pipeline.data import SplitData, make_loader
-    from crys_pipeline.models import VARIANTS
+    from crys_pipeline.variants import VARIANTS
     from crys_pipeline.train import predict
 
     spec = VARIANTS[run.meta["variant"]]

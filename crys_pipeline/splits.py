@@ -26,6 +26,7 @@ from typing import Any
 
 from crys_pipeline.io import read_parquet, sha256_file, write_json
 from crys_pipeline.schemas import split_column
+from crys_pipeline.settings import SplitSettings, stamp
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,15 @@ def compute_splits(
 
 
 def make_splits(
-    structures: Path, target: str, method: str, seed: int, ratios: tuple[float, float, float],
-    low20_ratio: float, out_full: Path, out_low20: Path,
+    structures: Path, *, target: str, method: str, settings: SplitSettings, out_full: Path, out_low20: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the full and low20 split JSON files of one target.
 
     Each file holds id_train / id_val / id_test, counts, the method, seed, regime, the number of
     materials with a non-null target (n_total), the split hash and the structures file's sha256.
     """
+    seed = settings.seed
+    ratios = (settings.train_ratio, settings.val_ratio, settings.test_ratio)
     table = read_parquet(structures, "structures", columns=None)
     if target not in table.column_names:
         raise ValueError(f"{structures}: no target column {target!r}")
@@ -125,9 +127,9 @@ def make_splits(
     ids = [table.column("material_id")[i].as_py() for i in keep]
     all_labels = table.column(split_column(target)).to_pylist()
     labels = [all_labels[i] for i in keep]
-    full, low = compute_splits(ids, labels, method, seed, ratios, low20_ratio)
+    full, low = compute_splits(ids, labels, method, seed, ratios, settings.low20_train_ratio)
     for regime, split, out in (("full", full, out_full), ("low20", low, out_low20)):
-        record = {**split, "target": target, "method": method, "seed": seed, "regime": regime,
+        record = {**split, "target": target, "method": method, "seed": seed, "regime": regime, "params": stamp(settings),
                   "n_total": len(ids), "n_train": len(split["id_train"]), "n_val": len(split["id_val"]),
                   "n_test": len(split["id_test"]), "hash": split_hash(split),
                   "structures_sha256": sha256_file(structures)}

@@ -19,9 +19,17 @@ TINY = {"jarvis": "jarvis_dft3d_2021_tiny.jsonl", "mp": "mp_2018_tiny.jsonl"}
 SOURCES = {"jarvis": "jarvis_dft_3d_2021", "mp": "mp_2018"}
 
 
-def default_config() -> dict:
-    """The repository's config.yaml."""
-    return yaml.safe_load((REPO / "config.yaml").read_text())
+def default_config(*overlays: str) -> dict:
+    """The repository's config.yaml with `overlays` (paths relative to the repository) merged over it.
+
+    The merge is snakemake's own (`--configfile` over `configfile:`), so tests see what a run sees.
+    """
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for overlay in overlays:
+        update_config(cfg, yaml.safe_load((REPO / overlay).read_text()))
+    return cfg
 
 
 def absolute_snapshots(cfg: dict) -> dict:

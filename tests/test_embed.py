@@ -17,9 +17,10 @@ import pytest
 
 from crys_pipeline import cli, embed, io
 from crys_pipeline.normalize import matscibert_normalize, vocab_mappings
+from crys_pipeline.settings import EmbedSettings
 
 REFERENCE_TEXTS = Path("/work/shared/data/robocrys_text_reference_mp.jsonl")
-SETTINGS = embed.EncoderSettings(max_length=128, token_budget=2048, device="cpu")
+SETTINGS = EmbedSettings(max_length=128, token_budget=2048, chunk_rows=4, device="cpu")
 N_MATERIALS = 8
 
 
@@ -79,7 +80,7 @@ def sections(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def embedded(sections: Path, encoder: embed.TextEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("emb") / "mp_ref.h5"
-    embed.embed_sections(sections, out, SETTINGS, chunk_rows=4, encoder=encoder)
+    embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
     return out
 
 
@@ -226,14 +227,14 @@ def test_resume_after_interruption(
 
     monkeypatch.setattr(embed.TextEncoder, "encode_ids", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
-        embed.embed_sections(sections, out, SETTINGS, chunk_rows=4, encoder=encoder)
+        embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
     assert not out.exists() and io.partial_path(out).exists()
     done_first = sum(calls)
     assert done_first == 8
 
     calls.clear()
     monkeypatch.setattr(embed.TextEncoder, "encode_ids", lambda self, ids: calls.append(len(ids)) or real(self, ids))
-    embed.embed_sections(sections, out, SETTINGS, chunk_rows=4, encoder=encoder)
+    embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
     assert sum(calls) == 3 * (N_MATERIALS + 1) - done_first
     assert out.exists() and not io.partial_path(out).exists()
     for variant in ("full", "global", "local"):
@@ -256,7 +257,7 @@ def test_stale_partial_is_restarted(sections: Path, encoder: embed.TextEncoder, 
     partial.write_rows("full", np.arange(3), {"": np.ones((3, 384), np.float32), "_token_count": np.ones(3),
                                               "_truncated": np.zeros(3, bool), "_empty": np.zeros(3, bool)})
     partial.close_if_open()
-    embed.embed_sections(sections, out, SETTINGS, chunk_rows=4, encoder=encoder)
+    embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
     _, matrix, _ = io.read_embeddings(out, "full")
     assert not np.allclose(matrix[0], 1.0)
 
@@ -264,7 +265,7 @@ def test_stale_partial_is_restarted(sections: Path, encoder: embed.TextEncoder, 
 # --- encoder loading ------------------------------------------------------------------------------
 def test_hub_model_unavailable_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embed, "_hub_reachable", lambda timeout=3.0: False)
-    settings = embed.EncoderSettings(model="m3rg-iitd/matscibert", revision="main", device="cpu")
+    settings = EmbedSettings(model="m3rg-iitd/matscibert", revision="main", device="cpu")
     with pytest.raises(embed.EncoderUnavailableError) as err:
         embed.TextEncoder(settings)
     message = str(err.value)
@@ -324,6 +325,6 @@ def test_info_without_installation_metadata(encoder: embed.TextEncoder, monkeypa
 def test_token_budget_defaults_per_device(encoder: embed.TextEncoder) -> None:
     """An explicit budget is used as given; None (config null) takes the device's measured default."""
     assert encoder.token_budget == SETTINGS.token_budget == 2048
-    auto = embed.TextEncoder(embed.EncoderSettings(max_length=128, device="cpu"))
-    assert embed.EncoderSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 8192
+    auto = embed.TextEncoder(EmbedSettings(max_length=128, device="cpu"))
+    assert EmbedSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 8192
     assert auto.info()["token_budget"] == 8192 and embed.TOKEN_BUDGETS["cuda"] == 32768

@@ -16,6 +16,7 @@ from conftest import REPO, SHARED_DATA
 
 from crys_pipeline import folder, ingest, splits
 from crys_pipeline.io import read_json, read_meta, read_parquet
+from crys_pipeline.settings import SplitSettings
 
 TARGETS = {"fe": {"field": "target", "unit": "eV/atom", "transform": "none", "split": "random123"}}
 
@@ -138,8 +139,8 @@ def test_fixed_split_id_lists(example, tmp_path: Path) -> None:
     split_ids = {"train": names[:4], "val": names[4:5], "test": names[5:]}
     targets = {"fe": {**TARGETS["fe"], "split": "official"}}
     _, _, out = run_ingest(root, tmp_path, targets, split_ids)
-    full, _ = splits.make_splits(out, "fe", "official", 123, (0.8, 0.1, 0.1), 0.2, tmp_path / "f.json",
-                                 tmp_path / "l.json")
+    full, _ = splits.make_splits(out, target="fe", method="official", settings=SplitSettings(),
+                                 out_full=tmp_path / "f.json", out_low20=tmp_path / "l.json")
     assert (full["id_train"], full["id_val"], full["id_test"]) == (names[:4], names[4:5], names[5:])
     with pytest.raises(ValueError, match="split_ids.test: 'nope.cif' is not listed in"):
         run_ingest(root, tmp_path, targets, {"test": ["nope.cif"]})
@@ -172,8 +173,8 @@ def test_seed123_split_of_a_folder_is_alignns(tmp_path: Path) -> None:
     ref = get_id_train_val_test(total_size=len(alignn_ids), split_seed=123, train_ratio=0.8, val_ratio=0.1,
                                 test_ratio=0.1)
     _, _, out = run_ingest(root, tmp_path)
-    full, _ = splits.make_splits(out, "fe", "random123", 123, (0.8, 0.1, 0.1), 0.2, tmp_path / "f.json",
-                                 tmp_path / "l.json")
+    full, _ = splits.make_splits(out, target="fe", method="random123", settings=SplitSettings(),
+                                 out_full=tmp_path / "f.json", out_low20=tmp_path / "l.json")
     assert [full[k] for k in ("id_train", "id_val", "id_test")] == [[alignn_ids[i] for i in part] for part in ref]
 
 

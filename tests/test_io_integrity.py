@@ -19,6 +19,7 @@ from conftest import SHARED_DATA
 from train_helpers import build_graph_dir
 
 from crys_pipeline import cli, embed, io
+from crys_pipeline.settings import EmbedSettings
 
 FIX = "delete it and rerun"
 
@@ -54,7 +55,7 @@ def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     io.write_parquet(pa.Table.from_pylist(rows), work / "sections.parquet", "sections", {},
                      {"source": "mp_ref", "versions": {}, "counts": {}})
     embed.embed_sections(work / "sections.parquet", work / "e.h5",
-                         embed.EncoderSettings(max_length=64, token_budget=1024, device="cpu"))
+                         EmbedSettings(max_length=64, token_budget=1024, device="cpu"))
     return work / "e.h5"
 
 

@@ -12,7 +12,8 @@ from torch_geometric.data import Batch, Data
 
 from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.graphs import atomic_number, knn_graph
-from crys_pipeline.models import VARIANTS, build_model, decay_split, param_groups
+from crys_pipeline.models import build_model, decay_split, param_groups
+from crys_pipeline.variants import VARIANTS
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
 from crys_pipeline.models.layers import FusionMLP, MLPLayer, ProjectionHead, RBFExpansion
 
@@ -293,7 +294,7 @@ def test_param_groups_name_rule_decays_embedding_batchnorm(atom_table: torch.Ten
 
 def test_build_model_rejects_unknown_names() -> None:
     """Unknown variant, head or decay filter are errors, not silent defaults."""
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(ValueError, match="unknown model variant .schnet."):
         build_model("schnet", atom_table=None)
     with pytest.raises(ValueError, match="head"):
         build_model("crystextnet", atom_table=None, head="other")

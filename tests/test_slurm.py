@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, default_config
 
 from crys_pipeline import io
 
@@ -90,41 +90,9 @@ def slurm_cluster() -> Iterator[Path]:
         assert not Path("/etc/slurm/slurm.conf").exists()
 
 
-# Leaves of config/tiny.yaml allowed to differ from config.yaml ("*" = any source or table name).
-TINY_CHANGES = {
-    "sources.*.subset.train", "sources.*.subset.val", "sources.*.subset.test", "describe.shards",
-    "describe.timeout_s", "graphs.shard_size", "train.epochs", "train.batch_size", "train.hidden_features",
-    "train.alignn_layers", "train.gcn_layers", "tables.*.targets",
-}
-
-
-def leaves(node: object, path: str = "") -> dict[str, object]:
-    """Flatten nested mappings to {"a.b.c": value}; lists are leaves."""
-    if not isinstance(node, dict):
-        return {path: node}
-    return {k: v for key, sub in node.items() for k, v in leaves(sub, f"{path}.{key}" if path else key).items()}
-
-
-def test_tiny_config_is_the_default_shrunk() -> None:
-    import jsonschema
-
-    default, tiny = (yaml.safe_load((REPO / name).read_text()) for name in ("config.yaml", "config/tiny.yaml"))
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    jsonschema.Draft202012Validator(schema).validate(tiny)
-    flat_default, flat_tiny = leaves(default), leaves(tiny)
-    assert flat_tiny.keys() == flat_default.keys()
-    changed = {re.sub(r"^(sources|tables)\.[^.]+", r"\1.*", k) for k in flat_tiny if flat_tiny[k] != flat_default[k]}
-    assert changed <= TINY_CHANGES, changed - TINY_CHANGES
-    for source in tiny["sources"].values():
-        assert source["subset"] == {"train": 16, "val": 4, "test": 4}
-    assert tiny["describe"]["shards"] == 2 and tiny["train"]["epochs"] == 2
-    assert (tiny["train"]["hidden_features"], tiny["train"]["alignn_layers"], tiny["train"]["gcn_layers"]) == (16, 1, 1)
-    assert all(isinstance(t["targets"], list) and 1 <= len(t["targets"]) <= 2 for t in tiny["tables"].values())
-
-
 def tiny_workdir(tmp: Path) -> Path:
-    """A working directory holding config/tiny.yaml with the snapshot folder made absolute."""
-    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    """A working directory holding config.yaml + config/tiny.yaml merged, snapshot folder made absolute."""
+    cfg = default_config("config/tiny.yaml")
     for source in cfg["sources"].values():
         source["snapshot_dir"] = str(SHARED_DATA)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import pytest
 
 from crys_pipeline import splits
 from crys_pipeline.io import read_json, read_parquet
+from crys_pipeline.settings import SplitSettings
 
 
 @pytest.mark.parametrize("total,ratios", [(1000, (0.8, 0.1, 0.1)), (55713, (0.8, 0.1, 0.1)), (999, (0.2, 0.1, 0.1)),
@@ -38,8 +39,8 @@ def test_mp_paper_counts() -> None:
 
 
 def test_official_split_files(jarvis_structures: Path, tmp_path: Path) -> None:
-    full, low = splits.make_splits(jarvis_structures, "mbj_bandgap", "official", 123, (0.8, 0.1, 0.1), 0.2,
-                                   tmp_path / "full.json", tmp_path / "low20.json")
+    full, low = splits.make_splits(jarvis_structures, target="mbj_bandgap", method="official", settings=SplitSettings(),
+                                   out_full=tmp_path / "full.json", out_low20=tmp_path / "low20.json")
     rows = read_parquet(jarvis_structures, "structures").to_pylist()
     for label in ("train", "val", "test"):
         expected = [r["material_id"] for r in rows if r["split_mbj_bandgap"] == label]
@@ -52,8 +53,8 @@ def test_official_split_files(jarvis_structures: Path, tmp_path: Path) -> None:
 
 
 def test_random123_low20_is_head_of_same_permutation(mp_structures: Path, tmp_path: Path) -> None:
-    full, low = splits.make_splits(mp_structures, "log10_k_vrh", "random123", 123, (0.8, 0.1, 0.1), 0.2,
-                                   tmp_path / "f.json", tmp_path / "l.json")
+    full, low = splits.make_splits(mp_structures, target="log10_k_vrh", method="random123", settings=SplitSettings(),
+                                   out_full=tmp_path / "f.json", out_low20=tmp_path / "l.json")
     n = read_json(tmp_path / "f.json")["n_total"]
     assert n == 37
     assert (len(full["id_train"]), len(full["id_val"]), len(full["id_test"])) == (29, 3, 3)

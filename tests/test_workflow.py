@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, snakemake_in, tiny_snapshot_dir
+from conftest import REPO, default_config, snakemake_in, tiny_snapshot_dir
+
+from crys_pipeline import settings
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -73,16 +77,31 @@ def test_paper_config_plans_through_snakemake_validation(tmp_path: Path) -> None
         "describe"]["shards"]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "config/paper.yaml"])
-def test_shipped_configs_validate(name: str) -> None:
-    import jsonschema
+@pytest.mark.parametrize("overlays", [(), ("config/paper.yaml",), ("config/tiny.yaml",), ("config/example_folder.yaml",)])
+def test_shipped_configs_validate_merged(overlays: tuple[str, ...]) -> None:
+    cfg = default_config(*overlays)
+    settings.validate_config(cfg, SCHEMA)
+    for block, cls in settings.STAGES.items():
+        settings.make(cls, cfg[block])  # the filled-in blocks are valid settings
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    jsonschema.Draft202012Validator(schema).validate(yaml.safe_load((REPO / name).read_text()))
+
+def test_overlays_hold_only_what_differs() -> None:
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    for overlay in ("config/paper.yaml", "config/tiny.yaml", "config/example_folder.yaml"):
+        same = [path for path, value in leaves(yaml.safe_load((REPO / overlay).read_text())).items()
+                if leaves(base).get(path, object()) == value]
+        assert not same, f"{overlay} repeats config.yaml's values at {same}"
+
+
+def leaves(node: object, path: str = "") -> dict[str, object]:
+    """Flatten nested mappings to {"a.b.c": value}; lists are leaves."""
+    if not isinstance(node, dict) or not node:
+        return {path: node}
+    return {k: v for key, sub in node.items() for k, v in leaves(sub, f"{path}.{key}" if path else key).items()}
 
 
 def test_every_schema_key_documents_type_and_default() -> None:
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = settings.config_schema(yaml.safe_load(SCHEMA.read_text()))
     missing = []
 
     def walk(node: dict, path: str) -> None:

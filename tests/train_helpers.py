@@ -81,6 +81,7 @@ def mp_text_dataset(workdir: Path, n_failed: int = 1) -> dict[str, Path]:
     import pyarrow as pa
 
     from crys_pipeline import embed
+    from crys_pipeline.settings import EmbedSettings
 
     recs = [json.loads(line) for line in (SHARED_DATA / "robocrys_text_reference_mp.jsonl").read_text().splitlines()]
     recs = [r for r in recs if r.get("lattice_mat") and r.get("formation_energy_per_atom") is not None]
@@ -105,7 +106,7 @@ def mp_text_dataset(workdir: Path, n_failed: int = 1) -> dict[str, Path]:
     io.write_parquet(pa.Table.from_pylist(rows), sections, "sections", {},
                      {"source": "mp_text", "versions": {}, "counts": {}})
     embeddings = workdir / "embeddings.h5"
-    embed.embed_sections(sections, embeddings, embed.EncoderSettings(max_length=128, token_budget=4096,
+    embed.embed_sections(sections, embeddings, EmbedSettings(max_length=128, token_budget=4096,
                                                                       device="cpu"))
     return {"structures": structures, "graphs": build_graph_dir(structures, workdir / "graphs"),
             "embeddings": embeddings, "ids": [r["material_id"] for r in recs]}

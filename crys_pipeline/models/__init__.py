@@ -1,7 +1,6 @@
 """Models: torch nn.Modules only (no files, no pymatgen); tensors in, tensors out (SPEC.md 4).
 
-Public API: ``VARIANTS`` / ``VariantSpec`` (what each variant consumes), ``build_model`` (a variant by
-name), ``register_encoder`` / ``ENCODERS`` (graph-encoder registry), ``encoder_settings`` (an encoder's
+Public API: ``build_model`` (a variant of ``crys_pipeline.variants.VARIANTS`` by name), ``register_encoder`` / ``ENCODERS`` (graph-encoder registry), ``encoder_settings`` (an encoder's
 hyper-parameters and project choices) and ``param_groups`` (AdamW groups
 with the reference's no-decay rule).
 """
@@ -9,8 +8,6 @@ with the reference's no-decay rule).
 from crys_pipeline.models.optim import decay_split, param_groups
 from crys_pipeline.models.registry import (
     ENCODERS,
-    VARIANTS,
-    VariantSpec,
     build_model,
     encoder_settings,
     register_encoder,
@@ -18,8 +15,6 @@ from crys_pipeline.models.registry import (
 
 __all__ = [
     "ENCODERS",
-    "VARIANTS",
-    "VariantSpec",
     "build_model",
     "decay_split",
     "encoder_settings",

@@ -132,9 +132,9 @@ class ALIGNNEncoder(nn.Module):
 
     Args:
         atom_table: float [104, 92] CGCNN table (a buffer) or None (zeros, filled by a state_dict).
-        hidden_features: H (256).
-        alignn_layers: number of ALIGNN layers (4).
-        gcn_layers: number of crystal-graph EGGC layers after them (4).
+        hidden_features: H (paper: 256).
+        alignn_layers: number of ALIGNN layers (paper: 4).
+        gcn_layers: number of crystal-graph EGGC layers after them (paper: 4).
         embedding_features: width between the two bond/angle MLPL blocks (64).
         edge_bins: RBF centres for distances (80).
         triplet_bins: RBF centres for bond-angle cosines (40).
@@ -148,9 +148,9 @@ class ALIGNNEncoder(nn.Module):
     def __init__(
         self,
         atom_table: torch.Tensor | None,
-        hidden_features: int = 256,
-        alignn_layers: int = 4,
-        gcn_layers: int = 4,
+        hidden_features: int,
+        alignn_layers: int,
+        gcn_layers: int,
         embedding_features: int = 64,
         edge_bins: int = 80,
         triplet_bins: int = 40,

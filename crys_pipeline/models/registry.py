@@ -1,7 +1,7 @@
 """Model variants by name and the graph-encoder registry (SPEC.md 4.5, 6 A1-A3).
 
-``VARIANTS`` maps a variant name to which graph encoder and which cached text embedding it uses;
-``build_model`` assembles the matching ``PropertyModel``. Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
+``build_model`` assembles the ``PropertyModel`` of a variant of ``crys_pipeline.variants.VARIANTS`` (which
+graph encoder and which cached text embedding it uses). Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
 plug in with ``register_encoder`` behind the same interface: a factory returning a module with
 ``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
 
@@ -18,7 +18,6 @@ Heads (documented choices):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,38 +29,14 @@ from crys_pipeline.models.crysmmnet import PropertyModel
 from crys_pipeline.models.gatgnn import GATGNNEncoder
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
 from crys_pipeline.models.megnet import MEGNetEncoder
+from crys_pipeline.settings import TrainSettings
+from crys_pipeline.variants import Variant
+from crys_pipeline.variants import variant as lookup_variant
 
 #: Width of the graph and text projections and of the fusion MLP's hidden layer.
 PROJECTION_DIM = 64
-HEADS = ("code", "paper")
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """What a model variant consumes.
-
-    Attributes:
-        graph_encoder: name in ``ENCODERS`` ("alignn" | "cgcnn" | "megnet" | "gatgnn") or None for text only.
-        text_variant: cached embedding variant ("full" | "global" | "local") or None for graph only.
-    """
-
-    graph_encoder: str | None
-    text_variant: str | None
-
-
-VARIANTS: dict[str, VariantSpec] = {
-    "crysmmnet": VariantSpec("alignn", "full"),
-    "alignn": VariantSpec("alignn", None),
-    "crystextnet": VariantSpec(None, "full"),
-    "crysmmnet_global": VariantSpec("alignn", "global"),
-    "crysmmnet_local": VariantSpec("alignn", "local"),
-    "cgcnn": VariantSpec("cgcnn", None),
-    "crysmmnet_cgcnn": VariantSpec("cgcnn", "full"),
-    "megnet": VariantSpec("megnet", None),
-    "crysmmnet_megnet": VariantSpec("megnet", "full"),
-    "gatgnn": VariantSpec("gatgnn", None),
-    "crysmmnet_gatgnn": VariantSpec("gatgnn", "full"),
-}
+#: The recipe's defaults (the paper's model), declared once in crys_pipeline.settings.
+PAPER = TrainSettings()
 
 EncoderFactory = Callable[..., nn.Module]
 
@@ -129,7 +104,7 @@ def _text_projection(head: str, text_dim: int) -> nn.Module:
     return PaperTextProjection(text_dim, projection_dim=PROJECTION_DIM)
 
 
-def _assemble(config: dict, spec: VariantSpec, encoder: nn.Module | None) -> PropertyModel:
+def _assemble(config: dict, spec: Variant, encoder: nn.Module | None) -> PropertyModel:
     head, text_dim = config["head"], config["text_dim"]
     if encoder is None:
         return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM))
@@ -150,33 +125,30 @@ def build_model(
     *,
     atom_table: torch.Tensor | None,
     text_dim: int = 768,
-    hidden_features: int = 256,
-    alignn_layers: int = 4,
-    gcn_layers: int = 4,
-    head: str = "code",
+    hidden_features: int = PAPER.hidden_features,
+    alignn_layers: int = PAPER.alignn_layers,
+    gcn_layers: int = PAPER.gcn_layers,
+    head: str = PAPER.head,
     readout: str = "mean",
 ) -> PropertyModel:
     """Build a model variant by name.
 
     Args:
-        variant: a key of ``VARIANTS``.
+        variant: a key of ``crys_pipeline.variants.VARIANTS``.
         atom_table: float [104, 92] CGCNN atom table (``atom_features.cgcnn_feature_table()``), stored as a
             buffer; None registers zeros (when a state_dict will be loaded). Ignored by text-only variants.
         text_dim: width of the cached text embedding (768 for MatSciBERT).
-        hidden_features: ALIGNN width H (256).
-        alignn_layers: ALIGNN layers (4).
-        gcn_layers: EGGC layers after them (4).
+        hidden_features: ALIGNN width H.
+        alignn_layers: ALIGNN layers.
+        gcn_layers: EGGC layers after them.
         head: "code" (released code, reference) or "paper" (the paper's equations), SPEC.md 4.5.
         readout: per-crystal pooling, "mean" (reference) or "sum" (paper Eq. 5).
 
     Returns:
         A ``PropertyModel`` whose ``.config`` (these arguments minus atom_table) rebuilds it.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    spec = VARIANTS[variant]
+    TrainSettings(head=head)  # an unknown head raises, naming the choices
+    spec = lookup_variant(variant)
     config = {
         "variant": variant,
         "text_dim": text_dim,

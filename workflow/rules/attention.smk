@@ -11,14 +11,8 @@ rule attention_summary:
         png="results/attention/{source}/summary.png",
         shares="results/attention/{source}/shares.parquet",
     params:
-        variant=config["attention"]["variant"],
-        sample="all" if config["attention"]["sample"] is None else config["attention"]["sample"],
-        seed=config["attention"]["seed"],
-        model=config["embed"]["model"],
-        revision=config["embed"]["revision"] or "",
-        max_length=config["embed"]["max_length"],
-        normalizer=config["embed"]["normalizer"],
-        device=config["embed"]["device"],
+        settings=settings_args("attention", names=("variant", "sample", "seed")),
+        encoder=settings_args("embed", names=settings.ENCODER_FIELDS),
     threads: 2
     resources:
         gpu=1,
@@ -29,9 +23,7 @@ rule attention_summary:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "crys-pipeline attention-summary --sections {input.sections} --variant {params.variant}"
-        " --sample {params.sample} --seed {params.seed} --model '{params.model}' --revision '{params.revision}'"
-        " --max-length {params.max_length} --normalizer {params.normalizer} --device {params.device}"
+        "crys-pipeline attention-summary --sections {input.sections} {params.settings} {params.encoder}"
         " --threads {threads} --out-csv {output.csv} --out-png {output.png} --out-shares {output.shares}"
         " 2> {log}"
 
@@ -46,12 +38,8 @@ rule attention:
         material_id=r"[A-Za-z0-9.-]+",
         layer=r"\d+",
     params:
-        variant=config["attention"]["variant"],
-        model=config["embed"]["model"],
-        revision=config["embed"]["revision"] or "",
-        max_length=config["embed"]["max_length"],
-        normalizer=config["embed"]["normalizer"],
-        device=config["embed"]["device"],
+        settings=settings_args("attention", names=("variant",)),
+        encoder=settings_args("embed", names=settings.ENCODER_FIELDS),
     threads: 2
     log:
         "logs/attention/{source}/{material_id}_L{layer}.log",
@@ -59,7 +47,6 @@ rule attention:
         "../../envs/torch.yaml"
     shell:
         "crys-pipeline attention --source {wildcards.source} --id {wildcards.material_id}"
-        " --layer {wildcards.layer} --variant {params.variant} --sections {input.sections}"
-        " --model '{params.model}' --revision '{params.revision}' --max-length {params.max_length}"
-        " --normalizer {params.normalizer} --device {params.device} --threads {threads}"
+        " --layer {wildcards.layer} {params.settings} --sections {input.sections} {params.encoder}"
+        " --threads {threads}"
         " --out-png {output.png} --out-table {output.table} 2> {log}"

@@ -5,12 +5,13 @@
 import json
 from pathlib import Path
 
+from crys_pipeline import settings
+from crys_pipeline.variants import VARIANTS
 
-TEXT_VARIANT = {"crysmmnet": "full", "crysmmnet_global": "global", "crysmmnet_local": "local",
-                "crystextnet": "full", "crysmmnet_cgcnn": "full", "crysmmnet_megnet": "full",
-                "crysmmnet_gatgnn": "full"}
-GRAPH_VARIANTS = {"crysmmnet", "alignn", "crysmmnet_global", "crysmmnet_local", "cgcnn", "crysmmnet_cgcnn",
-                  "megnet", "crysmmnet_megnet", "gatgnn", "crysmmnet_gatgnn"}
+
+def settings_args(block, names=None):
+    """The config block `block` as its stage's command-line flags (a plain string param: a change reruns the stage)."""
+    return settings.cli_args(settings.STAGES[block], config[block], names)
 
 
 def source_cfg(wildcards):
@@ -50,9 +51,10 @@ def train_inputs(wildcards):
         "structures": f"results/structures/{wildcards.source}.parquet",
         "split": f"results/splits/{wildcards.source}/{wildcards.target}/{wildcards.regime}.json",
     }
-    if wildcards.variant in GRAPH_VARIANTS:
+    variant = VARIANTS[wildcards.variant]
+    if variant.graph_encoder:
         inputs["graphs"] = f"results/graphs/{wildcards.source}"
-    if wildcards.variant in TEXT_VARIANT:
+    if variant.text_variant:
         inputs["embeddings"] = f"results/embeddings/{wildcards.source}.h5"
     return inputs
 

@@ -7,9 +7,7 @@ rule describe:
     output:
         shard="results/text/{source}/describe/{scatteritem}.parquet",
     params:
-        timeout=config["describe"]["timeout_s"],
-        fmt=config["describe"]["fmt"],
-        symprec_retry=config["describe"]["symprec_retry"],
+        settings=settings_args("describe"),
     threads: 2
     log:
         "logs/describe/{source}/{scatteritem}.log",
@@ -19,8 +17,7 @@ rule describe:
         "../../envs/describe.yaml"
     shell:
         "crys-pipeline describe shard --structures {input.structures} --shard {wildcards.scatteritem}"
-        " --timeout-s {params.timeout} --fmt {params.fmt} --symprec-retry {params.symprec_retry}"
-        " --workers {threads} --out {output.shard} 2> {log}"
+        " {params.settings} --workers {threads} --out {output.shard} 2> {log}"
 
 
 rule describe_gather:

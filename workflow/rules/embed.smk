@@ -8,14 +8,7 @@ rule embed:
     output:
         embeddings="results/embeddings/{source}.h5",
     params:
-        model=config["embed"]["model"],
-        revision=config["embed"]["revision"] or "",
-        pooling=config["embed"]["pooling"],
-        max_length=config["embed"]["max_length"],
-        normalizer=config["embed"]["normalizer"],
-        token_budget=config["embed"]["token_budget"] or 0,
-        chunk_rows=config["embed"]["chunk_rows"],
-        device=config["embed"]["device"],
+        settings=settings_args("embed"),
     threads: 2
     resources:
         gpu=lambda wildcards: gpu_resources(config["embed"]["device"])[0],
@@ -27,8 +20,6 @@ rule embed:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "crys-pipeline embed --sections {input.sections} --structures {input.structures} --model '{params.model}'"
-        " --revision '{params.revision}' --pooling {params.pooling} --max-length {params.max_length}"
-        " --normalizer {params.normalizer} --token-budget {params.token_budget}"
-        " --chunk-rows {params.chunk_rows} --device {params.device} --threads {threads}"
+        "crys-pipeline embed --sections {input.sections} --structures {input.structures}"
+        " {params.settings} --threads {threads}"
         " --out {output.embeddings} 2> {log}"

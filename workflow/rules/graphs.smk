@@ -7,11 +7,7 @@ rule graphs:
     output:
         shards=directory("results/graphs/{source}"),
     params:
-        cutoff=config["graphs"]["cutoff"],
-        max_neighbors=config["graphs"]["max_neighbors"],
-        canonize="--canonize" if config["graphs"]["use_canonize"] else "--no-canonize",
-        dedup="--dedup-self-images" if config["graphs"]["dedup_self_images"] else "--no-dedup-self-images",
-        shard_size=config["graphs"]["shard_size"],
+        settings=settings_args("graphs"),
     threads: 2
     log:
         "logs/graphs/{source}.log",
@@ -20,6 +16,4 @@ rule graphs:
     conda:
         "../../envs/describe.yaml"
     shell:
-        "crys-pipeline graphs --structures {input.structures} --cutoff {params.cutoff}"
-        " --max-neighbors {params.max_neighbors} {params.canonize} {params.dedup}"
-        " --shard-size {params.shard_size} --workers {threads} --out-dir {output.shards} 2> {log}"
+        "crys-pipeline graphs --structures {input.structures} {params.settings} --workers {threads} --out-dir {output.shards} 2> {log}"

@@ -8,11 +8,11 @@ rule sections:
     output:
         sections="results/text/{source}/sections.parquet",
     params:
-        header="--global-header" if config["sections"]["global_header"] else "--no-global-header",
+        settings=settings_args("sections"),
     log:
         "logs/sections/{source}.log",
     conda:
         "../../envs/describe.yaml"
     shell:
-        "crys-pipeline sections --descriptions {input.descriptions} --structures {input.structures} {params.header}"
+        "crys-pipeline sections --descriptions {input.descriptions} --structures {input.structures} {params.settings}"
         " --out {output.sections} 2> {log}"

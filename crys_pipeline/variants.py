@@ -1,0 +1,59 @@
+"""The model variants: one torch-free table that the Snakefile, the rules, the registry, tables and benches read.
+
+A variant is a graph encoder (or none), a cached text view (or none) and the head that joins them:
+- graph + text (CrysMMNet and its Table 5/6 ablations): the fusion head of ``train.head`` (code | paper);
+- text only (CrysTextNet): the projection of the text vector and a small MLP;
+- graph only (the baselines): the original model's own output layer, so they are the published architectures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GRAPH_ENCODERS = ("alignn", "cgcnn", "megnet", "gatgnn")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a model variant consumes.
+
+    Attributes:
+        graph_encoder: one of ``GRAPH_ENCODERS``, or None for text only.
+        text_variant: cached embedding view, one of ``schemas.TEXT_VARIANTS`` ("full" | "global" | "local"), or None for graph only.
+    """
+
+    graph_encoder: str | None
+    text_variant: str | None
+
+    @property
+    def head(self) -> str:
+        """Which head joins the inputs: `fusion` (graph + text), `text` (text only) or `graph` (the model's own)."""
+        if self.graph_encoder and self.text_variant:
+            return "fusion"
+        return "graph" if self.graph_encoder else "text"
+
+
+VARIANTS: dict[str, Variant] = {
+    "crysmmnet": Variant("alignn", "full"),
+    "alignn": Variant("alignn", None),
+    "crystextnet": Variant(None, "full"),
+    "crysmmnet_global": Variant("alignn", "global"),
+    "crysmmnet_local": Variant("alignn", "local"),
+    "cgcnn": Variant("cgcnn", None),
+    "crysmmnet_cgcnn": Variant("cgcnn", "full"),
+    "megnet": Variant("megnet", None),
+    "crysmmnet_megnet": Variant("megnet", "full"),
+    "gatgnn": Variant("gatgnn", None),
+    "crysmmnet_gatgnn": Variant("gatgnn", "full"),
+}
+
+def variant(name: str) -> Variant:
+    """The variant called `name`, or an error listing the known ones."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model variant {name!r}; known: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def wildcard_pattern() -> str:
+    """The `{variant}` wildcard constraint: exactly the known names."""
+    return "|".join(VARIANTS)
