@@ -24,8 +24,8 @@ class RBFExpansion(nn.Module):
     """Gaussian radial-basis expansion of a scalar per item.
 
     feature_k(u) = exp(-gamma * (u - mu_k)^2), mu_k = linspace(vmin, vmax, bins). With ``gamma=None``
-    gamma = 1 / delta, delta = (vmax - vmin) / (bins - 1) (ALIGNN's "lengthscale" convention, docs/method.md §4.1:
-    1/delta, not 1/delta^2). CGCNN's GaussianDistance passes gamma = 1 / step^2 explicitly.
+    gamma = 1 / delta, delta = (vmax - vmin) / (bins - 1) (ALIGNN's "lengthscale" convention,
+    docs/method.md §4.1: 1/delta, not 1/delta^2). CGCNN's GaussianDistance passes gamma = 1 / step^2 explicitly.
 
     Args:
         vmin: first centre.
@@ -53,7 +53,7 @@ class MLPLayer(nn.Module):
     """MLPL(a -> b) = SiLU(BatchNorm1d(Linear(a -> b))) (ALIGNN's MLPLayer).
 
     The submodule is named ``layer`` (a Sequential) so its BatchNorm parameters are named
-    ``layer.1.*``; the reference's name-based weight-decay rule therefore decays them (docs/method.md §6).
+    ``layer.1.*``; the reference's name-based weight-decay rule therefore decays them (docs/method.md §9).
 
     Args:
         in_features: a.
@@ -154,7 +154,7 @@ class ProjectionHead(nn.Module):
 
 
 class PaperTextProjection(nn.Module):
-    """The paper's text projection (docs/method.md §4.5 paper head): z_T = W2(ReLU(W1 c)), 768 -> 128 -> 64.
+    """The paper's text projection (docs/method.md §4.5, paper head): z_T = W2(ReLU(W1 c)), 768 -> 128 -> 64.
 
     Args:
         embedding_dim: text embedding width (768).
@@ -176,7 +176,7 @@ class PaperTextProjection(nn.Module):
 
 
 class FusionMLP(nn.Module):
-    """Prediction MLP y = Lin(hidden -> 1)(ReLU(Lin(in -> hidden)(v))) (the code head's fusion, docs/method.md §4.5).
+    """Prediction MLP y = Lin(hidden -> 1)(ReLU(Lin(in -> hidden)(v))) (code head fusion, docs/method.md §4.5).
 
     Names ``fc1`` / ``fc`` follow the reference.
 
