@@ -1,8 +1,8 @@
 """Training throughput: ALIGNN vs CrysMMNet with cached text vs the reference's text encoder in every step.
 
-SPEC.md 7.1: the reference CrysMMNet tokenises and runs its frozen BERT inside every forward pass; this
-pipeline caches the [CLS] vectors once, so a CrysMMNet step should cost about what an ALIGNN step
-costs. All three run in ONE process on the same real data, through the trainer's own loop
+docs/method.md §10.1: the reference CrysMMNet tokenises and runs its frozen BERT inside every forward
+pass; this pipeline caches the [CLS] vectors once, so a CrysMMNet step should cost about what an ALIGNN
+step costs. All three run in ONE process on the same real data, through the trainer's own loop
 (`crys_pipeline.train.train_epoch`: DataLoader collation, forward, MSE, backward, AdamW, OneCycleLR):
 
 - `alignn`: graph only.

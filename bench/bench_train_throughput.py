@@ -53,7 +53,7 @@ PAPER = {"hidden_features": 256, "alignn_layers": 4, "gcn_layers": 4}
 
 # ==== REFERENCE CODE: crys_pipeline/models/{alignn,line_graph}.py before the fused kernels (verbatim) ====
 class ReferenceEdgeGatedGraphConv(nn.Module):
-    """The reference EGGC: five Linear(H, H), three gathers, two scatters, two BatchNorms (SPEC.md 4.2).
+    """The reference EGGC (docs/method.md §4.2): five Linear(H, H), three gathers, two scatters, two BatchNorms.
 
     Args:
         features: H.

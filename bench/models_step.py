@@ -1,7 +1,7 @@
 """Training-step cost of every model variant on real JARVIS crystals, as ratios to ALIGNN.
 
-SPEC.md 7.1: with cached [CLS] embeddings CrysMMNet should cost about what ALIGNN costs (the reference
-CrysMMNet re-ran MatSciBERT on every batch). This measures one AdamW step (forward + backward + update)
+docs/method.md §10.1: with cached [CLS] embeddings CrysMMNet should cost about what ALIGNN costs (the
+reference CrysMMNet re-ran MatSciBERT on every batch). This measures one AdamW step (forward + backward + update)
 on the same batch of real k-NN graphs (crys_pipeline.graphs) for each variant, and the per-batch line
 graph construction, all in one run (variants interleaved), and prints ms/step and the ratio to the ALIGNN variant.
 

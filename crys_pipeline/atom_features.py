@@ -1,4 +1,4 @@
-"""Fixed CGCNN atom descriptors as a lookup table indexed by atomic number (SPEC.md 2.5).
+"""Fixed CGCNN atom descriptors as a lookup table indexed by atomic number (docs/method.md §2.5).
 
 The 92-dim binary descriptor of CGCNN (9 one-hot groups: group, period, electronegativity,
 covalent radius, valence electrons, first ionisation energy, electron affinity, block, atomic

@@ -2,7 +2,7 @@
 
 `load_training_data` reads the split JSON, the target column of the structures table, the graph
 shards (graph variants) and one text variant of the embeddings file (text variants), and joins them
-by material id **after** the split (SPEC.md 1.2): a split member whose target is null, whose graph
+by material id **after** the split (docs/method.md §1.2): a split member whose target is null, whose graph
 failed or whose text failed upstream (or is missing) is dropped and listed with its reason, never
 silently. An ok material with an empty text section keeps its (empty-string) embedding.
 `CrystalDataset` turns one split into torch_geometric `Data` items (z, edge_index, edge_vec, y,

@@ -1,4 +1,4 @@
-"""Stage `describe`: Robocrystallographer text descriptions of crystal structures (SPEC.md 3.1).
+"""Stage `describe`: Robocrystallographer text descriptions of crystal structures (docs/method.md §3.1).
 
 Each structure goes through the same steps as robocrys' command-line pipeline
 (`robocrys.cli.robocrystallographer`): oxidation states guessed with
@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 PARTS = ("mineral", "component_makeup", "components")
 #: robocrys' default symmetry tolerance (first attempt).
 SYMPREC = 0.01
-#: StructureCondenser settings (robocrys' defaults, SPEC.md 3.1), stamped in the metadata.
+#: StructureCondenser settings (robocrys' defaults, docs/method.md §3.1), stamped in the metadata.
 CONDENSER_KWARGS: dict[str, Any] = {
     "use_conventional_cell": True, "use_symmetry_equivalent_sites": False, "simplify_molecules": True,
     "use_iupac_formula": True, "use_common_formulas": True,

@@ -1,4 +1,4 @@
-"""Stage `embed`: frozen transformer embeddings of every text variant into HDF5 (SPEC.md 3.3).
+"""Stage `embed`: frozen transformer embeddings of every text variant into HDF5 (docs/method.md §3.3).
 
 CrysMMNet re-normalises, re-tokenises and re-runs MatSciBERT on every forward pass. The model is
 frozen and in eval mode, so its output per text is a constant: this stage computes it once per

@@ -1,4 +1,4 @@
-"""Stage `graphs`: ALIGNN "k-nearest" crystal graphs in Parquet shards (SPEC.md 2.1-2.4, 2.7).
+"""Stage `graphs`: ALIGNN "k-nearest" crystal graphs in Parquet shards (docs/method.md §2.1-2.4, §2.7).
 
 For each structure the builder reproduces ALIGNN's ``nearest_neighbor_edges`` +
 ``build_undirected_edgedata`` (jarvis-tools ``Atoms.get_all_neighbors``) with vectorised numpy:
@@ -219,9 +219,10 @@ def _trial_radius(cell: _Cell, k: int) -> float:
 def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, np.ndarray, tuple[np.ndarray, ...]]:
     """(final cutoff, images [M, 3], candidates) at the first cutoff where every atom has k candidates.
 
-    The growth of SPEC.md 2.2, as a loop. At each cutoff r a smaller trial radius is tried first: if every atom has k candidates within it,
-    every k-th distance is below it and the candidates beyond it can never be selected, so the shells
-    are the same as from the full set within r (which is computed only when the trial fails).
+    The growth of docs/method.md §2.2, as a loop. At each cutoff r a smaller trial radius is tried
+    first: if every atom has k candidates within it, every k-th distance is below it and the
+    candidates beyond it can never be selected, so the shells are the same as from the full set
+    within r (which is computed only when the trial fails).
     """
     r, k, n = float(params.cutoff), params.max_neighbors, len(cell.frac)
     trial = _trial_radius(cell, k)

@@ -1,4 +1,4 @@
-"""MatSciBERT's text normaliser (SPEC.md 3.3), as CrysMMNet applies it before tokenising.
+"""MatSciBERT's text normaliser (docs/method.md §3.3), as CrysMMNet applies it before tokenising.
 
 The reference (`normalize` in MatSciBERT's `normalize_text.py`, copied into CrysMMNet's
 `src/models/alignn.py`) splits the text on newlines, applies the `tokenizers` BertNormalizer to each

@@ -194,7 +194,7 @@ DESCRIPTIONS = register(ParquetLayout(
 
 SECTIONS = register(ParquetLayout(
     kind="sections",
-    description="one row per material: full / global / local texts (SPEC.md 3.2), empty for failed descriptions",
+    description="one row per material: full / global / local texts (docs/method.md §3.2), empty for failed descriptions",
     schema=pa.schema(
         [
             pa.field("material_id", pa.string(), nullable=False),
@@ -238,7 +238,7 @@ class H5Layout:
         return out
 
 
-#: Text variants of the sections table and of the embeddings file (SPEC.md 3.2).
+#: Text variants of the sections table and of the embeddings file (docs/method.md §3.2).
 TEXT_VARIANTS = ("full", "global", "local")
 
 EMBEDDINGS = H5Layout(

@@ -1,4 +1,4 @@
-"""Stage `sections`: full / global / local texts from the robocrys parts (SPEC.md 3.2).
+"""Stage `sections`: full / global / local texts from the robocrys parts (docs/method.md §3.2).
 
 The split uses robocrys' structured output, not a regex over the text:
 

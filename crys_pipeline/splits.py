@@ -1,6 +1,6 @@
 """Stage `splits`: train/val/test material-id lists per (source, target) and regime.
 
-Two methods (SPEC.md 1.3):
+Two methods (docs/method.md §1.3-1.4):
 
 * `official` (default): the JARVIS-Leaderboard / ALIGNN assignment carried in the structures
   table's `split_<target>` column. A material listed in two subsets by the benchmark (duplicate

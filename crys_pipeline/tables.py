@@ -3,12 +3,12 @@
 A table block of config.yaml (`{source, targets, variants, regime}`) names a grid of cells, one
 per (target, variant); each cell gathers the `summary.json` of every seed trained for it. A row
 reports the test MAE of the validation-selected checkpoint as mean and sample standard deviation
-over seeds (blank with one seed), the last-epoch and min-over-epochs test MAE (diagnostics, SPEC.md
-5), the split sizes and hash, the text encoder, and the paper's MAE for the same cell with its
-source and origin and our ratio to it. Package data `data/paper_values.csv` holds every number of the
-paper's Tables 1-6 (transcribed from the paper): `origin` is `own` for the paper's own runs and `copied`
-where the paper took the number from the baseline's own paper. The Markdown marks copied values with a
-dagger and lists the paper's columns the table does not run (e.g. SchNet) below it.
+over seeds (blank with one seed), the last-epoch and min-over-epochs test MAE (diagnostics,
+docs/method.md §6), the split sizes and hash, the text encoder, and the paper's MAE for the same cell
+with its source and origin and our ratio to it. Package data `data/paper_values.csv` holds every
+number of the paper's Tables 1-6 (transcribed from the paper): `origin` is `own` for the paper's own
+runs and `copied` where the paper took the number from the baseline's own paper. The Markdown marks
+copied values with a dagger and lists the paper's columns the table does not run (e.g. SchNet) below it.
 
 Every run must belong to the table (same source and regime, a listed target and variant), every
 cell must have at least one run, and the seeds of a cell must share split, sizes and encoder:

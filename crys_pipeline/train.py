@@ -1,4 +1,4 @@
-"""Stage `train`: fit one variant on one (source, target, regime) with one seed (SPEC.md 5).
+"""Stage `train`: fit one variant on one (source, target, regime) with one seed (docs/method.md §6).
 
 The reference recipe: AdamW (lr 1e-3, weight decay 1e-5, no decay for bias/bn/norm parameters),
 OneCycleLR stepped every iteration over `epochs * len(train_loader)` (train drops its last partial

@@ -57,3 +57,65 @@ def test_documented_crys_pipeline_command_parses(command: str) -> None:
     from crys_pipeline.cli import build_parser
 
     build_parser().parse_args(shlex.split(command)[1:])
+
+
+# --- citations: docs/method.md, never the private team note ----------------------------------------------
+
+METHOD = REPO / "docs" / "method.md"
+PRIVATE_NOTE = "SPEC" + ".md"  # spelled in two parts so that this file does not mention it
+CITATION = re.compile(r"docs/method\.md\s+(§[\d.]+(?:-[\d.]+)?(?:\s*,\s*§[\d.]+(?:-[\d.]+)?)*)")
+NOT_SOURCE = {".git", ".venv", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__",
+              ".pytest_cache", ".ruff_cache", "build", "gpu_check_out", "my_crystals"}
+
+
+def repository_texts() -> dict[str, str]:
+    """Every text file of the checkout (relative path -> text), outputs and environments left out."""
+    texts = {}
+    for path in sorted(REPO.rglob("*")):
+        rel = path.relative_to(REPO)
+        if not path.is_file() or NOT_SOURCE.intersection(rel.parts) or rel.parts[0].endswith(".egg-info"):
+            continue
+        try:
+            texts[str(rel)] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # images
+            continue
+    return texts
+
+
+def method_sections() -> set[str]:
+    """Section numbers of docs/method.md: "4" for "## 4. ...", "4.2" for "### 4.2 ..."."""
+    text = METHOD.read_text()
+    return set(re.findall(r"^## (\d+)\. ", text, re.MULTILINE)) | set(
+        re.findall(r"^### (\d+\.\d+) ", text, re.MULTILINE))
+
+
+def cited_sections(text: str) -> list[str]:
+    """Every section a text cites as `docs/method.md §x.y` (ranges §a.b-a.d give both ends)."""
+    found = []
+    for group in CITATION.findall(text):
+        for token in re.findall(r"§([\d.]+(?:-[\d.]+)?)", group):
+            found += token.rstrip(".").split("-")
+    return found
+
+
+def test_no_file_cites_the_private_note() -> None:
+    texts = repository_texts()
+    assert "README.md" in texts and "crys_pipeline/train.py" in texts and "config.yaml" in texts
+    offenders = [f"{name}:{n}" for name, text in texts.items()
+                 for n, line in enumerate(text.splitlines(), 1) if PRIVATE_NOTE in line]
+    assert not offenders, f"{PRIVATE_NOTE} is a private note outside the repository; cite docs/method.md: {offenders}"
+
+
+def test_method_citations_name_existing_sections() -> None:
+    sections = method_sections()
+    assert {"1.3", "2.4", "4.6", "10.1"} <= sections
+    cited = {name: cited_sections(text) for name, text in repository_texts().items()}
+    assert sum(map(len, cited.values())) >= 50 and "2.4" in cited["config.yaml"]
+    dangling = [f"{name}: §{s}" for name, numbers in cited.items() for s in numbers if s not in sections]
+    assert not dangling, f"citations of sections docs/method.md does not have: {dangling}"
+
+
+def test_citation_parser() -> None:
+    text = "(docs/method.md §4.1-4.5, §7.3), docs/method.md\n§6), docs/method.md §2. Then 3.1"
+    assert cited_sections(text) == ["4.1", "4.5", "7.3", "6", "2"]
+    assert "2.8" not in method_sections() and "8" in method_sections()

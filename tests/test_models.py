@@ -1,4 +1,4 @@
-"""Tests of crys_pipeline.models on real JARVIS structures (SPEC.md 4, 5, 6 A1/A2)."""
+"""Tests of crys_pipeline.models on real JARVIS structures (docs/method.md §4, §6, §7.3-7.4)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 @pytest.fixture(scope="module")
 def atom_table() -> torch.Tensor:
-    """The shipped CGCNN [104, 92] table (SPEC.md 2.5)."""
+    """The shipped CGCNN [104, 92] table (docs/method.md §2.5)."""
     return torch.from_numpy(cgcnn_feature_table())
 
 
@@ -70,8 +70,8 @@ def warmed(model: torch.nn.Module, batch: Batch) -> torch.nn.Module:
 def test_default_crysmmnet_parameter_count(atom_table: torch.Tensor) -> None:
     """Released-code CrysMMNet (256, 4 ALIGNN + 4 GCN, code head) has 4,109,057 trainable parameters.
 
-    SPEC.md 4.6 says 4,898,561 with 395,776 per EGGC, which assumes six Linear(256, 256) per EGGC; the
-    released EdgeGatedGraphConv (and SPEC.md 4.2's own list) has five: 329,984. 4,898,561 - 12 x 65,792 =
+    An earlier count, 4,898,561 with 395,776 per EGGC, assumed six Linear(256, 256) per EGGC; the
+    released EdgeGatedGraphConv has five (docs/method.md §4.2): 329,984. 4,898,561 - 12 x 65,792 =
     4,109,057. The ALIGNN baseline then has ALIGNN's published 4,026,753.
     """
     model = build_model("crysmmnet", atom_table=atom_table)
@@ -159,7 +159,7 @@ def test_eggc_matches_naive_loop() -> None:
 
 
 def test_rbf_gamma_is_inverse_spacing() -> None:
-    """gamma = 1/delta: 9.875 for 80 bins on [0, 8], 19.5 for 40 bins on [-1, 1] (SPEC.md 4.1)."""
+    """gamma = 1/delta: 9.875 for 80 bins on [0, 8], 19.5 for 40 bins on [-1, 1] (docs/method.md §4.1)."""
     edge, angle = RBFExpansion(0.0, 8.0, 80), RBFExpansion(-1.0, 1.0, 40)
     assert edge.gamma == pytest.approx(9.875) and angle.gamma == pytest.approx(19.5)
     feats = edge(torch.tensor([0.0, 8.0 / 79]))

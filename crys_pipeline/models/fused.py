@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: Denominator guard of the normalised gated aggregation (SPEC.md 4.2 step 3).
+#: Denominator guard of the normalised gated aggregation (docs/method.md §4.2 step 3).
 GATE_EPS = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""Building blocks shared by the encoders and heads (SPEC.md 4.1, 4.5).
+"""Building blocks shared by the encoders and heads (docs/method.md §4.1, §4.5).
 
 RBF expansions, the Linear-BatchNorm-SiLU block, the fixed CGCNN atom-feature lookup,
 per-crystal readout and the CrysMMNet projection heads. Torch only: tensors in, tensors out.
@@ -16,7 +16,7 @@ from crys_pipeline.models.fused import mlp_block
 
 log = logging.getLogger(__name__)
 
-#: Rows of the CGCNN atom-feature table (Z = 0..103) and its width (SPEC.md 2.5).
+#: Rows of the CGCNN atom-feature table (Z = 0..103) and its width (docs/method.md §2.5).
 ATOM_TABLE_SHAPE = (104, 92)
 
 
@@ -24,8 +24,8 @@ class RBFExpansion(nn.Module):
     """Gaussian radial-basis expansion of a scalar per item.
 
     feature_k(u) = exp(-gamma * (u - mu_k)^2), mu_k = linspace(vmin, vmax, bins). With ``gamma=None``
-    gamma = 1 / delta, delta = (vmax - vmin) / (bins - 1) (ALIGNN's "lengthscale" convention, SPEC.md 4.1:
-    1/delta, not 1/delta^2). CGCNN's GaussianDistance passes gamma = 1 / step^2 explicitly.
+    gamma = 1 / delta, delta = (vmax - vmin) / (bins - 1) (ALIGNN's "lengthscale" convention,
+    docs/method.md §4.1: 1/delta, not 1/delta^2). CGCNN's GaussianDistance passes gamma = 1 / step^2 explicitly.
 
     Args:
         vmin: first centre.
@@ -53,7 +53,7 @@ class MLPLayer(nn.Module):
     """MLPL(a -> b) = SiLU(BatchNorm1d(Linear(a -> b))) (ALIGNN's MLPLayer).
 
     The submodule is named ``layer`` (a Sequential) so its BatchNorm parameters are named
-    ``layer.1.*``; the reference's name-based weight-decay rule therefore decays them (SPEC.md 5).
+    ``layer.1.*``; the reference's name-based weight-decay rule therefore decays them (docs/method.md §9).
 
     Args:
         in_features: a.
@@ -78,7 +78,7 @@ class MLPLayer(nn.Module):
 
 
 class AtomFeatures(nn.Module):
-    """Fixed CGCNN 92-dim atom descriptors looked up by atomic number (SPEC.md 2.5).
+    """Fixed CGCNN 92-dim atom descriptors looked up by atomic number (docs/method.md §2.5).
 
     The table is a registered (persistent) buffer, not a parameter: it travels with the
     state_dict and never reaches the optimiser. ``table=None`` registers a zero table of
@@ -154,7 +154,7 @@ class ProjectionHead(nn.Module):
 
 
 class PaperTextProjection(nn.Module):
-    """The paper's text projection (SPEC.md 4.5 paper head): z_T = W2(ReLU(W1 c)), 768 -> 128 -> 64.
+    """The paper's text projection (docs/method.md §4.5, paper head): z_T = W2(ReLU(W1 c)), 768 -> 128 -> 64.
 
     Args:
         embedding_dim: text embedding width (768).
@@ -176,7 +176,7 @@ class PaperTextProjection(nn.Module):
 
 
 class FusionMLP(nn.Module):
-    """Prediction MLP y = Lin(hidden -> 1)(ReLU(Lin(in -> hidden)(v))) (the code head's fusion, SPEC.md 4.5).
+    """Prediction MLP y = Lin(hidden -> 1)(ReLU(Lin(in -> hidden)(v))) (code head fusion, docs/method.md §4.5).
 
     Names ``fc1`` / ``fc`` follow the reference.
 

@@ -1,4 +1,4 @@
-"""Line graph of a (batched) crystal graph, built per batch with tensor ops (SPEC.md 2.6-2.7).
+"""Line graph of a (batched) crystal graph, built per batch with tensor ops (docs/method.md §2.6-2.7).
 
 Nodes of L(G) are the directed edges of G. For every pair of edges A = (a -> b) and B = (b -> c),
 i.e. head(A) == tail(B), L(G) has an edge A -> B, backtracking pairs (B the reverse of A) and

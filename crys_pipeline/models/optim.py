@@ -1,4 +1,4 @@
-"""AdamW parameter groups with the reference's no-decay rule (SPEC.md 5).
+"""AdamW parameter groups with the reference's no-decay rule (docs/method.md §6).
 
 Reference rule ("name"): no weight decay for parameters whose *name* contains "bias", "bn" or "norm".
 It misses the BatchNorms inside the embedding MLPs (named ``...layer.1.weight``), so those are decayed;

@@ -1,4 +1,4 @@
-"""Model variants by name and the graph-encoder registry (SPEC.md 4.5, 6 A1-A3).
+"""Model variants by name and the graph-encoder registry (docs/method.md §4.5, §7.3-7.5).
 
 ``build_model`` assembles the ``PropertyModel`` of a variant of ``crys_pipeline.variants.VARIANTS`` (which
 graph encoder and which cached text embedding it uses). Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
@@ -141,7 +141,7 @@ def build_model(
         hidden_features: ALIGNN width H.
         alignn_layers: ALIGNN layers.
         gcn_layers: EGGC layers after them.
-        head: "code" (released code, reference) or "paper" (the paper's equations), SPEC.md 4.5.
+        head: "code" (released code, reference) or "paper" (the paper's equations), docs/method.md §4.5.
         readout: per-crystal pooling, "mean" (reference) or "sum" (paper Eq. 5).
 
     Returns:
