@@ -9,7 +9,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from crys_pipeline.settings import validate_config
+from crys_pipeline.config import validate_config
 from crys_pipeline.variants import wildcard_pattern
 
 min_version("9.0")

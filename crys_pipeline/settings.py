@@ -18,12 +18,10 @@ Defaults are the paper's recipe; config.yaml sets the smaller offline values.
 from __future__ import annotations
 
 import argparse
-import copy
 import shlex
 import types
 import typing
 from dataclasses import Field, asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from crys_pipeline.schemas import TEXT_VARIANTS
@@ -329,37 +327,3 @@ def cli_args(cls: type, block: dict[str, Any], names: tuple[str, ...] | None = N
         else:
             words.append(f"{_flag(f.name)} {_word(value)}")
     return " ".join(words)
-
-
-def _with_defaults(validator_class: Any) -> Any:
-    """A jsonschema validator class that also fills every missing key that has a schema default."""
-    from jsonschema import validators
-
-    check_properties = validator_class.VALIDATORS["properties"]
-
-    def fill_then_check(validator: Any, properties: dict, instance: Any, schema: dict) -> Any:
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if "default" in sub:
-                    instance.setdefault(key, copy.deepcopy(sub["default"]))
-        yield from check_properties(validator, properties, instance, schema)
-
-    return validators.extend(validator_class, {"properties": fill_then_check})
-
-
-def validate_config(config: dict[str, Any], base_schema: Path) -> None:
-    """Validate a merged config against the whole schema and fill in the defaults (in place).
-
-    Raises:
-        ValueError: naming every offending key (dotted path) with the reason.
-    """
-    import jsonschema
-    import yaml
-
-    schema = config_schema(yaml.safe_load(base_schema.read_text()))
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"config.{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
-        raise ValueError(f"config does not match the schema ({base_schema} + crys_pipeline/settings.py):\n"
-                         + "\n".join(lines))

@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO, default_config
 
 from crys_pipeline import cli, settings
+from crys_pipeline.config import validate_config
 from crys_pipeline.schemas import TEXT_VARIANTS
 from crys_pipeline.variants import VARIANTS, variant
 
@@ -57,7 +58,7 @@ def test_cli_flags_round_trip_the_rule_params(block: str) -> None:
     """The flags a rule renders from the merged paper config parse back to exactly those settings."""
     cls = settings.STAGES[block]
     cfg = default_config("config/paper.yaml")
-    settings.validate_config(cfg, SCHEMA)
+    validate_config(cfg, SCHEMA)
     words = settings.cli_args(cls, cfg[block]).split()
     parser = argparse.ArgumentParser()
     settings.add_arguments(parser, cls)
@@ -74,7 +75,7 @@ def test_cli_flags_round_trip_the_rule_params(block: str) -> None:
 
 def test_a_setting_change_changes_only_its_stage_params() -> None:
     cfg = default_config()
-    settings.validate_config(cfg, SCHEMA)
+    validate_config(cfg, SCHEMA)
     before = {block: settings.cli_args(cls, cfg[block]) for block, cls in settings.STAGES.items()}
     cfg["train"]["hidden_features"] = 32
     cfg["train"]["jobs_per_gpu"] = 4  # a workflow setting: reaches no job
@@ -96,14 +97,14 @@ def test_bad_values_name_the_class_field_and_rule() -> None:
     cfg["train"]["epochs"] = 0
     cfg["embed"]["pooling"] = "max"
     with pytest.raises(ValueError, match=r"config\.embed\.pooling: 'max' is not one of") as err:
-        settings.validate_config(cfg, SCHEMA)
+        validate_config(cfg, SCHEMA)
     assert "config.train.epochs: 0 is less than the minimum of 1" in str(err.value)
 
 
 def test_validation_fills_defaults_from_the_dataclasses() -> None:
     cfg = default_config()
     del cfg["train"]["eval_batch_size"], cfg["attention"]
-    settings.validate_config(cfg, SCHEMA)
+    validate_config(cfg, SCHEMA)
     assert cfg["train"]["eval_batch_size"] == settings.TrainSettings().eval_batch_size == 256
     assert cfg["attention"] == settings.stamp(settings.AttentionSettings()) | {"layer": 5}
 

@@ -10,6 +10,7 @@ import yaml
 from conftest import REPO, default_config, snakemake_in, tiny_snapshot_dir
 
 from crys_pipeline import settings
+from crys_pipeline.config import validate_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -78,9 +79,14 @@ def test_paper_config_plans_through_snakemake_validation(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("overlays", [(), ("config/paper.yaml",), ("config/tiny.yaml",), ("config/example_folder.yaml",)])
-def test_shipped_configs_validate_merged(overlays: tuple[str, ...]) -> None:
+def test_shipped_configs_validate_merged(overlays: tuple[str, ...], tmp_path: Path) -> None:
+    from test_folder import make_example
+
     cfg = default_config(*overlays)
-    settings.validate_config(cfg, SCHEMA)
+    if "my_crystals" in cfg["sources"]:  # the example folder, as examples/make_example_folder.py writes it
+        make_example(tmp_path / "my_crystals", 6)
+        cfg["sources"]["my_crystals"]["root_dir"] = str(tmp_path / "my_crystals")
+    validate_config(cfg, SCHEMA)
     for block, cls in settings.STAGES.items():
         settings.make(cls, cfg[block])  # the filled-in blocks are valid settings
 
