@@ -2,8 +2,9 @@
 
 Writers stamp every file with its kind, SCHEMA_VERSION, the package version and the parameters
 that produced it, add checksums (Parquet page CRCs, a sha256 per graph shard in manifest.json, a
-sha256 per HDF5 dataset, a self-sha256 in every JSON object) and write atomically (temporary file,
-then rename), so a killed job never leaves a half-written artifact under its final name. Readers
+sha256 per HDF5 dataset, a self-sha256 in every JSON object) and write through one helper,
+`write_atomic` (temporary file beside the target, then rename), so a killed job never leaves a
+half-written artifact under its final name. Readers
 validate the layout declared in `schemas.py`, the checksums and, when asked, that the file was made
 with the expected parameters: a stale, foreign or damaged file is one ArtifactError naming the path
 and the fix, never a silent wrong value. Modules: `core` (stamps, JSON, text, torch), `parquet`,
@@ -21,6 +22,7 @@ from crys_pipeline.io.core import (
     read_torch,
     sha256_file,
     verify_files,
+    write_atomic,
     write_json,
     write_text,
     write_torch,
@@ -48,5 +50,5 @@ __all__ = [
     "CHECKSUM_KEY", "META_KEY", "ArtifactError", "EmbeddingsPartial", "check_lineage", "check_meta", "corrupt", "h5_summary",
     "np_dtype", "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags",
     "read_embeddings", "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_torch",
-    "sha256_file", "verify_files", "write_json", "write_parquet", "write_text", "write_torch",
+    "sha256_file", "verify_files", "write_atomic", "write_json", "write_parquet", "write_text", "write_torch",
 ]

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,21 +48,34 @@ def stamp(kind: str, params: dict[str, Any], extra: dict[str, Any] | None) -> di
     return meta
 
 
-def atomic_target(path: Path) -> Path:
-    """A temporary file beside `path` (same file system), to be renamed onto it once complete."""
+def write_atomic(path: str | Path, write: Callable[[Path], Any], staging: Path | None = None) -> None:
+    """Write `path` all or nothing: the one way every artifact reaches its final name.
+
+    `write(tmp)` fills a temporary file beside `path` (same folder, so the same file system), which is
+    then renamed onto `path` (`os.replace`, atomic): a reader or a killed job never sees a half-written
+    file under the final name. When `write` fails, the temporary file is removed and `path` is untouched.
+
+    Args:
+        path: the artifact's final path (its folder is created).
+        write: fills the file at the path it is given.
+        staging: a file beside `path` already being built under a name of its own (the resumable
+            embeddings `.partial`) to rename instead of a fresh temporary file; it is kept when `write`
+            fails, so a later run resumes it.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _replace_with(path: Path, write: Any) -> None:
-    tmp = atomic_target(path)
+    if staging is None:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    else:
+        tmp = staging
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if staging is None:
+            tmp.unlink(missing_ok=True)
 
 
 def json_digest(obj: Any) -> str:
@@ -77,7 +91,7 @@ def write_json(obj: Any, path: str | Path, checksum: bool = True) -> None:
     if checksum and isinstance(obj, dict):
         obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: json_digest(obj)}
     text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
-    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: str | Path, checked: bool = True) -> Any:
@@ -104,7 +118,7 @@ def read_json(path: str | Path, checked: bool = True) -> Any:
 
 def write_text(text: str, path: str | Path) -> None:
     """Write a text artifact (CSV, Markdown, JSON lines) atomically."""
-    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
@@ -124,7 +138,7 @@ def write_torch(obj: Any, path: str | Path) -> None:
     """torch.save `obj` (tensors and plain values only, so `read_torch` can load it) atomically."""
     import torch
 
-    _replace_with(Path(path), lambda tmp: torch.save(obj, tmp))
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_torch(path: str | Path) -> Any:

@@ -10,14 +10,13 @@ the sha256 of each shard in their manifest.json.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crys_pipeline.io.core import ArtifactError, atomic_target, corrupt, read_json, sha256_file, stamp
+from crys_pipeline.io.core import ArtifactError, corrupt, read_json, sha256_file, stamp, write_atomic
 from crys_pipeline.schemas import META_KEY, PARQUET, SCHEMA_VERSION, ParquetLayout, split_column
 
 
@@ -59,12 +58,7 @@ def write_parquet(
             table = table.set_column(idx, fld, table.column(fld.name).cast(fld.type))
     _check_columns(table.schema, layout, meta, str(path))
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
-    tmp = atomic_target(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_page_checksum=True))
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
