@@ -1,5 +1,8 @@
 """The declared outputs of a training run: metrics.jsonl, predictions.parquet, model.pt, model.json
 and summary.json (the val-selected model's results, with the sha256 of the other files).
+
+The two JSON files follow the layouts `schemas.RUN_MODEL` and `schemas.RUN_SUMMARY`, checked on write
+here and on read by every reader (`io.read_json(..., layout=...)`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from crys_pipeline import __version__, io
 from crys_pipeline.data import SPLITS, TrainingData
+from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict
 
 
@@ -65,14 +69,17 @@ def _versions() -> dict[str, str]:
 
 
 def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, device: torch.device) -> dict:
+    """model.json (layout `schemas.RUN_MODEL`) without `model_sha256`; the graph shards' params are
+    `graph_params`, the rest of their stamp `graph_meta`."""
     from crys_pipeline.models import encoder_settings
 
+    shard_meta = _jsonable(data.graph_meta)
     return {
-        "config": model.config, "graph_encoder": encoder_settings(model), "variant": cfg.variant, "target": cfg.target, "source": data.source,
-        "regime": data.split_meta["regime"], "seed": cfg.seed, "best_epoch": state.best_epoch,
-        "train_config": asdict(cfg), "versions": _versions(), "device": str(device),
-        "graph_params": _jsonable(data.graph_meta.get("params", {})),
-        "graph_meta": _jsonable(data.graph_meta), "embedding_attrs": _jsonable(data.embed_attrs),
+        "config": model.config, "graph_encoder": encoder_settings(model), "variant": cfg.variant,
+        "target": cfg.target, "source": data.source, "regime": data.split_meta["regime"], "seed": cfg.seed,
+        "best_epoch": state.best_epoch, "train_config": asdict(cfg), "versions": _versions(), "device": str(device),
+        "graph_params": shard_meta.pop("params", {}), "graph_meta": shard_meta,
+        "embedding_attrs": _jsonable(data.embed_attrs),
         "split": data.split_meta, "split_hash": data.split_meta["hash"], "data_hashes": data.hashes,
     }
 
@@ -105,6 +112,9 @@ def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, 
                   out_dir: Path, device: torch.device, wall: float) -> dict[str, Any]:
     """model.pt, model.json, predictions.parquet and summary.json of the val-best model; returns the summary.
 
+model.json and summary.json are checked against their layouts (`schemas.RUN_MODEL`, `schemas.RUN_SUMMARY`)
+before they are written.
+
     `wall` is the job's wall time (input loading plus every epoch, over all resumed sessions).
     """
     preds = _predictions(model, loaders, device)
@@ -113,9 +123,9 @@ def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, 
     _write_predictions(preds, out_dir / "predictions.parquet", asdict(cfg), extra)
     io.write_torch(model.state_dict(), out_dir / "model.pt")
     model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}
-    io.write_json(model_json, out_dir / "model.json")
+    io.write_json(model_json, out_dir / "model.json", layout=RUN_MODEL)
     summary = _summary(cfg, data, state, preds, wall)
     files = ("model.pt", "model.json", "metrics.jsonl", "predictions.parquet")
     summary["files"] = {name: io.sha256_file(out_dir / name) for name in files}
-    io.write_json(summary, out_dir / "summary.json")
+    io.write_json(summary, out_dir / "summary.json", layout=RUN_SUMMARY)
     return summary
