@@ -13,7 +13,8 @@ dagger and lists the paper's columns the table does not run (e.g. SchNet) below 
 Every run must belong to the table (same source and regime, a listed target and variant), every
 cell must have at least one run, and the seeds of a cell must share split, sizes and encoder:
 anything else raises `TableSpecError` naming the offending file, so a table is never assembled
-from runs of another configuration.
+from runs of another configuration. Each summary.json is read through its layout
+(`schemas.RUN_SUMMARY`): a missing, unknown or mistyped key is an ArtifactError naming file and key.
 """
 
 from __future__ import annotations
