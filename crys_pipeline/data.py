@@ -24,13 +24,12 @@ import torch
 from torch.utils.data import Dataset
 
 from crys_pipeline import io
+from crys_pipeline.io import GraphArrays
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
-#: Per material: (z int64 [N], edge_index int64 [2, E], edge_vec float32 [E, 3]).
-GraphArrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -95,8 +94,6 @@ def input_hashes(structures: Path, split: Path, graphs: Path | None, embeddings:
 
 def _load_graphs(graphs: Path) -> tuple[dict[str, GraphArrays], dict[str, str], dict[str, Any]]:
     """(ok graphs by id, failure reason by id, shard metadata)."""
-    from crys_pipeline.graphs import table_to_arrays
-
     table = io.read_graph_dir(graphs)
     failures = {
         mid: f"graph {status}: {error}"
@@ -106,7 +103,7 @@ def _load_graphs(graphs: Path) -> tuple[dict[str, GraphArrays], dict[str, str], 
         )
         if status != "ok"
     }
-    return table_to_arrays(table), failures, io.read_meta(_graph_shards(graphs)[0])
+    return io.decode_graphs(table), failures, io.read_meta(_graph_shards(graphs)[0])
 
 
 def _check_ids(path: Path, ids: list[str], structures: Path, structure_ids: set[str]) -> None:

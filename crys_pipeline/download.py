@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline.io import sha256_file, write_json
+from crys_pipeline.io import sha256_file, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,16 @@ def _http_download(url: str, dest: Path) -> None:
     import requests
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as response:
-        response.raise_for_status()
-        total = int(response.headers.get("content-length", 0))
-        with open(tmp, "wb") as handle, tqdm(total=total, unit="B", unit_scale=True, disable=None) as bar:
-            for block in response.iter_content(1 << 20):
-                handle.write(block)
-                bar.update(len(block))
-    tmp.replace(dest)
+    def stream(tmp: Path) -> None:
+        with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length", 0))
+            with open(tmp, "wb") as handle, tqdm(total=total, unit="B", unit_scale=True, disable=None) as bar:
+                for block in response.iter_content(1 << 20):
+                    handle.write(block)
+                    bar.update(len(block))
+
+    write_atomic(dest, stream)
 
 
 def download_figshare(jarvis_key: str, download_dir: Path) -> Path:

@@ -23,8 +23,8 @@ Edge vectors are ``((f_t + n) - f_s) . L_rounded`` cast to float32, as in ``buil
 but computed without BLAS (`rows_times`): ALIGNN's per-bond ``np.dot`` rounds differently on
 different OpenBLAS kernels (up to ~1e-14 A in near-zero components), ours is the same on every CPU.
 
-The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py: one row per input
-structure, failures with status/error) plus ``manifest.json`` (counts and the sha256 of every shard,
+The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py, encoded by
+``io.encode_graphs``: one row per input structure, failures with status/error) plus ``manifest.json`` (counts and the sha256 of every shard,
 verified by the reader). The graph parameters are stamped in
 every shard and checked by ``io.read_graph_dir(expect=...)``. Line graphs are not stored: the
 model builds them per batch (``crys_pipeline.models.line_graph``).
@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
 from crys_pipeline import __version__, io
@@ -315,66 +314,6 @@ def _rows_task(task: tuple[list[dict[str, Any]], GraphParams]) -> list[dict[str,
     return [graph_row(rec, params) for rec in records]
 
 
-def _offsets(lengths: Iterable[int]) -> pa.Array:
-    return pa.array(np.concatenate(([0], np.cumsum(list(lengths), dtype=np.int64))).astype(np.int32))
-
-
-def _concat(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
-
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Arrow table of graph rows in the ``graphs`` layout (built from flat arrays, no per-edge Python)."""
-    index_parts = [part for row in rows for part in row["edge_index"]]  # src0, dst0, src1, dst1, ...
-    index_lists = pa.ListArray.from_arrays(_offsets(len(p) for p in index_parts),
-                                           pa.array(_concat(index_parts, np.int32)))
-    vec_flat = _concat([row["edge_vec"].reshape(-1) for row in rows], np.float32)  # [3 * sum E]
-    vec_lists = pa.ListArray.from_arrays(_offsets(row["nedges"] for row in rows),
-                                         pa.FixedSizeListArray.from_arrays(pa.array(vec_flat), 3))
-    z_lists = pa.ListArray.from_arrays(_offsets(len(row["z"]) for row in rows),
-                                       pa.array(_concat([row["z"] for row in rows], np.int8)))
-    return pa.table({
-        "material_id": pa.array([row["material_id"] for row in rows], pa.string()),
-        "status": pa.array([row["status"] for row in rows], pa.string()),
-        "error": pa.array([row["error"] for row in rows], pa.string()),
-        "natoms": pa.array([row["natoms"] for row in rows], pa.int32()),
-        "nedges": pa.array([row["nedges"] for row in rows], pa.int32()),
-        "cutoff": pa.array([row["cutoff"] for row in rows], pa.float64()),
-        "z": z_lists,
-        "edge_index": pa.FixedSizeListArray.from_arrays(index_lists, 2),
-        "edge_vec": vec_lists,
-    })
-
-
-def _flat_values(column: pa.ChunkedArray, depth: int) -> np.ndarray:
-    """The innermost values of a nested list column, as one numpy array."""
-    array = column.combine_chunks()
-    for _ in range(depth):
-        array = array.flatten()
-    return array.to_numpy(zero_copy_only=False)
-
-
-def table_to_arrays(table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per-material arrays of the ok rows of a graphs table.
-
-    Returns:
-        material_id -> (z int64 [N], edge_index int64 [2, E], edge_vec float32 [E, 3]).
-    """
-    import pyarrow.compute as pc
-
-    ok = table.filter(pc.equal(table.column("status"), STATUS_OK))
-    natoms = ok.column("natoms").to_numpy().astype(np.int64)
-    nedges = ok.column("nedges").to_numpy().astype(np.int64)
-    zs = np.split(_flat_values(ok.column("z"), 1).astype(np.int64), np.cumsum(natoms)[:-1])
-    index_all = _flat_values(ok.column("edge_index"), 2).astype(np.int64)
-    index_rows = np.split(index_all, np.cumsum(np.repeat(nedges, 2))[:-1])  # src0, dst0, src1, dst1, ...
-    vecs = np.split(_flat_values(ok.column("edge_vec"), 2).reshape(-1, 3), np.cumsum(nedges)[:-1])
-    return {
-        mid: (zs[n], np.stack(index_rows[2 * n:2 * n + 2]), vecs[n])
-        for n, mid in enumerate(ok.column("material_id").to_pylist())
-    }
-
-
 def _records(structures: Path) -> list[dict[str, Any]]:
     table = io.read_parquet(structures, "structures",
                             columns=["material_id", "lattice", "species", "frac_coords"])
@@ -428,7 +367,7 @@ def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers
     n_shards = max(1, math.ceil(len(records) / shard_size))
     shards, rows = [], _graph_rows(records, params, workers)
     for index in range(n_shards):
-        table = rows_to_table(list(itertools.islice(rows, shard_size)))
+        table = io.encode_graphs(list(itertools.islice(rows, shard_size)))
         name = f"shard-{index:05d}.parquet"
         io.write_parquet(table, out_dir / name, "graphs", params.as_meta(),
                          {**extra, "shard": index, "n_shards": n_shards})

@@ -23,6 +23,7 @@ from typing import Any
 
 from crys_pipeline import __version__
 from crys_pipeline.io import read_json, read_parquet, write_json
+from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _metadata(summary: dict[str, Any], model_json: dict[str, Any], contact: dict
         "author_email": contact.get("author_email", ""),
         "database_version": "8-18-2021" if summary["source"].startswith("jarvis") else "6-1-2018",
         "team_name": contact.get("team_name", "crys_pipeline"),
-        "time_taken_seconds": summary.get("wall_seconds"),
+        "time_taken_seconds": summary["wall_seconds"],
         "language": "python",
         "os": platform.system().lower(),
         "software_used": f"crys_pipeline {__version__},torch,torch_geometric,transformers,pymatgen,robocrys",
@@ -72,7 +73,7 @@ def export_leaderboard(run_dir: Path, out_dir: Path, contact: dict[str, str] | N
         ValueError: the run's target has no JARVIS-Leaderboard benchmark, or its test ids are not
             benchmark test ids (a different split was used).
     """
-    summary = read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json", layout=RUN_SUMMARY)
     key = (summary["source"], summary["target"])
     if key not in BENCHMARKS:
         raise ValueError(f"{run_dir}: {key[0]}/{key[1]} has no JARVIS-Leaderboard benchmark, so the leaderboard "
@@ -99,7 +100,7 @@ def export_leaderboard(run_dir: Path, out_dir: Path, contact: dict[str, str] | N
     zip_path = out_dir / f"{name}.zip"
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(name, text.getvalue())
-    model_json = read_json(run_dir / "model.json") if (run_dir / "model.json").exists() else {}
+    model_json = read_json(run_dir / "model.json", layout=RUN_MODEL) if (run_dir / "model.json").exists() else {}
     write_json(_metadata(summary, model_json, contact or {}), out_dir / "metadata.json", checksum=False)
     log.info("wrote %s (%d test predictions, %.1f%% of the benchmark)", zip_path, len(rows), 100 * coverage)
     return zip_path

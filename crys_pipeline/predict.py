@@ -136,7 +136,7 @@ def graph_arrays(crystal: Crystal, graph_params: dict[str, Any]) -> tuple[np.nda
 
 def text_settings(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """(encoder settings, describe settings, global_header) the run's text embeddings were made with."""
-    attrs = meta.get("embedding_attrs") or {}
+    attrs = meta["embedding_attrs"]
     sections_params = (attrs.get("inputs") or {}).get("sections_params") or {}
     if not sections_params:
         log.warning("model.json records no section/describe settings: using the defaults")
@@ -259,8 +259,7 @@ def run_predict(run_dirs: list[Path], paths: list[Path]) -> tuple[list[Crystal],
     cache: dict = {}
     for run in runs:
         predict_run(run, crystals, cache)
-    unit = runs[0].meta.get("unit") or runs[0].meta["target"]
-    return crystals, format_table(crystals, runs, unit)
+    return crystals, format_table(crystals, runs, runs[0].meta["target"])
 
 
 def has_failures(crystals: list[Crystal]) -> bool:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from crys_pipeline import __version__
 from crys_pipeline.io import read_json, read_jsonl, read_parquet, verify_files, write_text
+from crys_pipeline.schemas import RUN_SUMMARY
 from crys_pipeline.tables import fmt, read_table_csv, table_markdown
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ def load_run(summary_path: Path) -> Run:
     """Read a run's summary, per-epoch metrics and test-split predictions (checked against the sha256
     the summary records for them)."""
     run_dir = Path(summary_path).parent
-    summary = read_json(summary_path)
-    verify_files(run_dir, summary.get("files"))
+    summary = read_json(summary_path, layout=RUN_SUMMARY)
+    verify_files(run_dir, summary["files"])
     table = read_parquet(run_dir / "predictions.parquet", "predictions", columns=["split", "target", "prediction"])
     test = [i for i, split in enumerate(table.column("split").to_pylist()) if split == "test"]
     y_true = np.asarray(table.column("target").to_pylist(), dtype=np.float64)[test]
@@ -154,7 +155,7 @@ def curves_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
             val, test = _series(run.metrics, "val_mae"), _series(run.metrics, "test_mae")
             ax.plot(epochs, val, ls="--", color=color, label=f"val, seed {run.summary['seed']}")
             ax.plot(epochs, test, color=color, label=f"test, seed {run.summary['seed']}")
-            if run.summary.get("best_epoch") in epochs:
+            if run.summary["best_epoch"] in epochs:
                 best = epochs.index(run.summary["best_epoch"])
                 ax.plot([epochs[best]], [val[best]], "o", color=color, ms=5, label="val-selected" if i == 0 else None)
         ax.set_yscale("log")
@@ -222,7 +223,7 @@ def _span(values: list[int]) -> str:
 
 
 def _caveat(runs: list[Run]) -> str:
-    encoders = sorted({r.summary["encoder"] for r in runs if r.summary.get("encoder")})
+    encoders = sorted({r.summary["encoder"] for r in runs if r.summary["encoder"]})
     n_train = sorted({int(r.summary["n_train"]) for r in runs})
     epochs = sorted({len(r.metrics) for r in runs})
     return (

@@ -1,9 +1,11 @@
-"""The single source of every artifact layout (Parquet and HDF5) and of SCHEMA_VERSION.
+"""The single source of every artifact layout (Parquet, HDF5 and JSON) and of SCHEMA_VERSION.
 
 Each Parquet artifact kind has a `ParquetLayout`: its required columns with their Arrow types.
 Some kinds also carry per-source dynamic columns (one float64 column per target and one string
 `split_<target>` column), declared through the file metadata's `targets` list and checked by
-`io.read_parquet`. Bump SCHEMA_VERSION whenever a layout changes: readers refuse other versions.
+`io.read_parquet`. The embeddings file has an `H5Layout`; the JSON files of a training run
+(summary.json, model.json) have a `JsonLayout`, checked by `io.write_json` / `io.read_json`.
+Bump SCHEMA_VERSION whenever a layout changes: readers refuse other versions.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 #: 2: Parquet page checksums, per-dataset sha256 of the embeddings (`digests`), structures lineage.
-SCHEMA_VERSION = "2"
+#: 3: declared summary.json / model.json layouts (stamped with kind and schema_version); model.json holds the
+#: graph params once (`graph_params`; `graph_meta` without them).
+SCHEMA_VERSION = "3"
 
 #: Key under which every artifact stores its JSON metadata (Parquet schema metadata / HDF5 attrs).
 META_KEY = "crys_pipeline"
@@ -258,16 +262,71 @@ EMBEDDINGS = H5Layout(
 
 H5: dict[str, H5Layout] = {EMBEDDINGS.kind: EMBEDDINGS}
 
-#: model.json of a training run: required key -> JSON type (checked by `io.read_model_json`).
-#: `model_sha256` is the sha256 of the run's model.pt, verified before the weights are loaded.
-MODEL_JSON: dict[str, type | tuple[type, ...]] = {
-    "config": dict,
-    "variant": str,
-    "target": str,
-    "source": str,
-    "regime": str,
-    "seed": int,
-    "graph_params": dict,
-    "embedding_attrs": dict,
-    "model_sha256": str,
+#: JSON value types of a `JsonLayout` key: type name -> accepted Python types (bool is never an int or number).
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "number": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,),
 }
+
+
+@dataclass(frozen=True)
+class JsonLayout:
+    """The keys of one JSON object artifact with their JSON types; nothing more, nothing less.
+
+    Every file also carries `kind` and `schema_version` (added by `io.write_json`), like the
+    Parquet and HDF5 stamps.
+
+    Attributes:
+        kind: artifact kind name stored under `kind`.
+        description: one line for the docs.
+        keys: key -> a `JSON_TYPES` name, with a trailing "?" when the value may be null.
+    """
+
+    kind: str
+    description: str
+    keys: dict[str, str]
+
+    def problem(self, obj: dict) -> str | None:
+        """What makes `obj` break this layout (naming the key), or None when it follows it."""
+        if obj.get("schema_version") != SCHEMA_VERSION:
+            return (f"key 'schema_version' is {obj.get('schema_version')!r}, this crys_pipeline reads {self.kind} "
+                    f"files of schema version {SCHEMA_VERSION!r} only (written by another version)")
+        if obj.get("kind") != self.kind:
+            return f"key 'kind' is {obj.get('kind')!r}, expected a {self.kind!r} file"
+        for key, spec in self.keys.items():
+            name, nullable = spec.rstrip("?"), spec.endswith("?")
+            value = obj.get(key)
+            if key not in obj:
+                return f"key {key!r} is missing (the {self.kind} layout needs {spec})"
+            ok = isinstance(value, JSON_TYPES[name]) and (name == "bool" or not isinstance(value, bool))
+            if not (ok or (nullable and value is None)):
+                return f"key {key!r} is {type(value).__name__}, the {self.kind} layout needs {spec}"
+        extra = sorted(set(obj) - set(self.keys) - {"kind", "schema_version"})
+        return f"key {extra[0]!r} is not in the {self.kind} layout" if extra else None
+
+
+RUN_SUMMARY = JsonLayout(
+    kind="run_summary",
+    description="summary.json of a training run: the val-selected model's MAEs (null for an empty set or a "
+    "non-finite value), split sizes and drops, encoder, stop reason and the sha256 of the run's other files",
+    keys={
+        "source": "str", "target": "str", "variant": "str", "regime": "str", "seed": "int",
+        "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",
+        "last_test_mae": "number?", "min_test_mae": "number?",
+        "best_epoch": "int", "epochs_run": "int", "epochs": "int", "stop_reason": "str",
+        "n_train": "int", "n_val": "int", "n_test": "int", "dropped": "list",
+        "encoder": "str?", "text_variant": "str?", "split_hash": "str", "split_method": "str",
+        "wall_seconds": "number", "files": "dict",
+    },
+)
+
+RUN_MODEL = JsonLayout(
+    kind="run_model",
+    description="model.json of a training run: what rebuilds and featurises for its model.pt (constructor args, "
+    "graph params, embeddings attributes), the settings, versions and inputs, and model.pt's sha256",
+    keys={
+        "config": "dict", "graph_encoder": "dict?", "variant": "str", "target": "str", "source": "str",
+        "regime": "str", "seed": "int", "best_epoch": "int", "train_config": "dict", "versions": "dict",
+        "device": "str", "graph_params": "dict", "graph_meta": "dict", "embedding_attrs": "dict",
+        "split": "dict", "split_hash": "str", "data_hashes": "dict", "model_sha256": "str",
+    },
+)

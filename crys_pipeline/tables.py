@@ -13,7 +13,8 @@ copied values with a dagger and lists the paper's columns the table does not run
 Every run must belong to the table (same source and regime, a listed target and variant), every
 cell must have at least one run, and the seeds of a cell must share split, sizes and encoder:
 anything else raises `TableSpecError` naming the offending file, so a table is never assembled
-from runs of another configuration.
+from runs of another configuration. Each summary.json is read through its layout
+(`schemas.RUN_SUMMARY`): a missing, unknown or mistyped key is an ArtifactError naming file and key.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from crys_pipeline import __version__
 from crys_pipeline.io import read_json, write_text
+from crys_pipeline.schemas import RUN_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,6 @@ COLUMNS = [
     "n_dropped", "n_seeds", "seeds", "mae_mean", "mae_std", "last_mae_mean", "min_test_mae_mean",
     "paper_mae", "ratio_to_paper", "paper_label", "paper_ref", "paper_origin", "split_hash",
 ]
-#: Keys every run summary must carry.
-SUMMARY_KEYS = (
-    "source", "target", "variant", "regime", "seed", "test_mae", "last_test_mae", "min_test_mae",
-    "n_train", "n_val", "n_test", "dropped", "encoder", "split_hash",
-)
 #: Keys that must agree between the seeds of one cell.
 SHARED_KEYS = ("split_hash", "n_train", "n_val", "n_test", "encoder")
 _INT_COLUMNS = {"n_train", "n_val", "n_test", "n_dropped", "n_seeds"}
@@ -99,14 +96,6 @@ def spec_targets(spec: dict[str, Any], units: dict[str, str]) -> list[str]:
     return names
 
 
-def _load_summary(path: Path) -> dict[str, Any]:
-    summary = read_json(path)
-    missing = [k for k in SUMMARY_KEYS if k not in summary]
-    if missing:
-        raise TableSpecError(f"{path}: run summary lacks keys {missing}")
-    return summary
-
-
 def _check_folder(path: Path, summary: dict[str, Any]) -> None:
     """A summary inside a `{source}/{target}/{variant}/{regime}/seed{seed}` run folder must be that run's."""
     if not path.parent.name.startswith("seed") or len(path.parents) < 6:
@@ -142,7 +131,7 @@ def group_runs(
     """
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {(t, v): [] for t in targets for v in spec["variants"]}
     for path in map(Path, runs):
-        summary = _load_summary(path)
+        summary = read_json(path, layout=RUN_SUMMARY)
         _check_run(path, summary, spec, targets)
         cell = cells[(summary["target"], summary["variant"])]
         if any(s["seed"] == summary["seed"] for s in cell):
@@ -201,7 +190,7 @@ def cell_row(
         "paper_origin": paper.origin if paper else "",
         "split_hash": shared["split_hash"],
         "notes": [f"seed {s['seed']}: {s['stop_reason']}" for s in cell
-                  if str(s.get("stop_reason", "")).startswith("diverged")],
+                  if s["stop_reason"].startswith("diverged")],
     }
 
 

@@ -25,7 +25,7 @@ from graph_reference import JARVIS_FULL, MP_FULL, alignn_edges, compare_edges, r
 
 from crys_pipeline import cli, io
 from crys_pipeline.atom_features import cgcnn_feature_table, cgcnn_provenance
-from crys_pipeline.graphs import GraphParams, knn_graph, table_to_arrays
+from crys_pipeline.graphs import GraphParams, knn_graph
 
 ONE_ATOM = ["JVASP-21210", "JVASP-78327", "JVASP-78343", "mp-2", "mp-13", "mp-23", "mp-30", "mp-39", "mp-41",
             "mp-45", "mp-50", "mp-51", "mp-62", "mp-71", "mp-75", "mp-81", "mp-85", "mp-91", "mp-101", "mp-102",
@@ -176,7 +176,7 @@ def test_stage_writes_shards_manifest_and_round_trips(jarvis_structures: Path, t
     table = io.read_graph_dir(out, expect=PARAMS.as_meta())
     structures = io.read_parquet(jarvis_structures, "structures").to_pylist()
     assert table.column("material_id").to_pylist() == [r["material_id"] for r in structures]
-    arrays = table_to_arrays(table)
+    arrays = io.decode_graphs(table)
     for rec in structures[::17]:
         z, edge_index, edge_vec = arrays[rec["material_id"]]
         graph = knn_graph(rec["lattice"], rec["frac_coords"])
@@ -223,7 +223,7 @@ def test_failed_structure_becomes_a_row(jarvis_structures: Path, tmp_path: Path)
     assert failed[0]["status"] == "failed" and "Singular matrix" in failed[0]["error"]
     assert failed[0]["nedges"] == 0 and failed[0]["natoms"] == len(table.column("species")[3])
     assert io.read_json(tmp_path / "graphs" / "manifest.json")["counts"] == {"rows": 100, "ok": 99, "failed": 1}
-    assert len(table_to_arrays(io.read_graph_dir(tmp_path / "graphs"))) == 99
+    assert len(io.decode_graphs(io.read_graph_dir(tmp_path / "graphs"))) == 99
 
 
 def test_cgcnn_table_matches_jarvis() -> None:

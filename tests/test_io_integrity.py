@@ -138,3 +138,24 @@ def test_read_torch_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None
     plain = tmp_path / "plain.pt"
     io.write_torch({"weight": torch.ones(2), "epoch": 3, "rng": (3, (1, 2), None)}, plain)
     assert io.read_torch(plain)["epoch"] == 3
+
+
+def test_a_write_that_fails_leaves_the_old_artifact_and_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "summary.json"
+    io.write_json({"test_mae": 0.48}, path)
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text('{"test_mae": 0.2')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        io.write_atomic(path, half_then_fail)
+    assert io.read_json(path) == {"test_mae": 0.48}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["summary.json"]
+    staging = path.with_name("summary.json.partial")
+    staging.write_text("resumable")
+    with pytest.raises(OSError, match="disk full"):
+        io.write_atomic(path, half_then_fail, staging=staging)
+    assert staging.is_file() and io.read_json(path) == {"test_mae": 0.48}
+    io.write_atomic(path, lambda tmp: tmp.write_text("done\n"), staging=staging)
+    assert path.read_text() == "done\n" and not staging.exists()

@@ -149,7 +149,9 @@ def test_crafted_model_pt_is_refused_without_running_it(alignn_runs: dict, tmp_p
      "model.pt: corrupt or unreadable artifact .*sha256 differs"),
     (lambda run: io.write_json({k: v for k, v in io.read_json(run / "model.json").items() if k != "variant"},
                                run / "model.json"),
-     "model.json: field 'variant' is NoneType, the model.json layout needs str"),
+     r"model.json: key 'variant' is missing \(the run_model layout needs str\); delete it and rerun"),
+    (lambda run: io.write_json({**io.read_json(run / "model.json"), "seed": "0"}, run / "model.json"),
+     "model.json: key 'seed' is str, the run_model layout needs int"),
 ])
 def test_damaged_run_files_are_named(alignn_runs: dict, tmp_path: Path, edit, message: str) -> None:
     run = _copy_run(alignn_runs["runs"][0], tmp_path / "run")

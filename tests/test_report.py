@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_tables import GRID_MAE, TABLE1, UNITS, make_grid, make_run
+from test_tables import GRID_MAE, TABLE1, UNITS, make_grid, make_run, run_files
 
 from crys_pipeline import cli, io
 from crys_pipeline.report import build_report, load_run
@@ -112,6 +112,7 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     meta = io.read_meta(pred_path)
     io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, "predictions",
                      meta["params"], {k: meta[k] for k in ("source", "target", "variant", "regime", "seed", "split_hash")})
+    io.write_json({**io.read_json(summary_path), "files": run_files(summary_path.parent)}, summary_path)
     spec = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
     build_table("table1", spec, UNITS, [summary_path], tmp_path / "table1.csv", tmp_path / "table1.md")
     out_md = tmp_path / "report.md"

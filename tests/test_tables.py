@@ -14,6 +14,7 @@ import pytest
 from conftest import SHARED_DATA, tiny_records
 
 from crys_pipeline import cli, io
+from crys_pipeline.schemas import RUN_SUMMARY
 from crys_pipeline.tables import (
     TableSpecError,
     assemble_table,
@@ -54,12 +55,19 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
                 "lr": 1e-3, "seconds": 0.5} for e, k in enumerate(EPOCH_SHAPE, start=1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     summary = {
-        **meta, "test_mae": test_mae, "last_test_mae": EPOCH_SHAPE[-1] * test_mae, "min_test_mae": test_mae,
-        "best_epoch": 4, "n_train": 16, "n_val": 4, "n_test": 4, "dropped": [],
-        "encoder": ENCODER if variant != "alignn" else None, "wall_seconds": 2.5,
+        **meta, "test_mae": test_mae, "val_mae": test_mae, "train_mae": test_mae,
+        "last_test_mae": EPOCH_SHAPE[-1] * test_mae, "min_test_mae": test_mae, "best_epoch": 4, "epochs_run": 5,
+        "epochs": 5, "stop_reason": "completed", "n_train": 16, "n_val": 4, "n_test": 4, "dropped": [],
+        "encoder": ENCODER if variant != "alignn" else None, "text_variant": "full" if variant != "alignn" else None,
+        "split_method": "official", "wall_seconds": 2.5, "files": run_files(run_dir),
     }
-    io.write_json(summary, run_dir / "summary.json")
+    io.write_json(summary, run_dir / "summary.json", layout=RUN_SUMMARY)
     return run_dir / "summary.json"
+
+
+def run_files(run_dir: Path) -> dict[str, str]:
+    """The summary's `files` entry: sha256 of the run's metrics.jsonl and predictions.parquet."""
+    return {name: io.sha256_file(run_dir / name) for name in ("metrics.jsonl", "predictions.parquet")}
 
 
 #: test MAE per (target, variant, seed) of the standard grid

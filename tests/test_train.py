@@ -7,6 +7,8 @@ overfit test trains on 200 real crystals and is marked slow.
 from __future__ import annotations
 
 import math
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, structure_ids, write_split
 
 from crys_pipeline import io, train
+from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 
 TARGET = "formation_energy_peratom"
 SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8}
@@ -112,6 +115,77 @@ def test_compiled_training_follows_the_eager_run(run3: Path, jarvis40, split30, 
     assert [m["val_mae"] for m in metrics] == pytest.approx([m["val_mae"] for m in reference], rel=5e-3)
     assert summary["test_mae"] == pytest.approx(io.read_json(run3 / "summary.json")["test_mae"], rel=5e-3)
     assert io.read_json(tmp_path / "model.json")["train_config"]["compile"] is True
+
+
+def test_model_json_holds_the_graph_params_once(run3: Path, jarvis40) -> None:
+    from crys_pipeline.graphs import GraphParams
+
+    model_json = io.read_json(run3 / "model.json", layout=RUN_MODEL)
+    shard = io.read_meta(next((jarvis40["graphs"]).glob("shard-*.parquet")))
+    assert model_json["graph_params"] == shard["params"] == GraphParams().as_meta()
+    assert "params" not in model_json["graph_meta"] and model_json["graph_meta"]["n_shards"] == shard["n_shards"]
+    assert not [k for k, v in model_json.items() if v == shard["params"] and k != "graph_params"]
+
+
+def _copied_run(run3: Path, dest: Path, name: str, edit) -> Path:
+    """A copy of run3 whose `name` (summary.json / model.json) is edited by `edit` (valid checksum)."""
+    shutil.copytree(run3, dest)
+    io.write_json(edit(io.read_json(dest / name)), dest / name)
+    return dest
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: {k: v for k, v in s.items() if k != "n_test"},
+     "key 'n_test' is missing (the run_summary layout needs int)"),
+    (lambda s: {**s, "test_mae": "0.05"}, "key 'test_mae' is str, the run_summary layout needs number?"),
+    (lambda s: {**s, "seed": True}, "key 'seed' is bool, the run_summary layout needs int"),
+    (lambda s: {**s, "encoder": None, "split_hash": None},
+     "key 'split_hash' is NoneType, the run_summary layout needs str"),
+    (lambda s: {**s, "unit": "eV"}, "key 'unit' is not in the run_summary layout"),
+    (lambda s: {k: v for k, v in s.items() if k not in ("kind", "schema_version")},
+     "key 'schema_version' is None, this crys_pipeline reads run_summary files of schema version '3' only"),
+])
+def test_summary_breaking_its_layout_is_refused_by_every_reader(run3: Path, tmp_path: Path, edit,
+                                                                message: str) -> None:
+    """tables, report and the leaderboard export read summary.json through its layout: the error names the
+    file and the key."""
+    from crys_pipeline import leaderboard, report, tables
+
+    run = _copied_run(run3, tmp_path / "run", "summary.json", edit)
+    spec = {"source": "jarvis_dft_3d_2021", "targets": [TARGET], "variants": ["alignn"], "regime": "full"}
+    readers = [lambda: tables.assemble_table("table1", spec, {TARGET: "eV/atom"}, [run / "summary.json"]),
+               lambda: report.load_run(run / "summary.json"),
+               lambda: leaderboard.export_leaderboard(run, tmp_path / "lb")]
+    for read in readers:
+        with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'summary.json'}: {message}")):
+            read()
+    assert not (tmp_path / "lb").exists()
+
+
+def test_model_json_of_the_old_layout_is_refused(run3: Path, tmp_path: Path) -> None:
+    """A schema-2 model.json (no kind or schema_version, the graph params twice) is refused with the version."""
+    from crys_pipeline import predict
+
+    def old_layout(meta: dict) -> dict:
+        meta = {k: v for k, v in meta.items() if k not in ("kind", "schema_version")}
+        return {**meta, "graph_meta": {**meta["graph_meta"], "params": meta["graph_params"]}}
+
+    run = _copied_run(run3, tmp_path / "run", "model.json", old_layout)
+    with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'model.json'}: key 'schema_version' is None, this "
+                                                         "crys_pipeline reads run_model files of schema version '3'")):
+        predict.load_run(run)
+
+
+def test_a_summary_breaking_its_layout_is_not_written(run3: Path, tmp_path: Path) -> None:
+    summary = io.read_json(run3 / "summary.json", layout=RUN_SUMMARY)
+    path = tmp_path / "summary.json"
+    with pytest.raises(io.ArtifactError, match=re.escape(f"{path}: not written, key 'wall_seconds' is missing")):
+        io.write_json({k: v for k, v in summary.items() if k != "wall_seconds"}, path, layout=RUN_SUMMARY)
+    with pytest.raises(io.ArtifactError, match=re.escape(f"{path}: not written, key 'n_val' is float")):
+        io.write_json({**summary, "n_val": 5.0}, path, layout=RUN_SUMMARY)
+    assert not path.exists()
+    io.write_json(summary, path, layout=RUN_SUMMARY)
+    assert io.read_json(path, layout=RUN_SUMMARY) == summary
 
 
 def test_one_cycle_recipe_steps_exactly_epochs_times_batches(run3: Path) -> None:

@@ -12,15 +12,18 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from crys_pipeline import __version__
-from crys_pipeline.schemas import SCHEMA_VERSION
+from crys_pipeline.schemas import RUN_MODEL, SCHEMA_VERSION, JsonLayout
 
 #: Key of the self-checksum in every JSON object artifact.
 CHECKSUM_KEY = "_sha256"
+#: The fix for an artifact that cannot be used.
+REBUILD = "delete it and rerun the stage that makes it (snakemake rebuilds a deleted file)"
 
 
 class ArtifactError(ValueError):
@@ -30,8 +33,7 @@ class ArtifactError(ValueError):
 def corrupt(path: str | Path, exc: BaseException | str) -> ArtifactError:
     """The one-line error for an unreadable or damaged artifact: the path, the cause and the fix."""
     cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    return ArtifactError(f"{path}: corrupt or unreadable artifact ({cause}); delete it and rerun the stage that "
-                         "makes it (snakemake rebuilds a deleted file)")
+    return ArtifactError(f"{path}: corrupt or unreadable artifact ({cause}); {REBUILD}")
 
 
 def stamp(kind: str, params: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -47,21 +49,34 @@ def stamp(kind: str, params: dict[str, Any], extra: dict[str, Any] | None) -> di
     return meta
 
 
-def atomic_target(path: Path) -> Path:
-    """A temporary file beside `path` (same file system), to be renamed onto it once complete."""
+def write_atomic(path: str | Path, write: Callable[[Path], Any], staging: Path | None = None) -> None:
+    """Write `path` all or nothing: the one way every artifact reaches its final name.
+
+    `write(tmp)` fills a temporary file beside `path` (same folder, so the same file system), which is
+    then renamed onto `path` (`os.replace`, atomic): a reader or a killed job never sees a half-written
+    file under the final name. When `write` fails, the temporary file is removed and `path` is untouched.
+
+    Args:
+        path: the artifact's final path (its folder is created).
+        write: fills the file at the path it is given.
+        staging: a file beside `path` already being built under a name of its own (the resumable
+            embeddings `.partial`) to rename instead of a fresh temporary file; it is kept when `write`
+            fails, so a later run resumes it.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _replace_with(path: Path, write: Any) -> None:
-    tmp = atomic_target(path)
+    if staging is None:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    else:
+        tmp = staging
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if staging is None:
+            tmp.unlink(missing_ok=True)
 
 
 def json_digest(obj: Any) -> str:
@@ -69,23 +84,35 @@ def json_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_json(obj: Any, path: str | Path, checksum: bool = True) -> None:
+def write_json(obj: Any, path: str | Path, checksum: bool = True, layout: JsonLayout | None = None) -> None:
     """Write JSON atomically (sorted keys, indented); a dict gets its own sha256 under `CHECKSUM_KEY`.
 
-    `checksum=False` only for files another program reads (e.g. a leaderboard contribution).
+    `checksum=False` only for files another program reads (e.g. a leaderboard contribution). With a
+    `layout`, the dict is stamped with the layout's kind and SCHEMA_VERSION and must follow it.
+
+    Raises:
+        ArtifactError: `obj` breaks `layout`; the message names the path and the key.
     """
+    if layout is not None:
+        obj = {**obj, "kind": layout.kind, "schema_version": SCHEMA_VERSION}
+        problem = layout.problem(obj)
+        if problem:
+            raise ArtifactError(f"{path}: not written, {problem}")
     if checksum and isinstance(obj, dict):
         obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: json_digest(obj)}
     text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
-    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def read_json(path: str | Path, checked: bool = True) -> Any:
+def read_json(path: str | Path, checked: bool = True, layout: JsonLayout | None = None) -> Any:
     """Read a JSON artifact; a dict's `CHECKSUM_KEY` is verified (required unless `checked=False`) and dropped.
+
+    With a `layout`, the file must be a dict following it (kind, SCHEMA_VERSION, every key with its type).
 
     Raises:
         FileNotFoundError: no such file.
-        ArtifactError: not JSON, or (checked) no or a wrong checksum; the message names the path and the fix.
+        ArtifactError: not JSON, (checked) no or a wrong checksum, or (layout) a missing, unknown or mistyped
+            key; the message names the path, the key and the fix.
     """
     path = Path(path)
     try:
@@ -93,18 +120,23 @@ def read_json(path: str | Path, checked: bool = True) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         raise corrupt(path, exc) from exc
     if not isinstance(obj, dict):
+        if layout is not None:
+            raise corrupt(path, f"a JSON {type(obj).__name__}, the {layout.kind} layout is an object")
         return obj
     digest = obj.pop(CHECKSUM_KEY, None)
     if checked and digest is None:
         raise corrupt(path, f"no {CHECKSUM_KEY} checksum: not written by this version of crys_pipeline")
     if digest is not None and digest != json_digest(obj):
         raise corrupt(path, f"{CHECKSUM_KEY} checksum mismatch: the file changed after it was written")
+    problem = layout.problem(obj) if layout is not None else None
+    if problem:
+        raise ArtifactError(f"{path}: {problem}; {REBUILD}")
     return obj
 
 
 def write_text(text: str, path: str | Path) -> None:
     """Write a text artifact (CSV, Markdown, JSON lines) atomically."""
-    _replace_with(Path(path), lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
@@ -124,7 +156,7 @@ def write_torch(obj: Any, path: str | Path) -> None:
     """torch.save `obj` (tensors and plain values only, so `read_torch` can load it) atomically."""
     import torch
 
-    _replace_with(Path(path), lambda tmp: torch.save(obj, tmp))
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_torch(path: str | Path) -> Any:
@@ -153,21 +185,14 @@ def read_torch(path: str | Path) -> Any:
 
 
 def read_model_json(run_dir: str | Path) -> dict[str, Any]:
-    """A run's model.json (checksum and `schemas.MODEL_JSON` layout verified) after checking that the
+    """A run's model.json (checksum and `schemas.RUN_MODEL` layout verified) after checking that the
     run's model.pt is the file it names (`model_sha256`).
 
     Raises:
-        ArtifactError: a missing key, a value of the wrong type, or a model.pt that is not the run's own.
+        ArtifactError: a missing, unknown or mistyped key, or a model.pt that is not the run's own.
     """
-    from crys_pipeline.schemas import MODEL_JSON
-
     path = Path(run_dir) / "model.json"
-    meta = read_json(path)
-    for key, typ in MODEL_JSON.items():
-        if not isinstance(meta.get(key), typ):
-            raise ArtifactError(f"{path}: field {key!r} is {type(meta.get(key)).__name__}, the model.json layout "
-                                f"needs {getattr(typ, '__name__', typ)}; retrain the run or use one written by "
-                                "`crys-pipeline train`")
+    meta = read_json(path, layout=RUN_MODEL)
     weights = path.with_name("model.pt")
     if not weights.is_file() or sha256_file(weights) != meta["model_sha256"]:
         raise corrupt(weights, f"missing or not the file {path.name} was written with (sha256 differs)")

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline.io.core import ArtifactError, corrupt, stamp
+from crys_pipeline.io.core import ArtifactError, corrupt, stamp, write_atomic
 from crys_pipeline.io.parquet import check_meta
 from crys_pipeline.schemas import META_KEY
 
@@ -105,20 +104,24 @@ class EmbeddingsPartial:
             self._h5.close()
 
     def finalize(self, attrs: dict[str, Any]) -> None:
-        """Check completeness, add `attrs`, drop the bookkeeping, close and rename to the final path."""
+        """Check completeness, seal the file (`attrs`, digests, no bookkeeping) and rename it to the final path."""
         from crys_pipeline.schemas import EMBEDDINGS
 
         missing = {v: int((~self.done(v)).sum()) for v in EMBEDDINGS.variants if not self.done(v).all()}
         if missing:
             raise RuntimeError(f"{self.final}: rows still missing per variant {missing}")
+        write_atomic(self.final, lambda _: self._seal(attrs), staging=Path(self._h5.filename))
+
+    def _seal(self, attrs: dict[str, Any]) -> None:
+        """Add `attrs` and the sha256 of every dataset, drop the bookkeeping and close the file."""
+        from crys_pipeline.schemas import EMBEDDINGS
+
         for key, value in attrs.items():
             self._h5.attrs[key] = _h5_attr(value)
         digests = {name: array_digest(_read_dataset(self._h5[name])) for name in EMBEDDINGS.datasets()}
         self._h5.attrs[DIGESTS] = json.dumps(digests, sort_keys=True)
         del self._h5[_PROGRESS]
-        partial = Path(self._h5.filename)
         self._h5.close()
-        os.replace(partial, self.final)
 
 
 def partial_path(path: str | Path) -> Path:

@@ -3,21 +3,19 @@
 Writers stamp every file with its kind, SCHEMA_VERSION, the package version and the parameters that
 produced it, and store a CRC32 per data page; readers validate the layout declared in `schemas.py`,
 the expected parameters and every page checksum, and turn any unreadable file (truncated, garbage,
-flipped bytes) into one ArtifactError naming the path and the fix. Graph shard folders also carry
-the sha256 of each shard in their manifest.json.
+flipped bytes) into one ArtifactError naming the path and the fix. Graph shard folders: `graph_shards`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crys_pipeline.io.core import ArtifactError, atomic_target, corrupt, read_json, sha256_file, stamp
+from crys_pipeline.io.core import ArtifactError, corrupt, stamp, write_atomic
 from crys_pipeline.schemas import META_KEY, PARQUET, SCHEMA_VERSION, ParquetLayout, split_column
 
 
@@ -59,12 +57,7 @@ def write_parquet(
             table = table.set_column(idx, fld, table.column(fld.name).cast(fld.type))
     _check_columns(table.schema, layout, meta, str(path))
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
-    tmp = atomic_target(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_page_checksum=True))
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -131,48 +124,3 @@ def parquet_head(path: str | Path, rows: int) -> tuple[pa.Schema, int, dict[str,
         raise corrupt(path, exc) from exc
     table = pa.Table.from_batches([head]) if head is not None else pfile.schema_arrow.empty_table()
     return pfile.schema_arrow, pfile.metadata.num_rows, read_meta(path), table.slice(0, rows)
-
-
-
-def _check_graph_manifest(path: Path, shards: list[Path]) -> None:
-    """The folder's manifest.json must list exactly `shards`, each with the sha256 of its bytes."""
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        raise corrupt(path, "no manifest.json: an incomplete or foreign graphs folder")
-    listed = {s["file"]: s.get("sha256") for s in read_json(manifest)["shards"]}
-    missing = sorted(set(listed) - {s.name for s in shards})
-    extra = sorted({s.name for s in shards} - set(listed))
-    if missing or extra:
-        raise corrupt(path, f"shards missing {missing} / not in manifest.json {extra}")
-    for shard in shards:
-        if sha256_file(shard) != listed[shard.name]:
-            raise corrupt(shard, "sha256 differs from the one recorded in manifest.json: the shard changed after "
-                          "it was written")
-
-
-def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa.Table:
-    """All graph shards of a `graphs` output folder, concatenated in shard order.
-
-    The folder's manifest.json must list exactly its shards with the sha256 of each (a changed, swapped,
-    missing or extra shard is refused); every shard is validated against the ``graphs`` layout and its
-    page checksums; all shards must carry the same params (and `expect`, when given), and the shard
-    indices must be exactly 0..n_shards-1. A cache made with other graph parameters, a mix of two
-    builds or a damaged file raises ArtifactError naming the file.
-
-    Args:
-        path: folder holding shard-NNNNN.parquet files (``results/graphs/{source}``) and manifest.json.
-        expect: params the shards must have been built with (e.g. ``GraphParams.as_meta()``).
-    """
-    path = Path(path)
-    shards = sorted(path.glob("shard-*.parquet"))
-    if not shards:
-        raise ArtifactError(f"{path}: no graph shards; delete the folder and rerun the graphs stage")
-    _check_graph_manifest(path, shards)
-    metas = [read_meta(shard) for shard in shards]
-    for shard, meta in zip(shards, metas):
-        check_meta(meta, "graphs", str(shard), expect)
-        if meta["params"] != metas[0]["params"] or meta.get("structures_sha256") != metas[0].get("structures_sha256"):
-            raise ArtifactError(f"{shard}: made with other params or inputs than {shards[0].name}; rebuild {path}")
-    if sorted(meta.get("shard") for meta in metas) != list(range(metas[0].get("n_shards", -1))):
-        raise ArtifactError(f"{path}: shards {[m.get('shard') for m in metas]} do not form one complete build")
-    return pa.concat_tables([read_parquet(shard, "graphs") for shard in shards])
