@@ -50,7 +50,7 @@ def _ingest(work: Path, lines: list[str]) -> Path:
 def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
     """Every data artifact of one small pipeline, made by the stage functions the rules call."""
     from crys_pipeline import describe, embed, graphs, sections, splits
-    from crys_pipeline.settings import SplitSettings
+    from crys_pipeline.settings import GraphSettings, SplitSettings
 
     structures = _ingest(work, lines)
     splits.make_splits(structures, target=TARGET, method="random123", out_full=work / "full.json",
@@ -62,7 +62,7 @@ def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
     sections.build_sections(work / "descriptions.parquet", False, work / "sections.parquet", structures)
     embed.embed_sections(work / "sections.parquet", work / "embeddings.h5", encoder.settings, encoder=encoder,
                          structures=structures)
-    graphs.build_graphs(structures, graphs.GraphParams(), 4, 1, work / "graphs")
+    graphs.build_graphs(structures, params=GraphSettings(shard_size=4), workers=1, out_dir=work / "graphs")
     return {"structures": structures, "splits": work / "full.json", "descriptions": work / "descriptions.parquet",
             "sections": work / "sections.parquet", "embeddings": work / "embeddings.h5",
             "graph shard": work / "graphs" / "shard-00000.parquet"}

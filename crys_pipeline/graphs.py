@@ -38,7 +38,7 @@ import math
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -50,6 +50,7 @@ from tqdm import tqdm
 from crys_pipeline import __version__, io
 from crys_pipeline.lifecycle import die_with_parent
 from crys_pipeline.schemas import STATUS_FAILED, STATUS_OK
+from crys_pipeline.settings import GraphSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +70,9 @@ class GraphError(RuntimeError):
     """A structure whose neighbour search cannot complete (recorded as a failed row)."""
 
 
-@dataclass(frozen=True)
-class GraphParams:
-    """Parameters that define a graph cache (all stamped in the shard metadata).
-
-    Attributes:
-        cutoff: initial neighbour cutoff in Angstrom (grows until every atom has `max_neighbors`).
-        max_neighbors: k of the per-atom k-nearest shell selection.
-        use_canonize: canonical undirected edges (ALIGNN default) instead of per-site directed keys.
-        dedup_self_images: keep one of n / -n for periodic self-image bonds (fixes ALIGNN's doubling).
-    """
-
-    cutoff: float = 8.0
-    max_neighbors: int = 12
-    use_canonize: bool = True
-    dedup_self_images: bool = False
-
-    def as_meta(self) -> dict[str, Any]:
-        """The params dict stamped in (and expected from) every shard."""
-        return {**asdict(self), "algorithm": GRAPH_ALGORITHM}
+def graph_meta(params: GraphSettings) -> dict[str, Any]:
+    """The params dict stamped in (and expected from) every shard: the graph-defining settings and the algorithm."""
+    return {**params.identity(), "algorithm": GRAPH_ALGORITHM}
 
 
 @dataclass(frozen=True)
@@ -215,7 +200,7 @@ def _trial_radius(cell: _Cell, k: int) -> float:
     return 1.4 * (3.0 * k * volume / (4.0 * math.pi * len(cell.frac))) ** (1.0 / 3.0)
 
 
-def _grown_candidates(cell: _Cell, params: GraphParams) -> tuple[float, np.ndarray, tuple[np.ndarray, ...]]:
+def _grown_candidates(cell: _Cell, params: GraphSettings) -> tuple[float, np.ndarray, tuple[np.ndarray, ...]]:
     """(final cutoff, images [M, 3], candidates) at the first cutoff where every atom has k candidates.
 
     The growth of docs/method.md §2.2, as a loop. At each cutoff r a smaller trial radius is tried
@@ -247,7 +232,7 @@ def _unique_bonds(s: np.ndarray, t: np.ndarray, img: np.ndarray, n: int) -> tupl
     return pair // n, pair % n, np.stack([a, b, c], axis=1) - half
 
 
-def _undirected_keys(cell: _Cell, params: GraphParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _undirected_keys(cell: _Cell, params: GraphSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The unique (s, t, image) bond set ALIGNN's edge dict would hold, plus the final cutoff."""
     r, images, (i, j, dist, image_row) = _grown_candidates(cell, params)
     keep = _shell_mask(i, dist, len(cell.frac), params.max_neighbors)
@@ -265,7 +250,7 @@ def _undirected_keys(cell: _Cell, params: GraphParams) -> tuple[np.ndarray, np.n
     return s, t, img, r
 
 
-def knn_graph(lattice: Any, frac_coords: Any, params: GraphParams = GraphParams()) -> CrystalGraph:
+def knn_graph(lattice: Any, frac_coords: Any, params: GraphSettings = GraphSettings()) -> CrystalGraph:
     """ALIGNN k-nearest crystal graph of one structure.
 
     Args:
@@ -294,7 +279,7 @@ def atomic_number(symbol: str) -> int:
     return int(Element(symbol).Z)
 
 
-def graph_row(record: dict[str, Any], params: GraphParams) -> dict[str, Any]:
+def graph_row(record: dict[str, Any], params: GraphSettings) -> dict[str, Any]:
     """One output row for one structures-table record; any error becomes a failed row with its reason."""
     row: dict[str, Any] = {"material_id": record["material_id"], "natoms": len(record["species"])}
     try:
@@ -309,7 +294,7 @@ def graph_row(record: dict[str, Any], params: GraphParams) -> dict[str, Any]:
             "cutoff": graph.cutoff, "z": z, "edge_index": graph.edge_index, "edge_vec": graph.edge_vec}
 
 
-def _rows_task(task: tuple[list[dict[str, Any]], GraphParams]) -> list[dict[str, Any]]:
+def _rows_task(task: tuple[list[dict[str, Any]], GraphSettings]) -> list[dict[str, Any]]:
     records, params = task
     return [graph_row(rec, params) for rec in records]
 
@@ -325,7 +310,7 @@ def _chunks(records: list[dict[str, Any]], size: int) -> Iterator[list[dict[str,
         yield records[start:start + size]
 
 
-def _graph_rows(records: list[dict[str, Any]], params: GraphParams, workers: int) -> Iterator[dict[str, Any]]:
+def _graph_rows(records: list[dict[str, Any]], params: GraphSettings, workers: int) -> Iterator[dict[str, Any]]:
     """Graph rows in input order, computed in `workers` processes (in this process when 1)."""
     tasks = ((chunk, params) for chunk in _chunks(records, ROWS_PER_TASK))
     bar = tqdm(total=len(records), desc="graphs", unit="crystal", disable=not sys.stderr.isatty())
@@ -344,21 +329,19 @@ def _with_progress(results: Iterable[list[dict[str, Any]]], bar: tqdm) -> Iterat
             yield from rows
 
 
-def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers: int, out_dir: Path) -> dict:
+def build_graphs(structures: Path, *, params: GraphSettings, workers: int, out_dir: Path) -> dict:
     """Build the graph shards of one structures table.
 
     Args:
         structures: structures Parquet (`ingest` output).
-        params: graph parameters (stamped in every shard).
-        shard_size: crystals per shard.
+        params: graph settings (the graph-defining ones stamped in every shard; `shard_size` crystals per shard).
         workers: worker processes (1 = in this process).
         out_dir: output folder; gets shard-NNNNN.parquet files and manifest.json (stale shards removed).
 
     Returns:
         the manifest (also written to out_dir/manifest.json).
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    shard_size = params.shard_size
     records = _records(structures)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -369,7 +352,7 @@ def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers
     for index in range(n_shards):
         table = io.encode_graphs(list(itertools.islice(rows, shard_size)))
         name = f"shard-{index:05d}.parquet"
-        io.write_parquet(table, out_dir / name, "graphs", params.as_meta(),
+        io.write_parquet(table, out_dir / name, "graphs", graph_meta(params),
                          {**extra, "shard": index, "n_shards": n_shards})
         failed = table.num_rows - sum(s == STATUS_OK for s in table.column("status").to_pylist())
         shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed,
@@ -379,11 +362,11 @@ def build_graphs(structures: Path, params: GraphParams, shard_size: int, workers
     return _write_manifest(out_dir, params, shards, extra)
 
 
-def _write_manifest(out_dir: Path, params: GraphParams, shards: list[dict], extra: dict[str, Any]) -> dict:
+def _write_manifest(out_dir: Path, params: GraphSettings, shards: list[dict], extra: dict[str, Any]) -> dict:
     manifest = {
         "kind": "graphs_manifest",
         "package_version": __version__,
-        "params": params.as_meta(),
+        "params": graph_meta(params),
         **extra,
         "shards": shards,
         "counts": {key: sum(s[key] for s in shards) for key in ("rows", "ok", "failed")},

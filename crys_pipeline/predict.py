@@ -126,10 +126,11 @@ def _only_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def graph_arrays(crystal: Crystal, graph_params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z int64 [N], edge_index int64 [2,E], edge_vec float32 [E,3]) with the run's graph parameters."""
-    from crys_pipeline.graphs import GraphParams, knn_graph
+    from crys_pipeline.graphs import knn_graph
+    from crys_pipeline.settings import GraphSettings
 
     structure = crystal.structure
-    graph = knn_graph(structure.lattice.matrix, structure.frac_coords, GraphParams(**_only_fields(GraphParams, graph_params)))
+    graph = knn_graph(structure.lattice.matrix, structure.frac_coords, GraphSettings(**_only_fields(GraphSettings, graph_params)))
     z = np.array([site.specie.Z for site in structure], dtype=np.int64)
     return z, graph.edge_index.astype(np.int64), graph.edge_vec.astype(np.float32)
 

@@ -207,9 +207,9 @@ def scoped(cls: type, scope: str | None = JOB) -> list[Field]:
 
 
 def stamp(settings: Any) -> dict[str, Any]:
-    """The job settings as a plain dict: what an artifact records as the params that made it."""
-    job = {f.name for f in scoped(type(settings))}
-    return {k: v for k, v in asdict(settings).items() if k in job}
+    """Everything but the workflow settings, as a plain dict: the params an artifact records."""
+    workflow = {f.name for f in scoped(type(settings), WORKFLOW)}
+    return {k: v for k, v in asdict(settings).items() if k not in workflow}
 
 
 # --- JSON schema ----------------------------------------------------------------------------------

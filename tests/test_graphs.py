@@ -25,7 +25,8 @@ from graph_reference import JARVIS_FULL, MP_FULL, alignn_edges, compare_edges, r
 
 from crys_pipeline import cli, io
 from crys_pipeline.atom_features import cgcnn_feature_table, cgcnn_provenance
-from crys_pipeline.graphs import GraphParams, knn_graph
+from crys_pipeline.graphs import graph_meta, knn_graph
+from crys_pipeline.settings import GraphSettings
 
 ONE_ATOM = ["JVASP-21210", "JVASP-78327", "JVASP-78343", "mp-2", "mp-13", "mp-23", "mp-30", "mp-39", "mp-41",
             "mp-45", "mp-50", "mp-51", "mp-62", "mp-71", "mp-75", "mp-81", "mp-85", "mp-91", "mp-101", "mp-102",
@@ -40,7 +41,7 @@ VACUUM = ["JVASP-28397", "JVASP-28565", "JVASP-28704", "JVASP-28634", "JVASP-859
           "mp-995181", "mp-1874", "mp-1014111", "mp-985587", "mp-990448", "mp-8936", "mp-559554", "mp-676518",
           "mp-20526", "mp-606949", "mp-8781", "mp-28910"]
 EVERY = 300  # every 300th JARVIS and 600th MP record of the full files joins the parity set (~58 + ~61)
-PARAMS = GraphParams()
+PARAMS = GraphSettings()
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,7 +71,7 @@ def vacuum_gap(rec: dict) -> float:
     return float(max(gaps))
 
 
-def assert_parity(records: list[dict], params: GraphParams = PARAMS) -> dict[str, float]:
+def assert_parity(records: list[dict], params: GraphSettings = PARAMS) -> dict[str, float]:
     """Same bonds as ALIGNN on this machine, every bond vector within VEC_ATOL; returns final cutoffs by id.
 
     Bit-identity is not asserted: ALIGNN's vectors come from OpenBLAS, whose rounding depends on the
@@ -99,20 +100,20 @@ def test_parity_with_alignn_on_390_real_structures() -> None:
 
 def test_parity_without_canonize() -> None:
     records = tiny_records("jarvis_dft3d_2021_tiny.jsonl", 20) + special_records(ONE_ATOM[:2] + GROWN)
-    assert_parity(records, GraphParams(use_canonize=False))
+    assert_parity(records, GraphSettings(use_canonize=False))
 
 
 def test_parity_when_the_cutoff_doubles() -> None:
     # r >= max(a, b, c) but too few neighbours: r doubles (the other growth branch), with real cells
     pd_fcc, grown = special_records(["mp-2", GROWN[0]])
-    assert assert_parity([pd_fcc], GraphParams(max_neighbors=200)) == {"mp-2": 16.0}
-    assert assert_parity([grown], GraphParams(max_neighbors=40)) == {GROWN[0]: 2 * 10.58354}
+    assert assert_parity([pd_fcc], GraphSettings(max_neighbors=200)) == {"mp-2": 16.0}
+    assert assert_parity([grown], GraphSettings(max_neighbors=40)) == {GROWN[0]: 2 * 10.58354}
 
 
 def test_self_image_edges_doubled_by_default_and_deduplicated_on_request() -> None:
     (pd_fcc,) = special_records(["mp-2"])  # 1-atom fcc Pd: 12 nearest neighbours, all periodic self-images
     default = knn_graph(pd_fcc["lattice_mat"], pd_fcc["frac_coords"])
-    dedup = knn_graph(pd_fcc["lattice_mat"], pd_fcc["frac_coords"], GraphParams(dedup_self_images=True))
+    dedup = knn_graph(pd_fcc["lattice_mat"], pd_fcc["frac_coords"], GraphSettings(dedup_self_images=True))
     # ALIGNN's set holds both n and -n for each of the 6 neighbour directions: 12 bonds, 24 directed edges
     assert default.edge_index.shape == (2, 24) and dedup.edge_index.shape == (2, 12)
     assert np.array_equal(default.edge_index, np.zeros((2, 24))) and np.array_equal(dedup.edge_index, np.zeros((2, 12)))
@@ -162,7 +163,7 @@ def test_graph_vectors_do_not_depend_on_the_openblas_kernel() -> None:
 def build_cli(structures: Path, out: Path, *extra: str, shard_size: int = 30) -> int:
     """`crys-pipeline graphs` with the arguments of workflow/rules/graphs.smk."""
     return cli.main(["graphs", "--structures", str(structures), "--cutoff", "8.0", "--max-neighbors", "12",
-                     "--canonize", *extra, "--shard-size", str(shard_size), "--workers", "2",
+                     "--use-canonize", *extra, "--shard-size", str(shard_size), "--workers", "2",
                      "--out-dir", str(out)])
 
 
@@ -172,8 +173,8 @@ def test_stage_writes_shards_manifest_and_round_trips(jarvis_structures: Path, t
     assert sorted(p.name for p in out.glob("shard-*.parquet")) == [f"shard-{i:05d}.parquet" for i in range(4)]
     manifest = io.read_json(out / "manifest.json")
     assert manifest["counts"] == {"rows": 100, "ok": 100, "failed": 0}
-    assert manifest["params"] == PARAMS.as_meta() and manifest["structures_sha256"] == io.sha256_file(jarvis_structures)
-    table = io.read_graph_dir(out, expect=PARAMS.as_meta())
+    assert manifest["params"] == graph_meta(PARAMS) and manifest["structures_sha256"] == io.sha256_file(jarvis_structures)
+    table = io.read_graph_dir(out, expect=graph_meta(PARAMS))
     structures = io.read_parquet(jarvis_structures, "structures").to_pylist()
     assert table.column("material_id").to_pylist() == [r["material_id"] for r in structures]
     arrays = io.decode_graphs(table)
@@ -187,7 +188,7 @@ def test_stage_writes_shards_manifest_and_round_trips(jarvis_structures: Path, t
     # a rerun with one big shard leaves no stale shard behind
     assert build_cli(jarvis_structures, out, "--no-dedup-self-images", shard_size=1000) == 0
     assert [p.name for p in out.glob("shard-*.parquet")] == ["shard-00000.parquet"]
-    assert io.read_graph_dir(out, expect=PARAMS.as_meta()).num_rows == 100
+    assert io.read_graph_dir(out, expect=graph_meta(PARAMS)).num_rows == 100
 
 
 def test_reader_refuses_other_params_and_mixed_builds(jarvis_structures: Path, tmp_path: Path) -> None:
@@ -195,9 +196,9 @@ def test_reader_refuses_other_params_and_mixed_builds(jarvis_structures: Path, t
     assert build_cli(jarvis_structures, plain, "--no-dedup-self-images", shard_size=50) == 0
     assert build_cli(jarvis_structures, dedup, "--dedup-self-images", shard_size=50) == 0
     with pytest.raises(io.ArtifactError, match="dedup_self_images"):
-        io.read_graph_dir(dedup, expect=PARAMS.as_meta())
+        io.read_graph_dir(dedup, expect=graph_meta(PARAMS))
     with pytest.raises(io.ArtifactError, match="cutoff"):
-        io.read_graph_dir(plain, expect={**PARAMS.as_meta(), "cutoff": 6.0})
+        io.read_graph_dir(plain, expect={**graph_meta(PARAMS), "cutoff": 6.0})
     shutil.copy(dedup / "shard-00001.parquet", plain / "shard-00001.parquet")  # a valid shard of another build
     with pytest.raises(io.ArtifactError, match="shard-00001.parquet: .*sha256 differs .* delete it and rerun"):
         io.read_graph_dir(plain)

@@ -205,7 +205,8 @@ def test_record_without_id_and_truncated_line_are_rejected_with_file_and_line(tm
 
 
 def test_left_handed_cell_is_accepted_with_the_same_graph(tmp_path: Path) -> None:
-    from crys_pipeline.graphs import GraphParams, knn_graph
+    from crys_pipeline.graphs import knn_graph
+    from crys_pipeline.settings import GraphSettings
 
     rec = dict(tiny_records("jarvis")[0])
     lattice = np.array(rec["lattice_mat"])
@@ -215,8 +216,8 @@ def test_left_handed_cell_is_accepted_with_the_same_graph(tmp_path: Path) -> Non
     assert np.linalg.det(left["lattice_mat"]) < 0
     (kept, rejected), _ = _ingest_snapshot(tmp_path, [rec, left])
     assert (kept, rejected) == (2, 0)
-    right_g = knn_graph(lattice, frac, GraphParams())
-    left_g = knn_graph(np.array(left["lattice_mat"]), np.array(left["frac_coords"]), GraphParams())
+    right_g = knn_graph(lattice, frac, GraphSettings())
+    left_g = knn_graph(np.array(left["lattice_mat"]), np.array(left["frac_coords"]), GraphSettings())
     lengths = [np.sort(np.round(np.linalg.norm(g.edge_vec, axis=1), 6)) for g in (right_g, left_g)]
     np.testing.assert_array_equal(*lengths)
 

@@ -118,11 +118,12 @@ def test_compiled_training_follows_the_eager_run(run3: Path, jarvis40, split30, 
 
 
 def test_model_json_holds_the_graph_params_once(run3: Path, jarvis40) -> None:
-    from crys_pipeline.graphs import GraphParams
+    from crys_pipeline.graphs import graph_meta
+    from crys_pipeline.settings import GraphSettings
 
     model_json = io.read_json(run3 / "model.json", layout=RUN_MODEL)
     shard = io.read_meta(next((jarvis40["graphs"]).glob("shard-*.parquet")))
-    assert model_json["graph_params"] == shard["params"] == GraphParams().as_meta()
+    assert model_json["graph_params"] == shard["params"] == graph_meta(GraphSettings())
     assert "params" not in model_json["graph_meta"] and model_json["graph_meta"]["n_shards"] == shard["n_shards"]
     assert not [k for k, v in model_json.items() if v == shard["params"] and k != "graph_params"]
 
@@ -292,7 +293,7 @@ def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_pa
 def test_variant_inputs_are_checked(jarvis40, split30, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs graphs"):
         train.train(jarvis40["structures"], split30, None, None, tmp_path, _cfg())
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(ValueError, match="unknown model variant .schnet."):
         train.train(jarvis40["structures"], split30, jarvis40["graphs"], None, tmp_path, _cfg(variant="schnet"))
 
 
@@ -304,7 +305,7 @@ def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> No
             "--graphs", str(jarvis40["graphs"]), "--embeddings", "", "--target", TARGET, "--variant", "alignn",
             "--seed", "1", "--epochs", "2", "--batch-size", "8", "--learning-rate", "0.001",
             "--weight-decay", "1e-05", "--head", "code", "--hidden-features", "16", "--alignn-layers", "1",
-            "--gcn-layers", "1", "--early-stopping-patience", "0", "--num-workers", "0", "--device", "cpu",
+            "--gcn-layers", "1", "--early-stopping-patience", "none", "--num-workers", "0", "--device", "cpu",
             "--threads", "1", "--eval-batch-size", "4", "--no-test-each-epoch", "--out-dir", str(out)]
     assert main(argv) == 0
     summary = io.read_json(out / "summary.json")

@@ -40,13 +40,10 @@ def ingest_first(n: int, workdir: Path) -> Path:
 def build_graph_dir(structures: Path, out_dir: Path, shard_size: int = 16) -> Path:
     """Graph shards of a structures table via `crys-pipeline graphs` (default graph settings)."""
     from crys_pipeline.cli import main
+    from crys_pipeline.settings import GraphSettings, cli_args
 
-    g = default_config()["graphs"]
-    argv = ["graphs", "--structures", str(structures), "--cutoff", str(g["cutoff"]),
-            "--max-neighbors", str(g["max_neighbors"]),
-            "--canonize" if g["use_canonize"] else "--no-canonize",
-            "--dedup-self-images" if g["dedup_self_images"] else "--no-dedup-self-images",
-            "--shard-size", str(shard_size), "--workers", "1", "--out-dir", str(out_dir)]
+    flags = cli_args(GraphSettings, {**default_config()["graphs"], "shard_size": shard_size}).split()
+    argv = ["graphs", "--structures", str(structures), *flags, "--workers", "1", "--out-dir", str(out_dir)]
     if main(argv) != 0:
         raise RuntimeError(f"crys-pipeline {' '.join(argv)} failed")
     return out_dir

@@ -201,7 +201,8 @@ def _add_graphs(sub: argparse._SubParsersAction) -> None:
 def _run_graphs(a: argparse.Namespace) -> None:
     from crys_pipeline import graphs
 
-    graphs.build_graphs(a.structures, settings.from_arguments(settings.GraphSettings, a), a.workers, a.out_dir)
+    graphs.build_graphs(a.structures, params=settings.from_arguments(settings.GraphSettings, a), workers=a.workers,
+                        out_dir=a.out_dir)
 
 
 # --- inspect --------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa
 
     Args:
         path: folder holding shard-NNNNN.parquet files (``results/graphs/{source}``) and manifest.json.
-        expect: params the shards must have been built with (e.g. ``GraphParams.as_meta()``).
+        expect: params the shards must have been built with (e.g. ``graphs.graph_meta(settings)``).
     """
     path = Path(path)
     shards = sorted(path.glob("shard-*.parquet"))

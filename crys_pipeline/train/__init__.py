@@ -47,6 +47,7 @@ from crys_pipeline.train.loop import (
     train_epoch,
 )
 from crys_pipeline.train.outputs import write_metrics, write_outputs
+from crys_pipeline.variants import variant
 
 __all__ = [
     "CHECKPOINT", "Loaders", "RunState", "TrainConfig", "build", "fingerprint", "fit", "load_checkpoint", "mae",
@@ -117,11 +118,8 @@ def train(
         RuntimeError: the run diverged (non-finite loss); the outputs are written first, for inspection.
     """
     from crys_pipeline.devices import resolve_device, set_threads
-    from crys_pipeline.models import VARIANTS
 
-    if cfg.variant not in VARIANTS:
-        raise ValueError(f"unknown variant {cfg.variant!r}; choose from {sorted(VARIANTS)}")
-    spec = VARIANTS[cfg.variant]
+    spec = variant(cfg.variant)
     if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_variant is None):
         raise ValueError(f"variant {cfg.variant} needs graphs={spec.graph_encoder is not None} and "
                          f"embeddings={spec.text_variant is not None}; got graphs={graphs}, embeddings={embeddings}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crys_pipeline import __version__, io
+from crys_pipeline import __version__, io, settings
 from crys_pipeline.data import TrainingData
 from crys_pipeline.train.loop import Loaders, RunState, TrainConfig
 
@@ -50,8 +50,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def fingerprint(cfg: TrainConfig, data: TrainingData, device: torch.device) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: every setting that changes the numbers, and the inputs."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("num_workers", "threads", "device")}
-    return {"config": settings, "device": device.type, "inputs": data.hashes, "package_version": __version__}
+    numeric = {k: v for k, v in settings.stamp(cfg).items() if k not in ("num_workers", "threads", "device")}
+    return {"config": numeric, "device": device.type, "inputs": data.hashes, "package_version": __version__}
 
 
 def save_checkpoint(path: Path, state: RunState, model, optimizer, scheduler, loaders: Loaders,

@@ -20,13 +20,16 @@ import numpy as np
 import torch
 
 from crys_pipeline.data import SplitData, TrainingData, make_loader
+from crys_pipeline.settings import TrainSettings
+from crys_pipeline.variants import variant
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters and run settings of one training job (defaults: the reference recipe).
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(TrainSettings):
+    """One training job: the recipe (every field of ``TrainSettings``, the only home of its defaults) plus
+    which target, variant and model seed it fits and its CPU threads.
 
     ``eval_batch_size`` batches the val / test / final passes (eval-mode BatchNorm: the predictions do
     not depend on it beyond float rounding). ``test_each_epoch=False`` skips the per-epoch test pass:
@@ -38,22 +41,8 @@ class TrainConfig:
 
     target: str
     variant: str
-    seed: int = 0
-    epochs: int = 40
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    head: str = "code"
-    hidden_features: int = 256
-    alignn_layers: int = 4
-    gcn_layers: int = 4
-    early_stopping_patience: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    threads: int = 0
-    eval_batch_size: int = 256
-    test_each_epoch: bool = True
-    compile: bool = False
+    seed: int
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
 
 
 @dataclass
@@ -189,9 +178,9 @@ def make_loaders(data: TrainingData, cfg: TrainConfig, device: torch.device) -> 
 
 def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
     """The variant's model, with the CGCNN atom table for graph encoders and the embeddings' width."""
-    from crys_pipeline.models import VARIANTS, build_model
+    from crys_pipeline.models import build_model
 
-    spec = VARIANTS[cfg.variant]
+    spec = variant(cfg.variant)
     atom_table = None
     if spec.graph_encoder is not None:
         from crys_pipeline.atom_features import cgcnn_feature_table
@@ -234,10 +223,10 @@ def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, de
     return record
 
 
-def should_stop(state: RunState, patience: int) -> bool:
+def should_stop(state: RunState, patience: int | None) -> bool:
     if state.stop_reason != "completed":
         return True
-    if patience > 0 and state.epoch - state.best_epoch >= patience:
+    if patience and state.epoch - state.best_epoch >= patience:
         state.stop_reason = f"early stopping (no val improvement for {patience} epochs)"
         return True
     return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from crys_pipeline import __version__, io
 from crys_pipeline.data import SPLITS, TrainingData
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
+from crys_pipeline.settings import stamp
 from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict
 
 
@@ -77,7 +77,7 @@ def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, de
     return {
         "config": model.config, "graph_encoder": encoder_settings(model), "variant": cfg.variant,
         "target": cfg.target, "source": data.source, "regime": data.split_meta["regime"], "seed": cfg.seed,
-        "best_epoch": state.best_epoch, "train_config": asdict(cfg), "versions": _versions(), "device": str(device),
+        "best_epoch": state.best_epoch, "train_config": stamp(cfg), "versions": _versions(), "device": str(device),
         "graph_params": shard_meta.pop("params", {}), "graph_meta": shard_meta,
         "embedding_attrs": _jsonable(data.embed_attrs),
         "split": data.split_meta, "split_hash": data.split_meta["hash"], "data_hashes": data.hashes,
@@ -120,7 +120,7 @@ before they are written.
     preds = _predictions(model, loaders, device)
     extra = {"source": data.source, "target": cfg.target, "variant": cfg.variant,
              "regime": data.split_meta["regime"], "seed": cfg.seed, "split_hash": data.split_meta["hash"]}
-    _write_predictions(preds, out_dir / "predictions.parquet", asdict(cfg), extra)
+    _write_predictions(preds, out_dir / "predictions.parquet", stamp(cfg), extra)
     io.write_torch(model.state_dict(), out_dir / "model.pt")
     model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}
     io.write_json(model_json, out_dir / "model.json", layout=RUN_MODEL)
