@@ -19,7 +19,7 @@ pytest.importorskip("robocrys")
 from pymatgen.core import Lattice, Structure
 
 from crys_pipeline import describe
-from crys_pipeline.describe import DescribePool, DescribeSettings, describe_structures
+from crys_pipeline.describe import DescribePool, DescribeSettings, describe_structures, engine, stage
 from crys_pipeline.io import read_meta, read_parquet, write_parquet
 
 #: Real hard cases: id -> the shared-data file holding it.
@@ -81,7 +81,7 @@ def test_hard_cases_byte_identical_to_stock_robocrys(hard: list[tuple[str, Struc
     for (material_id, _), row, stock in zip(hard, rows, _stock([s for _, s in hard])):
         assert row["status"] == "ok", (material_id, row["error"])
         assert row["description"] == stock, material_id
-        assert row["description"] == " ".join(row[p] for p in describe.PARTS if row[p])
+        assert row["description"] == " ".join(row[p] for p in engine.PARTS if row[p])
     by_id = {r["material_id"]: r for r in rows}
     assert [by_id[i]["spg_number"] for i in HARD] == [225, 164, 12, 225]
     assert [by_id[i]["dimensionality"] for i in HARD] == [3, 2, 0, 0]
@@ -135,10 +135,10 @@ def test_timeout_kills_worker_and_pool_goes_on(hard: list[tuple[str, Structure]]
 
 def test_parse_shard() -> None:
     """Snakemake scatteritems are 1-based I-of-N."""
-    assert describe.parse_shard("2-of-4") == (1, 4)
+    assert stage.parse_shard("2-of-4") == (1, 4)
     for bad in ("0-of-4", "5-of-4", "2of4"):
         with pytest.raises(ValueError):
-            describe.parse_shard(bad)
+            stage.parse_shard(bad)
 
 
 @pytest.fixture(scope="module")
@@ -199,13 +199,13 @@ def test_killed_shard_rerun_gives_same_merged_file(small_structures: Path, tmp_p
 
 def test_merge_refuses_missing_or_duplicated_ids(small_structures: Path, tmp_path: Path) -> None:
     """Every input id exactly once: a missing shard or a shard given twice is an error."""
-    rows = [describe.empty_row(r["material_id"], "failed", "x")
+    rows = [engine.empty_row(r["material_id"], "failed", "x")
             for r in pq.read_table(small_structures, columns=["material_id"]).to_pylist()]
     params = {**DescribeSettings().params(), "shard": "1-of-1"}
     meta = {"source": "jarvis_dft_3d_2021", "versions": describe.tool_versions(), "counts": {}}
     whole, part = tmp_path / "whole.parquet", tmp_path / "part.parquet"
-    write_parquet(describe.rows_to_table(rows), whole, "descriptions", params, meta)
-    write_parquet(describe.rows_to_table(rows[:2]), part, "descriptions", params, meta)
+    write_parquet(stage.rows_to_table(rows), whole, "descriptions", params, meta)
+    write_parquet(stage.rows_to_table(rows[:2]), part, "descriptions", params, meta)
     with pytest.raises(ValueError, match="missing"):
         describe.merge_shards(small_structures, [part], tmp_path / "out.parquet")
     with pytest.raises(ValueError, match="more than one"):
