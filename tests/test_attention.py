@@ -15,11 +15,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import REPO, snakemake_in
 
-from crys_pipeline import attention as A
 from crys_pipeline import cli, io
+from crys_pipeline.attention.drawing import layout_words
+from crys_pipeline.attention.encoder import AttentionEncoder, EncodedAttention, load_encoder, merge_words
+from crys_pipeline.attention.summary import category_shares, material_shares, sample_texts
+from crys_pipeline.attention.tagging import (
+    CATEGORIES,
+    ELEMENTS,
+    GEOMETRY_RE,
+    SectionText,
+    char_categories,
+    section_text,
+    token_categories,
+)
 from crys_pipeline.embed import EncoderSettings
 
 #: TaMoS4: mineral clause and a component-makeup sentence; SrTl3 and Zr2HBr2: short; Na3Bi(P2O7)2: > 512 tokens.
@@ -49,12 +59,12 @@ def descriptions(shared_data: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def encoder() -> A.AttentionEncoder:
-    return A.load_encoder(EncoderSettings())
+def encoder() -> AttentionEncoder:
+    return load_encoder(EncoderSettings())
 
 
 @pytest.fixture(scope="module")
-def encoded(encoder: A.AttentionEncoder, descriptions: dict[str, str]) -> dict[str, A.EncodedAttention]:
+def encoded(encoder: AttentionEncoder, descriptions: dict[str, str]) -> dict[str, EncodedAttention]:
     """The three short texts and the long one, encoded once."""
     return {mid: encoder.encode(descriptions[mid]) for mid in (*SHORT_IDS, LONG_ID)}
 
@@ -85,7 +95,7 @@ def sections(descriptions: dict[str, str], tmp_path_factory: pytest.TempPathFact
     return path
 
 
-def test_cls_attention_of_every_head_sums_to_one(encoded: dict[str, A.EncodedAttention]) -> None:
+def test_cls_attention_of_every_head_sums_to_one(encoded: dict[str, EncodedAttention]) -> None:
     for mid, enc in encoded.items():
         n_layers, n_heads, n_tokens = enc.weights.shape
         assert (n_layers, n_heads) == (6, 12) and n_tokens == len(enc.tokens) <= 512
@@ -96,9 +106,9 @@ def test_cls_attention_of_every_head_sums_to_one(encoded: dict[str, A.EncodedAtt
     assert n_tokens == 512  # the long text is head-truncated to max_length
 
 
-def test_word_merging_keeps_the_text(encoded: dict[str, A.EncodedAttention]) -> None:
+def test_word_merging_keeps_the_text(encoded: dict[str, EncodedAttention]) -> None:
     for enc in encoded.values():
-        words = A.merge_words(enc)
+        words = merge_words(enc)
         assert all(w.text == enc.text[w.start : w.end] for w in words)
         assert all(a.end <= b.start for a, b in itertools.pairwise(words))
         covered = sorted(i for w in words for i in w.tokens)
@@ -115,11 +125,11 @@ def test_word_merging_keeps_the_text(encoded: dict[str, A.EncodedAttention]) -> 
 
 
 def test_layout_wraps_lines_and_keeps_written_together_words_together(
-    encoded: dict[str, A.EncodedAttention],
+    encoded: dict[str, EncodedAttention],
 ) -> None:
     enc = encoded["mp-1217910"]
-    words = A.merge_words(enc)
-    positions, _ = A.layout_words(enc.text, words, wrap=60)
+    words = merge_words(enc)
+    positions, _ = layout_words(enc.text, words, wrap=60)
     lines = [p[0] for p in positions]
     assert lines == sorted(lines) and lines[-1] >= len(enc.text) // 60
     for (a, b), (pa_, pb) in zip(itertools.pairwise(words), itertools.pairwise(positions)):
@@ -133,11 +143,11 @@ def test_layout_wraps_lines_and_keeps_written_together_words_together(
 
 
 def test_categories_follow_the_robocrys_template(
-    encoder: A.AttentionEncoder, descriptions: dict[str, str]
+    encoder: AttentionEncoder, descriptions: dict[str, str]
 ) -> None:
     text = encoder.normalize(descriptions["mp-1217910"])
     glen = len(encoder.normalize(robocrys_global(descriptions["mp-1217910"])))
-    labels = A.char_categories(text, glen)
+    labels = char_categories(text, glen)
 
     def cat(fragment: str, start: int = 0) -> set[str]:
         i = text.index(fragment, start)
@@ -167,7 +177,7 @@ def test_vocabularies_match_robocrys_and_pymatgen() -> None:
     from pymatgen.core.periodic_table import Element
     from robocrys.util import geometry_to_polyhedra, polyhedra_plurals
 
-    assert {e.symbol for e in Element if e.Z <= 118} == A.ELEMENTS
+    assert {e.symbol for e in Element if e.Z <= 118} == ELEMENTS
     names = {
         " ".join(label.split()[:-1])
         for label in CrystalNNFingerprint.from_preset("ops").feature_labels()
@@ -177,27 +187,27 @@ def test_vocabularies_match_robocrys_and_pymatgen() -> None:
     for phrase in (
         names | set(geometry_to_polyhedra) | set(polyhedra_plurals) | set(polyhedra_plurals.values())
     ):
-        match = A.GEOMETRY_RE.search(f"in a {phrase} geometry")
+        match = GEOMETRY_RE.search(f"in a {phrase} geometry")
         assert match is not None and match.group(0) == phrase, phrase
 
 
 def test_category_shares_partition_the_attention(
-    encoder: A.AttentionEncoder, encoded: dict[str, A.EncodedAttention], descriptions: dict[str, str]
+    encoder: AttentionEncoder, encoded: dict[str, EncodedAttention], descriptions: dict[str, str]
 ) -> None:
     full, enc = descriptions["mp-1217910"], encoded["mp-1217910"]
-    cats = A.token_categories(enc, len(encoder.normalize(robocrys_global(full))))
+    cats = token_categories(enc, len(encoder.normalize(robocrys_global(full))))
     assert cats[0] == cats[-1] == "special" and cats.count("special") == 2
     assert {"formula", "mineral", "space_group", "dimensionality", "site", "bond_length", "geometry"} <= set(
         cats
     )
-    shares = A.category_shares(enc, cats)
+    shares = category_shares(enc, cats)
     np.testing.assert_allclose(sum(shares.values()), 1.0, atol=1e-5)
     formula = [i for i, c in enumerate(cats) if c == "formula"]
     np.testing.assert_allclose(
         shares["formula"], enc.weights[:, :, formula].sum(axis=2).mean(axis=1), rtol=1e-6
     )
-    rows = A.material_shares("mp-1217910", enc, cats)
-    assert len(rows) == 6 * len(A.CATEGORIES)
+    rows = material_shares("mp-1217910", enc, cats)
+    assert len(rows) == 6 * len(CATEGORIES)
     for layer in range(1, 7):
         layer_rows = [r for r in rows if r["layer"] == layer]
         assert sum(r["n_tokens"] for r in layer_rows) == len(enc.tokens)
@@ -205,11 +215,11 @@ def test_category_shares_partition_the_attention(
 
 
 def test_sample_is_deterministic_and_seeded() -> None:
-    texts = [A.SectionText(f"mp-{i}", "x", 0) for i in range(30)]
-    first, again, other = (A.sample_texts(texts, 5, s) for s in (0, 0, 1))
+    texts = [SectionText(f"mp-{i}", "x", 0) for i in range(30)]
+    first, again, other = (sample_texts(texts, 5, s) for s in (0, 0, 1))
     assert first == again and first != other and len(first) == 5
     assert [t.material_id for t in first] == [t.material_id for t in texts if t in first]
-    assert A.sample_texts(texts, None, 0) == texts and A.sample_texts(texts, 100, 0) == texts
+    assert sample_texts(texts, None, 0) == texts and sample_texts(texts, 100, 0) == texts
 
 
 def test_attention_cli_writes_plot_and_table(
@@ -329,14 +339,14 @@ def test_workflow_plans_attention_rules(tmp_path: Path) -> None:
 
 
 def test_section_text_variants_place_the_global_boundary(
-    encoder: A.AttentionEncoder, descriptions: dict[str, str]
+    encoder: AttentionEncoder, descriptions: dict[str, str]
 ) -> None:
     row = section_row("mp-1217910", descriptions["mp-1217910"])
-    full, glob, local = (A.section_text(row, v, encoder.normalize) for v in ("full", "global", "local"))
+    full, glob, local = (section_text(row, v, encoder.normalize) for v in ("full", "global", "local"))
     assert full.text == row["full"] and glob.text == row["global"] and local.text == row["local"]
     norm_full = encoder.normalize(full.text)
     assert norm_full[: full.global_len] == encoder.normalize(row["global"])
     assert norm_full[full.global_len :].strip() == encoder.normalize(row["local"])
     assert glob.global_len == len(encoder.normalize(glob.text)) and local.global_len == 0
     with pytest.raises(ValueError, match="unknown text variant"):
-        A.section_text(row, "header", encoder.normalize)
+        section_text(row, "header", encoder.normalize)
