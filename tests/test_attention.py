@@ -30,7 +30,7 @@ from crys_pipeline.attention.tagging import (
     section_text,
     token_categories,
 )
-from crys_pipeline.embed import EncoderSettings
+from crys_pipeline.settings import EmbedSettings
 
 #: TaMoS4: mineral clause and a component-makeup sentence; SrTl3 and Zr2HBr2: short; Na3Bi(P2O7)2: > 512 tokens.
 SHORT_IDS = ("mp-1217910", "mp-1206636", "mp-642803")
@@ -60,7 +60,7 @@ def descriptions(shared_data: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def encoder() -> AttentionEncoder:
-    return load_encoder(EncoderSettings())
+    return load_encoder(EmbedSettings())
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from crys_pipeline.embed import EncoderSettings
+    from crys_pipeline.settings import EmbedSettings
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Word:
     tokens: tuple[int, ...]
 
 
-def encoder_label(settings: EncoderSettings) -> str:
+def encoder_label(settings: EmbedSettings) -> str:
     """The encoder's name as shown on every plot and recorded in every artifact."""
     return settings.model + (f"@{settings.revision}" if settings.revision else "")
 
@@ -73,7 +73,7 @@ class AttentionEncoder:
     tokenizer: Any
     model: Any
     normalize: Callable[[str], str]
-    settings: EncoderSettings
+    settings: EmbedSettings
     device: Any
 
     @property
@@ -130,7 +130,7 @@ def merge_words(enc: EncodedAttention) -> list[Word]:
     return words
 
 
-def load_encoder(settings: EncoderSettings) -> AttentionEncoder:
+def load_encoder(settings: EmbedSettings) -> AttentionEncoder:
     """The configured encoder, loaded by `embed.TextEncoder` (model resolution, normaliser, device),
     switched to the eager attention implementation, the one that returns attention maps."""
     from crys_pipeline.embed import TextEncoder

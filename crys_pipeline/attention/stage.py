@@ -29,12 +29,12 @@ from crys_pipeline.attention.summary import aggregate_shares, collect_shares, sa
 from crys_pipeline.attention.tagging import read_sections, section_text, token_categories
 
 if TYPE_CHECKING:
-    from crys_pipeline.embed import EncoderSettings
+    from crys_pipeline.settings import EmbedSettings
 
 log = logging.getLogger(__name__)
 
 
-def _params(settings: EncoderSettings, variant: str) -> dict[str, Any]:
+def _params(settings: EmbedSettings, variant: str) -> dict[str, Any]:
     """Artifact params naming the encoder and the text it read."""
     return {
         "encoder": encoder_label(settings),
@@ -82,7 +82,7 @@ def plot_material(
     material_id: str,
     layer: int,
     variant: str,
-    settings: EncoderSettings,
+    settings: EmbedSettings,
     out_png: Path,
     out_parquet: Path,
     wrap: int = 110,
@@ -141,7 +141,7 @@ def summarize(
     variant: str,
     sample: int | None,
     seed: int,
-    settings: EncoderSettings,
+    settings: EmbedSettings,
     out_csv: Path,
     out_png: Path,
     out_shares: Path,
