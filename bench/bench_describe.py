@@ -66,7 +66,8 @@ def run_stock(items: list, fmt: str, condenser_kwargs: dict) -> tuple[list[str |
 
 def run_ours(items: list, fmt: str) -> tuple[list[dict], float, float]:
     """Our pool with one worker: (rows, wall seconds of the run, wall seconds of the worker start)."""
-    from crys_pipeline.describe import DescribePool, DescribeSettings
+    from crys_pipeline.describe import DescribePool
+    from crys_pipeline.settings import DescribeSettings
 
     start = time.perf_counter()
     with DescribePool(DescribeSettings(fmt=fmt, timeout_s=3600, plain_orientation=False), workers=1) as pool:

@@ -50,13 +50,13 @@ def _ingest(work: Path, lines: list[str]) -> Path:
 def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
     """Every data artifact of one small pipeline, made by the stage functions the rules call."""
     from crys_pipeline import describe, embed, graphs, sections, splits
-    from crys_pipeline.settings import GraphSettings, SplitSettings
+    from crys_pipeline.settings import DescribeSettings, GraphSettings, SplitSettings
 
     structures = _ingest(work, lines)
     splits.make_splits(structures, target=TARGET, method="random123", out_full=work / "full.json",
                        settings=SplitSettings(train_ratio=0.5, val_ratio=0.25, test_ratio=0.25),
                        out_low20=work / "low20.json")
-    settings = describe.DescribeSettings()
+    settings = DescribeSettings()
     describe.describe_shard(structures, "1-of-1", settings, 1, work / "shard.parquet")
     describe.merge_shards(structures, [work / "shard.parquet"], work / "descriptions.parquet")
     sections.build_sections(work / "descriptions.parquet", False, work / "sections.parquet", structures)

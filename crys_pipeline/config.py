@@ -21,6 +21,7 @@ from jsonschema import validators
 from crys_pipeline.folder import has_split_labels
 from crys_pipeline.settings import config_schema
 
+
 def _with_defaults(validator_class: Any) -> Any:
     """A jsonschema validator class that also fills every missing key that has a schema default."""
     check_properties = validator_class.VALIDATORS["properties"]

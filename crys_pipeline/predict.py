@@ -148,9 +148,10 @@ def text_settings(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
 def describe_texts(crystals: list[Crystal], describe_params: dict[str, Any], global_header: bool,
                    variant: str) -> list[tuple[str | None, str]]:
     """(text of `variant` or None, problem) per crystal, with robocrys settings as in training."""
-    from crys_pipeline.describe import DescribeSettings, describe_structures
+    from crys_pipeline.describe import describe_structures
     from crys_pipeline.schemas import STATUS_OK
     from crys_pipeline.sections import split_row
+    from crys_pipeline.settings import DescribeSettings
 
     settings = DescribeSettings(**_only_fields(DescribeSettings, describe_params))
     rows = describe_structures([(c.material_id, c.structure) for c in crystals], settings, workers=1)
@@ -188,8 +189,8 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
     import torch
 
     from crys_pipeline.data import SplitData, make_loader
-    from crys_pipeline.variants import VARIANTS
     from crys_pipeline.train import predict
+    from crys_pipeline.variants import VARIANTS
 
     spec = VARIANTS[run.meta["variant"]]
     usable = [c for c in crystals if c.structure is not None]

@@ -11,7 +11,8 @@ Everything else derives from these classes, so a new setting is one field here p
 - artifacts record ``stamp(settings)`` as their params.
 
 A field's scope says where it goes: ``job`` settings reach the stage's job and its artifact stamp; ``workflow``
-settings shape the DAG or the scheduling (shard count, seeds, GPU sharing) and never reach a job.
+settings shape the DAG or the scheduling (shard count, seeds, GPU sharing) and never reach a job; ``internal``
+settings are fixed choices of the code (not in config.yaml, no flag), stamped in the artifacts like job settings.
 Defaults are the paper's recipe; config.yaml sets the smaller offline values.
 """
 
@@ -28,6 +29,7 @@ from crys_pipeline.schemas import TEXT_VARIANTS
 
 JOB = "job"
 WORKFLOW = "workflow"
+INTERNAL = "internal"
 DEVICES = ("auto", "cpu", "cuda")
 NONE_WORDS = ("none", "null", "")
 
@@ -89,6 +91,11 @@ class DescribeSettings(Settings):
                        choices=("raw", "unicode"))
     symprec_retry: float | None = setting(0.1, "Looser symprec tried once when symmetry detection fails at 0.01; "
                                           "null disables the retry", exclusive_minimum=0)
+    symprec: float = setting(0.01, "Symmetry tolerance of the first attempt (robocrys' default)", exclusive_minimum=0,
+                             scope=INTERNAL)
+    plain_orientation: bool = setting(True, "Write component orientations as plain integers, (0, 0, 1), as robocrys "
+                                      "does with numpy < 2 (numpy >= 2 prints np.int64(0) ...); false reproduces "
+                                      "stock robocrys byte for byte (the benchmark's setting)", scope=INTERNAL)
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,11 @@ def scoped(cls: type, scope: str | None = JOB) -> list[Field]:
     return [f for f in fields(cls) if "scope" in f.metadata and scope in (None, f.metadata["scope"])]
 
 
+def configurable(cls: type) -> list[Field]:
+    """The fields config.yaml sets (job and workflow settings)."""
+    return [f for f in scoped(cls, None) if f.metadata["scope"] != INTERNAL]
+
+
 def stamp(settings: Any) -> dict[str, Any]:
     """Everything but the workflow settings, as a plain dict: the params an artifact records."""
     workflow = {f.name for f in scoped(type(settings), WORKFLOW)}
@@ -237,7 +249,7 @@ def block_schema(cls: type) -> dict[str, Any]:
     hints = _hints(cls)
     doc = (cls.__doc__ or "").strip().splitlines()[0]
     return {"type": "object", "description": doc, "additionalProperties": False, "default": {},
-            "properties": {f.name: field_schema(f, hints[f.name]) for f in fields(cls)}}
+            "properties": {f.name: field_schema(f, hints[f.name]) for f in configurable(cls)}}
 
 
 def config_schema(base: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,10 @@ pytest.importorskip("robocrys")
 from pymatgen.core import Lattice, Structure
 
 from crys_pipeline import describe
-from crys_pipeline.describe import DescribePool, DescribeSettings, describe_structures, engine, stage
+from crys_pipeline.describe import DescribePool, describe_structures, engine, stage
 from crys_pipeline.io import read_meta, read_parquet, write_parquet
+from crys_pipeline.describe.settings import describe_params
+from crys_pipeline.settings import DescribeSettings
 
 #: Real hard cases: id -> the shared-data file holding it.
 HARD = {
@@ -201,7 +203,7 @@ def test_merge_refuses_missing_or_duplicated_ids(small_structures: Path, tmp_pat
     """Every input id exactly once: a missing shard or a shard given twice is an error."""
     rows = [engine.empty_row(r["material_id"], "failed", "x")
             for r in pq.read_table(small_structures, columns=["material_id"]).to_pylist()]
-    params = {**DescribeSettings().params(), "shard": "1-of-1"}
+    params = {**describe_params(DescribeSettings()), "shard": "1-of-1"}
     meta = {"source": "jarvis_dft_3d_2021", "versions": describe.tool_versions(), "counts": {}}
     whole, part = tmp_path / "whole.parquet", tmp_path / "part.parquet"
     write_parquet(stage.rows_to_table(rows), whole, "descriptions", params, meta)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import default_config, snakemake_in, tiny_snapshot_dir
+
 from crys_pipeline import io
 
 pytestmark = pytest.mark.slow

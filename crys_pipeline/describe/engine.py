@@ -27,8 +27,9 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from robocrys import StructureCondenser, StructureDescriber
 
 from crys_pipeline.describe.fast import FastMineralMatcher, forget_fingerprints, install_worker_patches
-from crys_pipeline.describe.settings import CONDENSER_KWARGS, PYTHON_HASH_SEED, DescribeSettings
+from crys_pipeline.describe.settings import CONDENSER_KWARGS, PYTHON_HASH_SEED
 from crys_pipeline.schemas import STATUS_FAILED, STATUS_OK
+from crys_pipeline.settings import DescribeSettings
 
 log = logging.getLogger(__name__)
 

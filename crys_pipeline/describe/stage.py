@@ -23,9 +23,10 @@ from pymatgen.core import Structure
 
 from crys_pipeline.describe.engine import PARTS, empty_row, start_worker
 from crys_pipeline.describe.pool import TimeoutPool
-from crys_pipeline.describe.settings import PYTHON_HASH_SEED, DescribeSettings
+from crys_pipeline.describe.settings import PYTHON_HASH_SEED, describe_params
 from crys_pipeline.io import read_meta, read_parquet, sha256_file, write_parquet
 from crys_pipeline.schemas import DESCRIPTIONS, STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT
+from crys_pipeline.settings import DescribeSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def describe_shard(structures: Path, shard: str, settings: DescribeSettings, wor
     described = iter(describe_structures(good, settings, workers) if good else [])
     rows = [next(described) if s is not None else empty_row(mid, STATUS_FAILED, err) for mid, s, err in items]
     meta = {"source": read_meta(structures).get("source"), "versions": tool_versions(), "counts": _counts(rows)}
-    write_parquet(rows_to_table(rows), out, "descriptions", {**settings.params(), "shard": shard}, meta)
+    write_parquet(rows_to_table(rows), out, "descriptions", {**describe_params(settings), "shard": shard}, meta)
     log.info("shard %s: %s", shard, meta["counts"])
 
 
