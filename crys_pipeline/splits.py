@@ -35,10 +35,10 @@ SplitIds = tuple[list[int], list[int], list[int]]
 
 def alignn_split_indices(
     total: int,
-    seed: int = 123,
-    train_ratio: float | None = 0.8,
-    val_ratio: float = 0.1,
-    test_ratio: float = 0.1,
+    seed: int,
+    train_ratio: float | None = None,
+    val_ratio: float | None = None,
+    test_ratio: float | None = None,
     counts: tuple[int, int, int] | None = None,
 ) -> SplitIds:
     """Index lists (train, val, test) exactly as ALIGNN's `get_id_train_val_test`.
@@ -48,9 +48,11 @@ def alignn_split_indices(
         seed: stdlib `random.seed` value before the in-place shuffle.
         train_ratio: None means 1 - val - test.
         val_ratio, test_ratio: ratios; counts truncate (`int(ratio * N)`).
-        counts: absolute (n_train, n_val, n_test) overriding the ratios.
+        counts: absolute (n_train, n_val, n_test) instead of the ratios.
     """
-    if train_ratio is None:
+    if counts is None and (val_ratio is None or test_ratio is None):
+        raise ValueError("alignn_split_indices needs val_ratio and test_ratio, or counts")
+    if train_ratio is None and counts is None:
         train_ratio = 1.0 - val_ratio - test_ratio
     if counts is None:
         counts = (int(train_ratio * total), int(val_ratio * total), int(test_ratio * total))

@@ -49,7 +49,7 @@ def decay_split(model: nn.Module, decay_filter: str = "name") -> tuple[list[str]
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float = 1e-5, decay_filter: str = "name"
+    model: nn.Module, weight_decay: float, decay_filter: str = "name"
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups: [decayed (weight_decay), not decayed (0.0)].
 
