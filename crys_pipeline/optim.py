@@ -32,6 +32,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+#: Parameters start at multiples of this many elements in their buffer (64-byte aligned float32 views).
+ALIGN = 16
+
 
 class _FlatGroup:
     """The parameters of one group, their views into a flat buffer and their gradients' views."""
@@ -39,6 +42,7 @@ class _FlatGroup:
     def __init__(self, params: list[torch.nn.Parameter]) -> None:
         self.params = params
         self.flat = torch.empty(0)
+        self.offsets: list[int] = []
         self.views: list[torch.Tensor] = []
         self.grad_views: list[torch.Tensor] = []
         self.build()
@@ -47,19 +51,29 @@ class _FlatGroup:
         """(Re)create the flat buffers from the parameters' current values, devices and gradients."""
         if len({(p.dtype, p.device) for p in self.params}) > 1:
             raise ValueError("a flat parameter group needs one dtype and device for all its parameters")
+        self.offsets = [0]
+        for param in self.params:  # each parameter starts ALIGN elements after a multiple (aligned views)
+            self.offsets.append(self.offsets[-1] + -(-param.numel() // ALIGN) * ALIGN)
+        like = {"dtype": self.params[0].dtype, "device": self.params[0].device}
+        self.flat = torch.zeros(self.offsets[-1], **like)  # [P], padding stays zero
+        self.flat.grad = torch.zeros(self.offsets[-1], **like)
+        self.views = [self.flat[o:o + p.numel()].view_as(p) for o, p in zip(self.offsets, self.params)]
+        self.grad_views = [self.flat.grad[o:o + p.numel()].view_as(p) for o, p in zip(self.offsets, self.params)]
         with torch.no_grad():
-            self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])  # [P]
-            grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in self.params]
-            self.flat.grad = torch.cat([g.reshape(-1) for g in grads])  # [P]
-        self.views, self.grad_views = [], []
-        offset = 0
-        for param in self.params:
-            size = param.numel()
-            self.views.append(self.flat[offset:offset + size].view_as(param))
-            self.grad_views.append(self.flat.grad[offset:offset + size].view_as(param))
-            param.data = self.views[-1]
-            param.grad = self.grad_views[-1]
-            offset += size
+            for param, view, grad_view in zip(self.params, self.views, self.grad_views):
+                view.copy_(param)
+                if param.grad is not None:
+                    grad_view.copy_(param.grad)
+                param.data = view
+                param.grad = grad_view
+
+    def scatter(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        """One tensor per parameter (None: zeros) laid out like the flat buffer (on the tensors' device)."""
+        out = torch.zeros(self.offsets[-1], dtype=self.flat.dtype)
+        for offset, param, tensor in zip(self.offsets, self.params, tensors):
+            if tensor is not None:
+                out[offset:offset + param.numel()] = tensor.reshape(-1).to(out)
+        return out
 
     def moved(self) -> bool:
         """Whether a parameter no longer lives in the buffer (``model.to``, ``param.data = ...``)."""
@@ -146,10 +160,7 @@ class FlatAdamW(torch.optim.AdamW):
             if group is None:
                 continue
             per_tensor = [state_dict["state"].get(i, {}) for i in saved["params"]]
-            merged = {}
-            for key in ("exp_avg", "exp_avg_sq"):
-                merged[key] = torch.cat([s[key].reshape(-1) if key in s else torch.zeros(p.numel())
-                                         for s, p in zip(per_tensor, params)])
+            merged = {key: group.scatter([s.get(key) for s in per_tensor]) for key in ("exp_avg", "exp_avg_sq")}
             steps = [float(s["step"]) for s in per_tensor if "step" in s]
             merged["step"] = torch.tensor(max(steps, default=0.0))
             state[len(state)] = merged

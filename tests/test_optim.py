@@ -90,6 +90,7 @@ def test_training_steps_equal_per_tensor_adamw(bench, batch: Batch) -> None:
     assert max(float((p - p0).abs().max()) for p, p0 in zip(model.parameters(), start)) > 1e-3
     views = {p.data_ptr() for g in flat.flat_groups for p in g.params}
     assert len(views) == len(list(model.parameters()))  # every parameter is its own view into a buffer
+    assert all(ptr % 64 == 0 for ptr in views)  # aligned like a freshly allocated tensor
 
 
 def test_optimizer_step_is_a_handful_of_ops(bench, batch: Batch) -> None:
