@@ -25,7 +25,7 @@ gradients), so the result is that of an optimizer built afterwards.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -137,7 +137,8 @@ class FlatAdamW(torch.optim.AdamW):
             group.gather_grads()
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch.optim.AdamW.step)
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """``torch.optim.AdamW.step`` on the flat buffers (rebuilt first if the model moved)."""
         self._sync()
         return super().step(closure)
 
