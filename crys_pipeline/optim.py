@@ -5,7 +5,7 @@
 gradient buffer per group. Autograd accumulates into those views in place, and the update is
 PyTorch's AdamW (the fused kernel where the device has one, else the multi-tensor one) on two flat
 tensors: the per-element math of ``torch.optim.AdamW`` (bias correction, decoupled weight decay),
-without a loop over the model's ~200 tensors.
+without a loop over the model's ~130 parameter tensors (crysmmnet).
 
 Differences from ``torch.optim.AdamW`` on the same groups, none of which changes a used parameter:
 
@@ -19,7 +19,8 @@ The state dict holds one ``exp_avg`` / ``exp_avg_sq`` per group; ``load_state_di
 per-tensor ``torch.optim.AdamW`` state dict of the same groups (an older checkpoint). If the model is
 moved (``model.to``) or its gradients are replaced (``model.zero_grad()``, assigning ``.grad``) after
 the optimizer was built, the next ``step`` rebuilds the buffers from the parameters (and their
-gradients), so the result is that of an optimizer built afterwards.
+gradients), so the result is that of an optimizer built afterwards. Replaced ``Parameter`` objects
+(``load_state_dict(assign=True)``, ``swap_module_params_on_conversion``) are not followed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class _FlatGroup:
         if len({(p.dtype, p.device) for p in self.params}) > 1:
             raise ValueError("a flat parameter group needs one dtype and device for all its parameters")
         self.offsets = [0]
-        for param in self.params:  # each parameter starts ALIGN elements after a multiple (aligned views)
+        for param in self.params:  # every parameter starts at a multiple of ALIGN elements (aligned views)
             self.offsets.append(self.offsets[-1] + -(-param.numel() // ALIGN) * ALIGN)
         like = {"dtype": self.params[0].dtype, "device": self.params[0].device}
         self.flat = torch.zeros(self.offsets[-1], **like)  # [P], padding stays zero
