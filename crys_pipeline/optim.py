@@ -20,7 +20,7 @@ per-tensor ``torch.optim.AdamW`` state dict of the same groups (an older checkpo
 moved (``model.to``) or its gradients are replaced (``model.zero_grad()``, assigning ``.grad``) after
 the optimizer was built, the next ``step`` rebuilds the buffers from the parameters (and their
 gradients), so the result is that of an optimizer built afterwards. Replaced ``Parameter`` objects
-(``load_state_dict(assign=True)``, ``swap_module_params_on_conversion``) are not followed.
+(``load_state_dict(assign=True)``, ``overwrite_module_params_on_conversion``) are not followed.
 """
 
 from __future__ import annotations
