@@ -205,7 +205,7 @@ def test_optimizer_groups_and_schedule_follow_the_reference() -> None:
 
     model = build_model("crysmmnet", atom_table=None, text_dim=384, hidden_features=16, alignn_layers=1, gcn_layers=1)
     opt = train.make_optimizer(model, 1e-3, 1e-5)
-    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    decays = {id(p): g["weight_decay"] for i, g in enumerate(opt.param_groups) for p in opt.model_params(i)}
     named = dict(model.named_parameters())
     assert len(decays) == len(named)
     for name, param in named.items():

@@ -95,8 +95,9 @@ class _EGGCFunction(torch.autograd.Function):
         v_src = rows[v_rows]  # [E, H]
         gate = torch.addmm(edge_b, e, edge_w.t()).add_(rows[a_rows]).add_(rows[b_rows])  # g = A h_s + B h_t + C e
         sigma = torch.sigmoid(gate)
-        num = h.new_zeros(n, width).index_add_(0, dst, sigma * v_src)  # [E, H] -> [N, H]
-        inv = h.new_zeros(n, width).index_add_(0, dst, sigma).add_(GATE_EPS).reciprocal_()
+        like = {"dtype": h.dtype, "device": h.device}
+        num = torch.zeros(n, width, **like).index_add_(0, dst, sigma * v_src)  # [E, H] -> [N, H]
+        inv = torch.full((n, width), GATE_EPS, **like).index_add_(0, dst, sigma).reciprocal_()  # 1 / (eps + sum)
         mean_msg = num.mul_(inv)  # [N, H]
         x = proj[:, 3 * width:] + mean_msg
         xn, mean_n, invstd_n = torch.native_batch_norm(x, wn, bn, rmn, rvn, training, momentum, eps)
@@ -105,7 +106,7 @@ class _EGGCFunction(torch.autograd.Function):
                               v_src, sigma, inv, mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e)
         ctx.flags = (training, eps)
         ctx.set_materialize_grads(False)  # an unused edge output (the last layer's) skips its BatchNorm backward
-        return h + F.silu(xn), e + F.silu(gn)
+        return F.silu(xn).add_(h), F.silu(gn).add_(e)  # h + SiLU(.), e + SiLU(.) without one more temporary
 
     @staticmethod
     def backward(ctx, dh_out, de_out):
@@ -124,9 +125,10 @@ class _EGGCFunction(torch.autograd.Function):
         dnum = dx * inv  # d loss / d num; d loss / d den = -dnum * mean_msg
         dm = dnum[dst]  # [E, H]
         dgate += aten.sigmoid_backward((dm * v_src).sub_((dnum * mean_msg)[dst]), sigma)
-        dproj = h.new_zeros(h.shape[0], 4 * h.shape[1])  # [N, 4H], filled through its [4N, H] view
+        dproj = torch.zeros(h.shape[0], 4 * h.shape[1], dtype=h.dtype, device=h.device)  # [N, 4H]
+        drows = dproj.view(-1, h.shape[1])  # [4N, H]
         for idx, grad in ((a_rows, dgate), (v_rows, dm.mul_(sigma)), (b_rows, dgate), (u_rows, dx)):
-            dproj.view(-1, h.shape[1]).index_add_(0, idx, grad)
+            drows.index_add_(0, idx, grad)
         dh = torch.addmm(dh_out, dproj, node_w)
         de = torch.mm(dgate, edge_w) if de_out is None else torch.addmm(de_out, dgate, edge_w)
         return (dh, de, None, None, None, None, None, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e),

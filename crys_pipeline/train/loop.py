@@ -78,17 +78,14 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the reference's parameter groups (bias / bn / norm names not decayed).
 
-    The fused implementation (one kernel per parameter group instead of a loop over tensors) where the
-    device has one, else the multi-tensor (``foreach``) one: the same update to float32 rounding.
+    ``FlatAdamW``: each group's parameters and gradients live in one flat buffer, and the update is
+    the fused (else multi-tensor) AdamW kernel on those buffers: the same update to float32 rounding,
+    a handful of ops per step. Build it after ``model.to(device)``.
     """
     from crys_pipeline.models import param_groups
+    from crys_pipeline.optim import FlatAdamW
 
-    groups = param_groups(model, weight_decay)
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except RuntimeError as exc:  # a device without a fused AdamW kernel
-        log.info("fused AdamW unavailable (%s): using the multi-tensor implementation", exc)
-        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    return FlatAdamW(param_groups(model, weight_decay), lr=lr)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
