@@ -85,7 +85,7 @@ def write_sections(n: int, path: Path) -> dict[str, list[str]]:
 def run_ours(encoder: embed.TextEncoder, sections: Path, work: Path, round_no: int) -> tuple[float, Path]:
     out = work / f"round{round_no}.h5"
     start = time.perf_counter()
-    embed.embed_sections(sections, out, encoder.settings, encoder=encoder)
+    embed.embed_sections(sections, out=out, settings=encoder.settings, encoder=encoder)
     return time.perf_counter() - start, out
 
 

@@ -163,6 +163,7 @@ def _load_text(embeddings: Path, variant: str) -> tuple[dict[str, int], np.ndarr
 
 def load_training_data(
     structures: Path,
+    *,
     split: Path,
     target: str,
     graphs: Path | None = None,

@@ -368,7 +368,7 @@ def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant:
 
 
 def embed_sections(
-    sections: Path, out: Path, settings: EmbedSettings, threads: int = 0,
+    sections: Path, *, out: Path, settings: EmbedSettings, threads: int = 0,
     encoder: TextEncoder | None = None, structures: Path | None = None,
 ) -> dict[str, Any]:
     """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).

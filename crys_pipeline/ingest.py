@@ -367,6 +367,7 @@ def _unlisted_meta(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def ingest(
     manifest_path: Path,
+    *,
     targets: dict[str, dict[str, Any]],
     subset: dict[str, int] | None,
     stratify_target: str,

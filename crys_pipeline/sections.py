@@ -68,7 +68,9 @@ def _counts(rows: list[dict[str, str]]) -> dict[str, int]:
     }
 
 
-def build_sections(descriptions: Path, global_header: bool, out: Path, structures: Path | None = None) -> None:
+def build_sections(
+    descriptions: Path, *, global_header: bool, out: Path, structures: Path | None = None
+) -> None:
     """Write the sections table: one row per descriptions row, same order.
 
     Args:

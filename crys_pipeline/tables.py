@@ -196,6 +196,7 @@ def cell_row(
 
 def assemble_table(
     table: str,
+    *,
     spec: dict[str, Any],
     units: dict[str, str],
     runs: list[Path],
@@ -318,10 +319,10 @@ def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]])
 
 
 def build_table(
-    table: str, spec: dict[str, Any], units: dict[str, str], runs: list[Path], out_csv: Path, out_md: Path
+    table: str, *, spec: dict[str, Any], units: dict[str, str], runs: list[Path], out_csv: Path, out_md: Path
 ) -> list[dict[str, Any]]:
     """Assemble one table from its runs and write the CSV and the Markdown; returns the rows."""
-    rows = assemble_table(table, spec, units, runs)
+    rows = assemble_table(table, spec=spec, units=units, runs=runs)
     write_text(table_csv(rows), out_csv)
     write_text(table_markdown(table, spec, rows), out_md)
     log.info("%s: %d rows from %d runs -> %s, %s", table, len(rows), len(runs), out_csv, out_md)

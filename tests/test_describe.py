@@ -209,8 +209,8 @@ def test_merge_refuses_missing_or_duplicated_ids(small_structures: Path, tmp_pat
     write_parquet(stage.rows_to_table(rows), whole, "descriptions", params, meta)
     write_parquet(stage.rows_to_table(rows[:2]), part, "descriptions", params, meta)
     with pytest.raises(ValueError, match="missing"):
-        describe.merge_shards(small_structures, [part], tmp_path / "out.parquet")
+        describe.merge_shards(small_structures, shards=[part], out=tmp_path / "out.parquet")
     with pytest.raises(ValueError, match="more than one"):
-        describe.merge_shards(small_structures, [whole, part], tmp_path / "out.parquet")
-    describe.merge_shards(small_structures, [whole], tmp_path / "out.parquet")
+        describe.merge_shards(small_structures, shards=[whole, part], out=tmp_path / "out.parquet")
+    describe.merge_shards(small_structures, shards=[whole], out=tmp_path / "out.parquet")
     assert read_meta(tmp_path / "out.parquet")["counts"] == {"ok": 0, "failed": len(rows), "timeout": 0}

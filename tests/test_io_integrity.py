@@ -54,8 +54,8 @@ def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("e")
     io.write_parquet(pa.Table.from_pylist(rows), work / "sections.parquet", "sections", {},
                      {"source": "mp_ref", "versions": {}, "counts": {}})
-    embed.embed_sections(work / "sections.parquet", work / "e.h5",
-                         EmbedSettings(max_length=64, token_budget=1024, device="cpu"))
+    embed.embed_sections(work / "sections.parquet", out=work / "e.h5",
+                         settings=EmbedSettings(max_length=64, token_budget=1024, device="cpu"))
     return work / "e.h5"
 
 

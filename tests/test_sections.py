@@ -106,7 +106,7 @@ def test_inconsistent_parts_are_an_error() -> None:
 def test_build_sections_file(descriptions: Path, tmp_path: Path) -> None:
     """Same rows and order as the descriptions table; counts and settings in the metadata."""
     out = tmp_path / "sections.parquet"
-    sections.build_sections(descriptions, True, out)
+    sections.build_sections(descriptions, global_header=True, out=out)
     rows = pq.read_table(out).to_pylist()
     assert [r["material_id"] for r in rows] == ["mp-399", "JVASP-1", "JVASP-5"]
     assert [r["status"] for r in rows] == ["ok", "timeout", "ok"]

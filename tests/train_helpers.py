@@ -31,9 +31,11 @@ def ingest_first(n: int, workdir: Path) -> Path:
         dst.writelines(lines)
     cfg = default_config()["sources"][SOURCE]
     manifest = workdir / f"{SOURCE}.json"
-    download.fetch(SOURCE, "jarvis", cfg["jarvis_key"], snap, workdir / "dl", manifest)
+    download.fetch(SOURCE, provider="jarvis", jarvis_key=cfg["jarvis_key"], snapshot_dir=snap,
+                   download_dir=workdir / "dl", out=manifest)
     out = workdir / f"{SOURCE}.parquet"
-    ingest.ingest(manifest, cfg["targets"], None, cfg["stratify_target"], out, workdir / f"{SOURCE}.rejected.parquet")
+    ingest.ingest(manifest, targets=cfg["targets"], subset=None, stratify_target=cfg["stratify_target"],
+                  out=out, rejected_out=workdir / f"{SOURCE}.rejected.parquet")
     return out
 
 
@@ -103,7 +105,7 @@ def mp_text_dataset(workdir: Path, n_failed: int = 1) -> dict[str, Path]:
     io.write_parquet(pa.Table.from_pylist(rows), sections, "sections", {},
                      {"source": "mp_text", "versions": {}, "counts": {}})
     embeddings = workdir / "embeddings.h5"
-    embed.embed_sections(sections, embeddings, EmbedSettings(max_length=128, token_budget=4096,
-                                                                      device="cpu"))
+    embed.embed_sections(sections, out=embeddings,
+                         settings=EmbedSettings(max_length=128, token_budget=4096, device="cpu"))
     return {"structures": structures, "graphs": build_graph_dir(structures, workdir / "graphs"),
             "embeddings": embeddings, "ids": [r["material_id"] for r in recs]}

@@ -79,6 +79,7 @@ def attention_table(material_id: str, enc: EncodedAttention, layer: int, categor
 
 def plot_material(
     sections: Path,
+    *,
     material_id: str,
     layer: int,
     variant: str,
@@ -138,6 +139,7 @@ def _material_row(sections: Path, material_id: str) -> dict[str, Any]:
 
 def summarize(
     sections: Path,
+    *,
     variant: str,
     sample: int | None,
     seed: int,

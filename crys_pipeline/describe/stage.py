@@ -114,7 +114,9 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def describe_shard(structures: Path, shard: str, settings: DescribeSettings, workers: int, out: Path) -> None:
+def describe_shard(
+    structures: Path, *, shard: str, settings: DescribeSettings, workers: int, out: Path
+) -> None:
     """Describe one scattergather shard (rows i with i % N == I-1) of a structures table.
 
     Args:
@@ -135,7 +137,7 @@ def describe_shard(structures: Path, shard: str, settings: DescribeSettings, wor
     log.info("shard %s: %s", shard, meta["counts"])
 
 
-def merge_shards(structures: Path, shards: list[Path], out: Path) -> None:
+def merge_shards(structures: Path, *, shards: list[Path], out: Path) -> None:
     """Gather shard files into one descriptions table in the structures table's order.
 
     Raises:
