@@ -399,7 +399,8 @@ def embed_sections(
         io.check_lineage(structures, {sections: sections_meta.get("structures_sha256")})
     inputs = {"sections_sha256": io.sha256_file(sections), "sections_params": sections_meta.get("params", {}),
               "structures_sha256": sections_meta.get("structures_sha256")}
-    partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(), inputs)
+    partial = io.open_embeddings_partial(out, rows=rows, dim=encoder.dim, params=encoder.params(),
+                                         inputs=inputs)
     try:
         todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VARIANTS)
         log.info("%d materials x %d variants: %d texts to encode (%d already done)", len(rows["material_id"]),

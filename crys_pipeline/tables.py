@@ -170,7 +170,7 @@ def _shared(cell: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cell_row(
-    table: str, spec: dict[str, Any], unit: str, cell: list[dict[str, Any]], paper: PaperValue | None
+    table: str, *, spec: dict[str, Any], unit: str, cell: list[dict[str, Any]], paper: PaperValue | None
 ) -> dict[str, Any]:
     """One table row from the summaries of one (target, variant) cell."""
     shared = _shared(cell)
@@ -217,7 +217,7 @@ def assemble_table(
     rows = []
     for (target, variant), cell in cells.items():
         paper = paper_values.get((table, spec["source"], target, variant, spec["regime"]))
-        rows.append(cell_row(table, spec, units[target], cell, paper))
+        rows.append(cell_row(table, spec=spec, unit=units[target], cell=cell, paper=paper))
     return rows
 
 

@@ -201,7 +201,7 @@ def test_killed_shard_rerun_gives_same_merged_file(small_structures: Path, tmp_p
 
 def test_merge_refuses_missing_or_duplicated_ids(small_structures: Path, tmp_path: Path) -> None:
     """Every input id exactly once: a missing shard or a shard given twice is an error."""
-    rows = [engine.empty_row(r["material_id"], "failed", "x")
+    rows = [engine.empty_row(r["material_id"], status="failed", error="x")
             for r in pq.read_table(small_structures, columns=["material_id"]).to_pylist()]
     params = {**describe_params(DescribeSettings()), "shard": "1-of-1"}
     meta = {"source": "jarvis_dft_3d_2021", "versions": describe.tool_versions(), "counts": {}}

@@ -253,7 +253,8 @@ def test_stale_partial_is_restarted(sections: Path, encoder: embed.TextEncoder, 
     rows = {"material_id": _section_texts(sections, "full")[0]}
     rows.update(status=["ok"] * len(rows["material_id"]), error=[""] * len(rows["material_id"]))
     params = {**encoder.params(), "pooling": other.pooling}
-    partial = io.open_embeddings_partial(out, rows, encoder.dim, params, {"sections_sha256": "x"})
+    partial = io.open_embeddings_partial(out, rows=rows, dim=encoder.dim, params=params,
+                                         inputs={"sections_sha256": "x"})
     partial.write_rows("full", np.arange(3), {"": np.ones((3, 384), np.float32), "_token_count": np.ones(3),
                                               "_truncated": np.zeros(3, bool), "_empty": np.zeros(3, bool)})
     partial.close_if_open()

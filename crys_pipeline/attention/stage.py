@@ -111,7 +111,7 @@ def plot_material(
         f"mean over {enc.weights.shape[1]} heads; encoder {encoder_label(settings)}; {len(enc.tokens)} tokens"
         + (f", truncated to {settings.max_length}" if enc.truncated else "")
     )
-    plot_layer(enc, layer, item.global_len, title, out_png, wrap)
+    plot_layer(enc, layer=layer, global_len=item.global_len, title=title, path=out_png, wrap=wrap)
     params = {**_params(settings, variant), "layer": layer, "material_id": material_id}
     extra = {
         "text": enc.text,

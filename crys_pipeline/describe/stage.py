@@ -46,7 +46,8 @@ def tool_versions() -> dict[str, str]:
 
 def _lost_row(material_id: str, timed_out: bool, error: str, elapsed_s: float) -> dict[str, Any]:
     """The row of a structure whose worker passed the time limit (`timeout`) or died (`failed`)."""
-    return empty_row(material_id, STATUS_TIMEOUT if timed_out else STATUS_FAILED, error, elapsed_s)
+    return empty_row(material_id, status=STATUS_TIMEOUT if timed_out else STATUS_FAILED, error=error,
+                     elapsed_s=elapsed_s)
 
 
 class DescribePool(TimeoutPool):
@@ -131,7 +132,8 @@ def describe_shard(
     log.info("shard %s: %d structures, %d workers, limit %g s", shard, len(items), workers, settings.timeout_s)
     good = [(mid, s) for mid, s, _ in items if s is not None]
     described = iter(describe_structures(good, settings, workers) if good else [])
-    rows = [next(described) if s is not None else empty_row(mid, STATUS_FAILED, err) for mid, s, err in items]
+    rows = [next(described) if s is not None else empty_row(mid, status=STATUS_FAILED, error=err)
+            for mid, s, err in items]
     meta = {"source": read_meta(structures).get("source"), "versions": tool_versions(), "counts": _counts(rows)}
     write_parquet(rows_to_table(rows), out, "descriptions", {**describe_params(settings), "shard": shard}, meta)
     log.info("shard %s: %s", shard, meta["counts"])
