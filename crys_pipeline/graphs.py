@@ -354,8 +354,8 @@ def build_graphs(structures: Path, *, params: GraphSettings, workers: int, out_d
     for index in range(n_shards):
         table = io.encode_graphs(list(itertools.islice(rows, shard_size)))
         name = f"shard-{index:05d}.parquet"
-        io.write_parquet(table, out_dir / name, "graphs", graph_meta(params),
-                         {**extra, "shard": index, "n_shards": n_shards})
+        io.write_parquet(table, out_dir / name, kind="graphs", params=graph_meta(params),
+                         extra={**extra, "shard": index, "n_shards": n_shards})
         failed = table.num_rows - sum(s == STATUS_OK for s in table.column("status").to_pylist())
         shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed,
                        "sha256": io.sha256_file(out_dir / name)})

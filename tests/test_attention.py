@@ -91,7 +91,7 @@ def sections(descriptions: dict[str, str], tmp_path_factory: pytest.TempPathFact
     rows.append(section_row("mp-0-empty", ""))
     path = tmp_path_factory.mktemp("sections") / "sections.parquet"
     meta = {"source": "mp_reference", "versions": {}, "counts": {"ok": 7, "failed": 1}}
-    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {}, meta)
+    io.write_parquet(pa.Table.from_pylist(rows), path, kind="sections", params={}, extra=meta)
     return path
 
 

@@ -28,9 +28,9 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> dict:
         table = table.set_column(table.column_names.index(name), name,
                                  pa.array(values, type=table.schema.field(name).type))
     meta = io.read_meta(structures)
-    io.write_parquet(table, structures, "structures", meta["params"],
-                     {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "package_version",
-                                                                 "created", "params")})
+    io.write_parquet(table, structures, kind="structures", params=meta["params"],
+                     extra={k: v for k, v in meta.items()
+                            if k not in ("kind", "schema_version", "package_version", "created", "params")})
     return {"work": work, "structures": structures, "graphs": build_graph_dir(structures, work / "graphs", 10),
             "victim": victim}
 

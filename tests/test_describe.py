@@ -149,7 +149,8 @@ def small_structures(jarvis_structures: Path, tmp_path_factory: pytest.TempPathF
     meta = read_meta(jarvis_structures)
     table = read_parquet(jarvis_structures, "structures").slice(0, 4)
     out = tmp_path_factory.mktemp("describe") / "structures.parquet"
-    write_parquet(table, out, "structures", meta["params"], {k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
+    write_parquet(table, out, kind="structures", params=meta["params"],
+                  extra={k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
     return out
 
 
@@ -206,8 +207,8 @@ def test_merge_refuses_missing_or_duplicated_ids(small_structures: Path, tmp_pat
     params = {**describe_params(DescribeSettings()), "shard": "1-of-1"}
     meta = {"source": "jarvis_dft_3d_2021", "versions": describe.tool_versions(), "counts": {}}
     whole, part = tmp_path / "whole.parquet", tmp_path / "part.parquet"
-    write_parquet(stage.rows_to_table(rows), whole, "descriptions", params, meta)
-    write_parquet(stage.rows_to_table(rows[:2]), part, "descriptions", params, meta)
+    write_parquet(stage.rows_to_table(rows), whole, kind="descriptions", params=params, extra=meta)
+    write_parquet(stage.rows_to_table(rows[:2]), part, kind="descriptions", params=params, extra=meta)
     with pytest.raises(ValueError, match="missing"):
         describe.merge_shards(small_structures, shards=[part], out=tmp_path / "out.parquet")
     with pytest.raises(ValueError, match="more than one"):

@@ -72,8 +72,8 @@ def sections(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows.append({"material_id": "mp-failed", "status": "failed", "error": "robocrys: no oxidation states",
                  "full": "", "global": "", "local": ""})
     path = tmp_path_factory.mktemp("sections") / "sections.parquet"
-    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {},
-                     {"source": "mp_ref", "versions": {}, "counts": {}})
+    io.write_parquet(pa.Table.from_pylist(rows), path, kind="sections", params={},
+                     extra={"source": "mp_ref", "versions": {}, "counts": {}})
     return path
 
 

@@ -66,7 +66,7 @@ def test_export_refuses_foreign_split_and_targets_without_benchmark(official_run
     rows = [{**r, "split": "test"} if r["material_id"] == train_id else r for r in table.to_pylist()]
     import pyarrow as pa
 
-    io.write_parquet(pa.Table.from_pylist(rows, schema=table.schema), foreign / "predictions.parquet", "predictions",
-                     {}, io.read_meta(official_run / "predictions.parquet"))
+    io.write_parquet(pa.Table.from_pylist(rows, schema=table.schema), foreign / "predictions.parquet",
+                     kind="predictions", params={}, extra=io.read_meta(official_run / "predictions.parquet"))
     with pytest.raises(ValueError, match="not in the official"):
         leaderboard.export_leaderboard(foreign, out_dir=tmp_path / "out2")

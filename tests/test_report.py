@@ -112,8 +112,9 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     nan_pred = [math.nan if split == "test" else p for split, p in zip(preds["split"].to_pylist(),
                                                                        preds["prediction"].to_pylist())]
     meta = io.read_meta(pred_path)
-    io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, "predictions",
-                     meta["params"], {k: meta[k] for k in ("source", "target", "variant", "regime", "seed", "split_hash")})
+    keep = ("source", "target", "variant", "regime", "seed", "split_hash")
+    io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, kind="predictions",
+                     params=meta["params"], extra={k: meta[k] for k in keep})
     io.write_json({**io.read_json(summary_path), "files": run_files(summary_path.parent)}, summary_path)
     spec = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
     build_table("table1", spec=spec, units=UNITS, runs=[summary_path], out_csv=tmp_path / "table1.csv",

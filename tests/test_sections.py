@@ -56,8 +56,8 @@ def descriptions(tmp_path: Path) -> Path:
     rows = [_row(r) for r in (PTTE2, TIMED_OUT, RUTILE)]
     table = pa.Table.from_pylist([{f.name: r[f.name] for f in DESCRIPTIONS.schema} for r in rows])
     path = tmp_path / "descriptions.parquet"
-    write_parquet(table, path, "descriptions", {"fmt": "raw"},
-                  {"source": "mp_2018", "versions": {"robocrys": "0.2.13"}, "counts": {}})
+    write_parquet(table, path, kind="descriptions", params={"fmt": "raw"},
+                  extra={"source": "mp_2018", "versions": {"robocrys": "0.2.13"}, "counts": {}})
     return path
 
 

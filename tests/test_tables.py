@@ -49,7 +49,8 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
     table = pa.table({"material_id": [r["jid"] for r in recs], "split": splits, "target": y, "prediction": pred})
     meta = {"source": source, "target": target, "variant": variant, "regime": regime, "seed": seed,
             "split_hash": split_hash}
-    io.write_parquet(table, run_dir / "predictions.parquet", "predictions", {"seed": seed}, meta)
+    io.write_parquet(table, run_dir / "predictions.parquet", kind="predictions", params={"seed": seed},
+                     extra=meta)
     metrics = [{"epoch": e, "train_loss": 4 * k * test_mae, "val_mae": 1.05 * k * test_mae, "test_mae": k * test_mae,
                 "lr": 1e-3, "seconds": 0.5} for e, k in enumerate(EPOCH_SHAPE, start=1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))

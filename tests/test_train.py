@@ -330,8 +330,8 @@ def test_diverged_run_exits_non_zero_with_the_reason(jarvis40, split30, tmp_path
               for m, v in zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist())]
     table = table.set_column(table.column_names.index(TARGET), TARGET, pa.array(values, pa.float64()))
     structures = tmp_path / "structures.parquet"
-    io.write_parquet(table, structures, "structures", meta["params"], {k: meta[k] for k in ("source", "targets",
-                                                                                             "snapshot_sha256")})
+    io.write_parquet(table, structures, kind="structures", params=meta["params"],
+                     extra={k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
     graphs = build_graph_dir(structures, tmp_path / "graphs")
     out = tmp_path / "run"
     argv = ["train", "--structures", str(structures), "--split", str(split30), "--graphs", str(graphs),

@@ -121,7 +121,7 @@ def plot_material(
         "num_heads": int(enc.weights.shape[1]),
     }
     table = attention_table(material_id, enc, layer, token_categories(enc, item.global_len))
-    io.write_parquet(table, out_parquet, "attention", params, extra)
+    io.write_parquet(table, out_parquet, kind="attention", params=params, extra=extra)
     log.info("%s: layer %d, %d tokens -> %s, %s", material_id, layer, len(enc.tokens), out_png, out_parquet)
 
 
@@ -177,9 +177,9 @@ def summarize(
     io.write_parquet(
         pa.Table.from_pylist(rows),
         out_shares,
-        "attention_shares",
-        params,
-        {"counts": counts, "num_layers": encoder.num_layers},
+        kind="attention_shares",
+        params=params,
+        extra={"counts": counts, "num_layers": encoder.num_layers},
     )
     summary = aggregate_shares(rows)
     io.write_text(summary.write_csv(float_precision=5), out_csv)

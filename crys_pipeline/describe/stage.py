@@ -135,7 +135,8 @@ def describe_shard(
     rows = [next(described) if s is not None else empty_row(mid, status=STATUS_FAILED, error=err)
             for mid, s, err in items]
     meta = {"source": read_meta(structures).get("source"), "versions": tool_versions(), "counts": _counts(rows)}
-    write_parquet(rows_to_table(rows), out, "descriptions", {**describe_params(settings), "shard": shard}, meta)
+    write_parquet(rows_to_table(rows), out, kind="descriptions",
+                  params={**describe_params(settings), "shard": shard}, extra=meta)
     log.info("shard %s: %s", shard, meta["counts"])
 
 
@@ -167,5 +168,5 @@ def merge_shards(structures: Path, *, shards: list[Path], out: Path) -> None:
     rows = [by_id[i] for i in ids]
     meta = {"source": metas[0].get("source"), "versions": metas[0].get("versions"), "counts": _counts(rows),
             "shards": len(shards), "structures_sha256": sha256_file(structures)}
-    write_parquet(rows_to_table(rows), out, "descriptions", params[0], meta)
+    write_parquet(rows_to_table(rows), out, kind="descriptions", params=params[0], extra=meta)
     log.info("merged %d shards: %s", len(shards), meta["counts"])

@@ -37,7 +37,8 @@ def _check_columns(schema: pa.Schema, layout: ParquetLayout, meta: dict[str, Any
 
 
 def write_parquet(
-    table: pa.Table, path: str | Path, kind: str, params: dict[str, Any], extra: dict[str, Any] | None = None
+    table: pa.Table, path: str | Path, *, kind: str, params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Validate `table` against layout `kind`, stamp metadata and write it atomically to `path`.
 
