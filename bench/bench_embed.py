@@ -77,15 +77,15 @@ def write_sections(n: int, path: Path) -> dict[str, list[str]]:
         parts = rec["description"].split(". ")
         rows.append({"material_id": rec["material_id"], "status": "ok", "error": "", "full": rec["description"],
                      "global": ". ".join(parts[:2]) + ".", "local": ". ".join(parts[2:])})
-    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {},
-                     {"source": "robocrys_text_reference_mp", "versions": {}, "counts": {}})
+    io.write_parquet(pa.Table.from_pylist(rows), path, kind="sections", params={},
+                     extra={"source": "robocrys_text_reference_mp", "versions": {}, "counts": {}})
     return {v: [r[v] for r in rows] for v in TEXT_VARIANTS}
 
 
 def run_ours(encoder: embed.TextEncoder, sections: Path, work: Path, round_no: int) -> tuple[float, Path]:
     out = work / f"round{round_no}.h5"
     start = time.perf_counter()
-    embed.embed_sections(sections, out, encoder.settings, encoder=encoder)
+    embed.embed_sections(sections, out=out, settings=encoder.settings, encoder=encoder)
     return time.perf_counter() - start, out
 
 

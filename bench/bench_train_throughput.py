@@ -120,7 +120,7 @@ def reference_encoder_forward(self, batch) -> torch.Tensor:
             e, t = layer.edge_update(m, t, lg_index)
     for layer in self.gcn_layers:
         h, e = layer(h, e, edge_index)
-    return readout(h, batch.batch, batch.num_graphs, self.reduce)
+    return readout(h, batch=batch.batch, num_graphs=batch.num_graphs, reduce=self.reduce)
 # ==== END OF REFERENCE CODE ====
 
 

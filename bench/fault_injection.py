@@ -40,10 +40,11 @@ def _ingest(work: Path, lines: list[str]) -> Path:
     (work / "snap").mkdir(parents=True)
     with gzip.open(work / "snap" / OFFLINE_FILES["jarvis"], "wt") as handle:
         handle.writelines(lines)
-    download.fetch(SOURCE, "jarvis", "dft_3d_2021", work / "snap", work / "dl", work / "manifest.json")
+    download.fetch(SOURCE, provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=work / "snap",
+                   download_dir=work / "dl", out=work / "manifest.json")
     targets = {TARGET: {"field": TARGET, "unit": "eV/atom", "transform": "none", "split": "random123"}}
-    ingest.ingest(work / "manifest.json", targets, None, TARGET, work / "structures.parquet",
-                  work / "rejected.parquet")
+    ingest.ingest(work / "manifest.json", targets=targets, subset=None, stratify_target=TARGET,
+                  out=work / "structures.parquet", rejected_out=work / "rejected.parquet")
     return work / "structures.parquet"
 
 
@@ -57,11 +58,13 @@ def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
                        settings=SplitSettings(train_ratio=0.5, val_ratio=0.25, test_ratio=0.25),
                        out_low20=work / "low20.json")
     settings = DescribeSettings()
-    describe.describe_shard(structures, "1-of-1", settings, 1, work / "shard.parquet")
-    describe.merge_shards(structures, [work / "shard.parquet"], work / "descriptions.parquet")
-    sections.build_sections(work / "descriptions.parquet", False, work / "sections.parquet", structures)
-    embed.embed_sections(work / "sections.parquet", work / "embeddings.h5", encoder.settings, encoder=encoder,
-                         structures=structures)
+    describe.describe_shard(structures, shard="1-of-1", settings=settings, workers=1,
+                            out=work / "shard.parquet")
+    describe.merge_shards(structures, shards=[work / "shard.parquet"], out=work / "descriptions.parquet")
+    sections.build_sections(work / "descriptions.parquet", global_header=False, out=work / "sections.parquet",
+                            structures=structures)
+    embed.embed_sections(work / "sections.parquet", out=work / "embeddings.h5", settings=encoder.settings,
+                         encoder=encoder, structures=structures)
     graphs.build_graphs(structures, params=GraphSettings(shard_size=4), workers=1, out_dir=work / "graphs")
     return {"structures": structures, "splits": work / "full.json", "descriptions": work / "descriptions.parquet",
             "sections": work / "sections.parquet", "embeddings": work / "embeddings.h5",
@@ -77,7 +80,8 @@ def train_runs(art: dict[str, Path], work: Path) -> list[Path]:
         out = work / "results/train" / SOURCE / TARGET / "crysmmnet" / "full" / f"seed{seed}"
         cfg = train.TrainConfig(target=TARGET, variant="crysmmnet", seed=seed, epochs=1, batch_size=4,
                                 hidden_features=16, alignn_layers=1, gcn_layers=1, device="cpu", threads=1)
-        train.train(art["structures"], art["splits"], art["graph shard"].parent, art["embeddings"], out, cfg)
+        train.train(art["structures"], split=art["splits"], graphs=art["graph shard"].parent,
+                    embeddings=art["embeddings"], out_dir=out, cfg=cfg)
         runs.append(out)
     return runs
 
@@ -86,8 +90,8 @@ def load_data(art: dict[str, Path]) -> None:
     """What a training job reads: structures, split, graph shards and embeddings, joined and checked."""
     from crys_pipeline.data import load_training_data
 
-    load_training_data(art["structures"], art["splits"], TARGET, art["graph shard"].parent, art["embeddings"],
-                       "full")
+    load_training_data(art["structures"], split=art["splits"], target=TARGET,
+                       graphs=art["graph shard"].parent, embeddings=art["embeddings"], text_variant="full")
 
 
 def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[str, Callable[[], None]]:
@@ -95,12 +99,13 @@ def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[s
     from crys_pipeline import embed, predict, report, sections, tables
 
     def via_sections() -> None:
-        sections.build_sections(art["descriptions"], False, scratch / "sections.parquet", art["structures"])
+        sections.build_sections(art["descriptions"], global_header=False, out=scratch / "sections.parquet",
+                                structures=art["structures"])
         via_embed(scratch / "sections.parquet")
 
     def via_embed(sections_path: Path) -> None:
         (scratch / "e.h5").unlink(missing_ok=True)
-        embed.embed_sections(sections_path, scratch / "e.h5", encoder.settings, encoder=encoder,
+        embed.embed_sections(sections_path, out=scratch / "e.h5", settings=encoder.settings, encoder=encoder,
                              structures=art["structures"])
         load_data({**art, "embeddings": scratch / "e.h5"})
 
@@ -109,7 +114,8 @@ def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[s
         "structures": lambda: load_data(art), "splits": lambda: load_data(art),
         "descriptions": via_sections, "sections": lambda: via_embed(art["sections"]),
         "embeddings": lambda: load_data(art), "graph shard": lambda: load_data(art),
-        "summary.json": lambda: tables.assemble_table("table1", spec, {TARGET: "eV/atom"}, [run / "summary.json"]),
+        "summary.json": lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
+                                                      runs=[run / "summary.json"]),
         "model.json": lambda: predict.load_run(run), "model.pt": lambda: predict.load_run(run),
         "metrics.jsonl": lambda: report.load_run(run / "summary.json"),
         "predictions.parquet": lambda: report.load_run(run / "summary.json"),

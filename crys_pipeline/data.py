@@ -79,7 +79,9 @@ def _graph_shards(graphs: Path) -> list[Path]:
     return shards
 
 
-def input_hashes(structures: Path, split: Path, graphs: Path | None, embeddings: Path | None) -> dict[str, str]:
+def input_hashes(
+    structures: Path, *, split: Path, graphs: Path | None, embeddings: Path | None
+) -> dict[str, str]:
     """sha256 of every input; the graph shards are combined (sorted by name) into one digest."""
     hashes = {"structures": io.sha256_file(structures), "split": io.sha256_file(split)}
     if graphs is not None:
@@ -163,6 +165,7 @@ def _load_text(embeddings: Path, variant: str) -> tuple[dict[str, int], np.ndarr
 
 def load_training_data(
     structures: Path,
+    *,
     split: Path,
     target: str,
     graphs: Path | None = None,
@@ -194,7 +197,7 @@ def load_training_data(
     text_rows, matrix, text_failures, embed_attrs = None, None, {}, {}
     if embeddings is not None:
         text_rows, matrix, text_failures, embed_attrs = _load_text(embeddings, text_variant)
-    hashes = input_hashes(structures, split, graphs, embeddings)
+    hashes = input_hashes(structures, split=split, graphs=graphs, embeddings=embeddings)
     io.check_lineage(structures, {
         split: split_rec.get("structures_sha256"), **({graphs: graph_meta.get("structures_sha256")} if graphs else {}),
         **({embeddings: (embed_attrs.get("inputs") or {}).get("structures_sha256")} if embeddings else {}),

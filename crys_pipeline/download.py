@@ -144,7 +144,7 @@ def _fetch_online(source: str, provider: str, jarvis_key: str, download_dir: Pat
 
 
 def fetch(
-    source: str, provider: str, jarvis_key: str, snapshot_dir: Path | None, download_dir: Path, out: Path
+    source: str, *, provider: str, jarvis_key: str, snapshot_dir: Path | None, download_dir: Path, out: Path
 ) -> dict[str, Any]:
     """Locate or download the snapshot of one source and write its manifest to `out`.
 

@@ -368,7 +368,7 @@ def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant:
 
 
 def embed_sections(
-    sections: Path, out: Path, settings: EmbedSettings, threads: int = 0,
+    sections: Path, *, out: Path, settings: EmbedSettings, threads: int = 0,
     encoder: TextEncoder | None = None, structures: Path | None = None,
 ) -> dict[str, Any]:
     """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
@@ -399,7 +399,8 @@ def embed_sections(
         io.check_lineage(structures, {sections: sections_meta.get("structures_sha256")})
     inputs = {"sections_sha256": io.sha256_file(sections), "sections_params": sections_meta.get("params", {}),
               "structures_sha256": sections_meta.get("structures_sha256")}
-    partial = io.open_embeddings_partial(out, rows, encoder.dim, encoder.params(), inputs)
+    partial = io.open_embeddings_partial(out, rows=rows, dim=encoder.dim, params=encoder.params(),
+                                         inputs=inputs)
     try:
         todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VARIANTS)
         log.info("%d materials x %d variants: %d texts to encode (%d already done)", len(rows["material_id"]),

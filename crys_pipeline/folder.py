@@ -95,7 +95,8 @@ def has_split_labels(root_dir: Path, id_prop: str, split_ids: dict[str, list[str
 
 
 def fetch_folder(
-    source: str, root_dir: Path, id_prop: str, file_format: str, split_ids: dict[str, list[str]] | None, out: Path
+    source: str, *, root_dir: Path, id_prop: str, file_format: str, split_ids: dict[str, list[str]] | None,
+    out: Path,
 ) -> dict[str, Any]:
     """Write the manifest of a folder source: sha256 of the table and each listed file, unlisted files.
 

@@ -149,7 +149,9 @@ def _image_offsets(cell: _Cell, r: float) -> tuple[np.ndarray, np.ndarray]:
     return images, np.dot(images, cell.matrix)
 
 
-def candidates_within(cell: _Cell, images: np.ndarray, offsets: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+def candidates_within(
+    cell: _Cell, *, images: np.ndarray, offsets: np.ndarray, radius: float
+) -> tuple[np.ndarray, ...]:
     """Neighbour candidates (jarvis ``get_all_neighbors``) with 1e-8 < d <= radius and d > 0.15 A.
 
     Only (image, j) whose shifted atom lies within radius + spread of the centroid can reach any atom
@@ -213,7 +215,7 @@ def _grown_candidates(cell: _Cell, params: GraphSettings) -> tuple[float, np.nda
     while True:
         images, offsets = _image_offsets(cell, r)
         for radius in ((trial, r) if trial < r else (r,)):
-            cand = candidates_within(cell, images, offsets, radius)
+            cand = candidates_within(cell, images=images, offsets=offsets, radius=radius)
             if np.bincount(cand[0], minlength=n).min() >= k:
                 return r, images, cand
         r = cell.max_length if r < cell.max_length else 2 * r
@@ -352,8 +354,8 @@ def build_graphs(structures: Path, *, params: GraphSettings, workers: int, out_d
     for index in range(n_shards):
         table = io.encode_graphs(list(itertools.islice(rows, shard_size)))
         name = f"shard-{index:05d}.parquet"
-        io.write_parquet(table, out_dir / name, "graphs", graph_meta(params),
-                         {**extra, "shard": index, "n_shards": n_shards})
+        io.write_parquet(table, out_dir / name, kind="graphs", params=graph_meta(params),
+                         extra={**extra, "shard": index, "n_shards": n_shards})
         failed = table.num_rows - sum(s == STATUS_OK for s in table.column("status").to_pylist())
         shards.append({"file": name, "rows": table.num_rows, "ok": table.num_rows - failed, "failed": failed,
                        "sha256": io.sha256_file(out_dir / name)})

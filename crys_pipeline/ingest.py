@@ -367,6 +367,7 @@ def _unlisted_meta(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def ingest(
     manifest_path: Path,
+    *,
     targets: dict[str, dict[str, Any]],
     subset: dict[str, int] | None,
     stratify_target: str,
@@ -415,10 +416,11 @@ def ingest(
             "bad_values": bad_values}
     meta.update(_unlisted_meta(manifest))
     params = {"targets": targets, "subset": subset, "stratify_target": stratify_target}
-    write_parquet(table, out, "structures", params, meta)
+    write_parquet(table, out, kind="structures", params=params, extra=meta)
     rejected = pa.table({"material_id": [m for m, _ in bad], "reason": [r for _, r in bad]},
                         schema=pa.schema([("material_id", pa.string()), ("reason", pa.string())]))
-    write_parquet(rejected, rejected_out, "rejected", params, {"source": manifest["source"]})
+    write_parquet(rejected, rejected_out, kind="rejected", params=params,
+                  extra={"source": manifest["source"]})
     log.info("%s: %d snapshot records, %d selected, %d kept, %d rejected", manifest["source"], n_input,
              len(records), len(good), len(bad))
     return len(good), len(bad)

@@ -63,7 +63,7 @@ def _metadata(summary: dict[str, Any], model_json: dict[str, Any], contact: dict
     }
 
 
-def export_leaderboard(run_dir: Path, out_dir: Path, contact: dict[str, str] | None = None) -> Path:
+def export_leaderboard(run_dir: Path, *, out_dir: Path, contact: dict[str, str] | None = None) -> Path:
     """Write the contribution csv.zip and metadata.json of one run into `out_dir`; returns the zip path.
 
     `contact` fills the metadata fields the leaderboard asks of a submitter: project_url,

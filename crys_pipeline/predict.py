@@ -245,7 +245,7 @@ def check_one_model(runs: list[Run]) -> None:
         seen[run.name] = run.run_dir
 
 
-def run_predict(run_dirs: list[Path], paths: list[Path]) -> tuple[list[Crystal], str]:
+def run_predict(run_dirs: list[Path], *, paths: list[Path]) -> tuple[list[Crystal], str]:
     """Predict every structure file under `paths` with every run; returns the crystals and the table text.
 
     Raises:

@@ -269,7 +269,7 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def build_report(table_csvs: list[Path], summaries: list[Path], out_md: Path, fig_dir: Path) -> Path:
+def build_report(table_csvs: list[Path], *, summaries: list[Path], out_md: Path, fig_dir: Path) -> Path:
     """Write the report Markdown and its PNGs; returns `out_md`.
 
     Args:

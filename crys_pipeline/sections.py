@@ -68,7 +68,9 @@ def _counts(rows: list[dict[str, str]]) -> dict[str, int]:
     }
 
 
-def build_sections(descriptions: Path, global_header: bool, out: Path, structures: Path | None = None) -> None:
+def build_sections(
+    descriptions: Path, *, global_header: bool, out: Path, structures: Path | None = None
+) -> None:
     """Write the sections table: one row per descriptions row, same order.
 
     Args:
@@ -87,5 +89,5 @@ def build_sections(descriptions: Path, global_header: bool, out: Path, structure
     meta = {"source": meta_in.get("source"), "versions": meta_in.get("versions"), "counts": counts,
             "structures_sha256": meta_in.get("structures_sha256")}
     table = pa.Table.from_pylist(rows) if rows else SECTIONS.schema.empty_table()
-    write_parquet(table, out, "sections", params, meta)
+    write_parquet(table, out, kind="sections", params=params, extra=meta)
     log.info("sections: %s", counts)

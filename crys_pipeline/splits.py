@@ -35,6 +35,7 @@ SplitIds = tuple[list[int], list[int], list[int]]
 
 def alignn_split_indices(
     total: int,
+    *,
     seed: int,
     train_ratio: float | None = None,
     val_ratio: float | None = None,
@@ -82,7 +83,7 @@ def official_split(ids: list[str], labels: list[str | None]) -> dict[str, list[s
     return out
 
 
-def low20_train(train_ids: list[str], n_total: int, ratio: float, seed: int) -> list[str]:
+def low20_train(train_ids: list[str], *, n_total: int, ratio: float, seed: int) -> list[str]:
     """The low-data train list: the first int(ratio * N) of `train_ids` after a seeded stdlib shuffle."""
     order = list(train_ids)
     random.seed(seed)
@@ -91,20 +92,23 @@ def low20_train(train_ids: list[str], n_total: int, ratio: float, seed: int) -> 
 
 
 def compute_splits(
-    ids: list[str], labels: list[str | None], method: str, seed: int,
+    ids: list[str], *, labels: list[str | None], method: str, seed: int,
     ratios: tuple[float, float, float], low20_ratio: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(full, low20) split dicts for materials `ids` (target non-null, snapshot order)."""
     if method == "official":
         full = official_split(ids, labels)
         n_total = sum(len(v) for v in full.values())
-        low = {**full, "id_train": low20_train(full["id_train"], n_total, low20_ratio, seed)}
+        low = {**full, "id_train": low20_train(full["id_train"], n_total=n_total, ratio=low20_ratio,
+                                               seed=seed)}
     elif method == "random123":
         n_total = len(ids)
-        train, val, test = alignn_split_indices(n_total, seed, *ratios)
+        train, val, test = alignn_split_indices(n_total, seed=seed, train_ratio=ratios[0],
+                                                val_ratio=ratios[1], test_ratio=ratios[2])
         full = {"id_train": [ids[i] for i in train], "id_val": [ids[i] for i in val],
                 "id_test": [ids[i] for i in test]}
-        head, _, _ = alignn_split_indices(n_total, seed, low20_ratio, ratios[1], ratios[2])
+        head, _, _ = alignn_split_indices(n_total, seed=seed, train_ratio=low20_ratio, val_ratio=ratios[1],
+                                          test_ratio=ratios[2])
         low = {**full, "id_train": [ids[i] for i in head]}
     else:
         raise ValueError(f"unknown split method {method!r}; expected official or random123")
@@ -129,7 +133,8 @@ def make_splits(
     ids = [table.column("material_id")[i].as_py() for i in keep]
     all_labels = table.column(split_column(target)).to_pylist()
     labels = [all_labels[i] for i in keep]
-    full, low = compute_splits(ids, labels, method, seed, ratios, settings.low20_train_ratio)
+    full, low = compute_splits(ids, labels=labels, method=method, seed=seed, ratios=ratios,
+                               low20_ratio=settings.low20_train_ratio)
     for regime, split, out in (("full", full, out_full), ("low20", low, out_low20)):
         record = {**split, "target": target, "method": method, "seed": seed, "regime": regime, "params": stamp(settings),
                   "n_total": len(ids), "n_train": len(split["id_train"]), "n_val": len(split["id_val"]),

@@ -170,7 +170,7 @@ def _shared(cell: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cell_row(
-    table: str, spec: dict[str, Any], unit: str, cell: list[dict[str, Any]], paper: PaperValue | None
+    table: str, *, spec: dict[str, Any], unit: str, cell: list[dict[str, Any]], paper: PaperValue | None
 ) -> dict[str, Any]:
     """One table row from the summaries of one (target, variant) cell."""
     shared = _shared(cell)
@@ -196,6 +196,7 @@ def cell_row(
 
 def assemble_table(
     table: str,
+    *,
     spec: dict[str, Any],
     units: dict[str, str],
     runs: list[Path],
@@ -216,7 +217,7 @@ def assemble_table(
     rows = []
     for (target, variant), cell in cells.items():
         paper = paper_values.get((table, spec["source"], target, variant, spec["regime"]))
-        rows.append(cell_row(table, spec, units[target], cell, paper))
+        rows.append(cell_row(table, spec=spec, unit=units[target], cell=cell, paper=paper))
     return rows
 
 
@@ -318,10 +319,10 @@ def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]])
 
 
 def build_table(
-    table: str, spec: dict[str, Any], units: dict[str, str], runs: list[Path], out_csv: Path, out_md: Path
+    table: str, *, spec: dict[str, Any], units: dict[str, str], runs: list[Path], out_csv: Path, out_md: Path
 ) -> list[dict[str, Any]]:
     """Assemble one table from its runs and write the CSV and the Markdown; returns the rows."""
-    rows = assemble_table(table, spec, units, runs)
+    rows = assemble_table(table, spec=spec, units=units, runs=runs)
     write_text(table_csv(rows), out_csv)
     write_text(table_markdown(table, spec, rows), out_md)
     log.info("%s: %d rows from %d runs -> %s, %s", table, len(rows), len(runs), out_csv, out_md)

@@ -78,9 +78,11 @@ def ingest_tiny(provider: str, workdir: Path) -> Path:
     source = SOURCES[provider]
     cfg = default_config()["sources"][source]
     manifest = workdir / f"{source}.json"
-    download.fetch(source, provider, cfg["jarvis_key"], snap, workdir / "dl", manifest)
+    download.fetch(source, provider=provider, jarvis_key=cfg["jarvis_key"], snapshot_dir=snap,
+                   download_dir=workdir / "dl", out=manifest)
     out = workdir / f"{source}.parquet"
-    ingest.ingest(manifest, cfg["targets"], None, cfg["stratify_target"], out, workdir / f"{source}.rejected.parquet")
+    ingest.ingest(manifest, targets=cfg["targets"], subset=None, stratify_target=cfg["stratify_target"],
+                  out=out, rejected_out=workdir / f"{source}.rejected.parquet")
     return out
 
 

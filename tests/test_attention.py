@@ -91,7 +91,7 @@ def sections(descriptions: dict[str, str], tmp_path_factory: pytest.TempPathFact
     rows.append(section_row("mp-0-empty", ""))
     path = tmp_path_factory.mktemp("sections") / "sections.parquet"
     meta = {"source": "mp_reference", "versions": {}, "counts": {"ok": 7, "failed": 1}}
-    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {}, meta)
+    io.write_parquet(pa.Table.from_pylist(rows), path, kind="sections", params={}, extra=meta)
     return path
 
 
@@ -129,7 +129,7 @@ def test_layout_wraps_lines_and_keeps_written_together_words_together(
 ) -> None:
     enc = encoded["mp-1217910"]
     words = merge_words(enc)
-    positions, _ = layout_words(enc.text, words, wrap=60)
+    positions, _ = layout_words(enc.text, words=words, wrap=60)
     lines = [p[0] for p in positions]
     assert lines == sorted(lines) and lines[-1] >= len(enc.text) // 60
     for (a, b), (pa_, pb) in zip(itertools.pairwise(words), itertools.pairwise(positions)):

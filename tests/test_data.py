@@ -28,9 +28,9 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> dict:
         table = table.set_column(table.column_names.index(name), name,
                                  pa.array(values, type=table.schema.field(name).type))
     meta = io.read_meta(structures)
-    io.write_parquet(table, structures, "structures", meta["params"],
-                     {k: v for k, v in meta.items() if k not in ("kind", "schema_version", "package_version",
-                                                                 "created", "params")})
+    io.write_parquet(table, structures, kind="structures", params=meta["params"],
+                     extra={k: v for k, v in meta.items()
+                            if k not in ("kind", "schema_version", "package_version", "created", "params")})
     return {"work": work, "structures": structures, "graphs": build_graph_dir(structures, work / "graphs", 10),
             "victim": victim}
 
@@ -46,7 +46,8 @@ def test_join_drops_after_the_split_with_reasons(broken: dict) -> None:
     train_ids = good[:6] + [victim] + good[6:8]
     split = write_split(broken["work"] / "split.json", "mbj_bandgap", train_ids, [null[0]] + good[8:10],
                         ["JVASP-0"] + good[10:12])
-    data = load_training_data(broken["structures"], split, "mbj_bandgap", broken["graphs"])
+    data = load_training_data(broken["structures"], split=split, target="mbj_bandgap",
+                              graphs=broken["graphs"])
     reasons = {d["material_id"]: (d["split"], d["reason"]) for d in data.dropped}
     assert set(reasons) == {victim, null[0], "JVASP-0"}
     assert reasons[null[0]] == ("val", "target missing")
@@ -68,13 +69,13 @@ def test_split_of_another_target_is_refused(broken: dict) -> None:
     ids = structure_ids(broken["structures"], TARGET)
     split = write_split(broken["work"] / "fe.json", TARGET, ids[:4], ids[4:6], ids[6:8])
     with pytest.raises(ValueError, match="split of target"):
-        load_training_data(broken["structures"], split, "mbj_bandgap", broken["graphs"])
+        load_training_data(broken["structures"], split=split, target="mbj_bandgap", graphs=broken["graphs"])
 
 
 def test_items_and_batches_carry_graphs_targets_and_ids(broken: dict) -> None:
     ids = [m for m in structure_ids(broken["structures"], TARGET) if m != broken["victim"]]
     split = write_split(broken["work"] / "fe2.json", TARGET, ids[:10], ids[10:12], ids[12:14])
-    data = load_training_data(broken["structures"], split, TARGET, broken["graphs"])
+    data = load_training_data(broken["structures"], split=split, target=TARGET, graphs=broken["graphs"])
     train = data.splits["train"]
     item = CrystalDataset(train)[2]
     z, _, edge_vec = train.graphs[2]
@@ -97,7 +98,8 @@ def test_items_and_batches_carry_graphs_targets_and_ids(broken: dict) -> None:
 def test_shuffled_loader_is_reproducible_and_workers_change_nothing(broken: dict) -> None:
     ids = [m for m in structure_ids(broken["structures"], TARGET) if m != broken["victim"]]
     split = write_split(broken["work"] / "fe3.json", TARGET, ids[:12], ids[12:14], ids[14:16])
-    train = load_training_data(broken["structures"], split, TARGET, broken["graphs"]).splits["train"]
+    train = load_training_data(broken["structures"], split=split, target=TARGET,
+                               graphs=broken["graphs"]).splits["train"]
 
     def order(workers: int) -> list[list[str]]:
         loader = make_loader(train, 5, shuffle=True, drop_last=True, num_workers=workers,

@@ -20,8 +20,8 @@ from pymatgen.core import Lattice, Structure
 
 from crys_pipeline import describe
 from crys_pipeline.describe import DescribePool, describe_structures, engine, stage
-from crys_pipeline.io import read_meta, read_parquet, write_parquet
 from crys_pipeline.describe.settings import describe_params
+from crys_pipeline.io import read_meta, read_parquet, write_parquet
 from crys_pipeline.settings import DescribeSettings
 
 #: Real hard cases: id -> the shared-data file holding it.
@@ -149,7 +149,8 @@ def small_structures(jarvis_structures: Path, tmp_path_factory: pytest.TempPathF
     meta = read_meta(jarvis_structures)
     table = read_parquet(jarvis_structures, "structures").slice(0, 4)
     out = tmp_path_factory.mktemp("describe") / "structures.parquet"
-    write_parquet(table, out, "structures", meta["params"], {k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
+    write_parquet(table, out, kind="structures", params=meta["params"],
+                  extra={k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
     return out
 
 
@@ -201,16 +202,16 @@ def test_killed_shard_rerun_gives_same_merged_file(small_structures: Path, tmp_p
 
 def test_merge_refuses_missing_or_duplicated_ids(small_structures: Path, tmp_path: Path) -> None:
     """Every input id exactly once: a missing shard or a shard given twice is an error."""
-    rows = [engine.empty_row(r["material_id"], "failed", "x")
+    rows = [engine.empty_row(r["material_id"], status="failed", error="x")
             for r in pq.read_table(small_structures, columns=["material_id"]).to_pylist()]
     params = {**describe_params(DescribeSettings()), "shard": "1-of-1"}
     meta = {"source": "jarvis_dft_3d_2021", "versions": describe.tool_versions(), "counts": {}}
     whole, part = tmp_path / "whole.parquet", tmp_path / "part.parquet"
-    write_parquet(stage.rows_to_table(rows), whole, "descriptions", params, meta)
-    write_parquet(stage.rows_to_table(rows[:2]), part, "descriptions", params, meta)
+    write_parquet(stage.rows_to_table(rows), whole, kind="descriptions", params=params, extra=meta)
+    write_parquet(stage.rows_to_table(rows[:2]), part, kind="descriptions", params=params, extra=meta)
     with pytest.raises(ValueError, match="missing"):
-        describe.merge_shards(small_structures, [part], tmp_path / "out.parquet")
+        describe.merge_shards(small_structures, shards=[part], out=tmp_path / "out.parquet")
     with pytest.raises(ValueError, match="more than one"):
-        describe.merge_shards(small_structures, [whole, part], tmp_path / "out.parquet")
-    describe.merge_shards(small_structures, [whole], tmp_path / "out.parquet")
+        describe.merge_shards(small_structures, shards=[whole, part], out=tmp_path / "out.parquet")
+    describe.merge_shards(small_structures, shards=[whole], out=tmp_path / "out.parquet")
     assert read_meta(tmp_path / "out.parquet")["counts"] == {"ok": 0, "failed": len(rows), "timeout": 0}

@@ -72,15 +72,15 @@ def sections(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows.append({"material_id": "mp-failed", "status": "failed", "error": "robocrys: no oxidation states",
                  "full": "", "global": "", "local": ""})
     path = tmp_path_factory.mktemp("sections") / "sections.parquet"
-    io.write_parquet(pa.Table.from_pylist(rows), path, "sections", {},
-                     {"source": "mp_ref", "versions": {}, "counts": {}})
+    io.write_parquet(pa.Table.from_pylist(rows), path, kind="sections", params={},
+                     extra={"source": "mp_ref", "versions": {}, "counts": {}})
     return path
 
 
 @pytest.fixture(scope="module")
 def embedded(sections: Path, encoder: embed.TextEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("emb") / "mp_ref.h5"
-    embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
+    embed.embed_sections(sections, out=out, settings=SETTINGS, encoder=encoder)
     return out
 
 
@@ -227,14 +227,14 @@ def test_resume_after_interruption(
 
     monkeypatch.setattr(embed.TextEncoder, "encode_ids", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
-        embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
+        embed.embed_sections(sections, out=out, settings=SETTINGS, encoder=encoder)
     assert not out.exists() and io.partial_path(out).exists()
     done_first = sum(calls)
     assert done_first == 8
 
     calls.clear()
     monkeypatch.setattr(embed.TextEncoder, "encode_ids", lambda self, ids: calls.append(len(ids)) or real(self, ids))
-    embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
+    embed.embed_sections(sections, out=out, settings=SETTINGS, encoder=encoder)
     assert sum(calls) == 3 * (N_MATERIALS + 1) - done_first
     assert out.exists() and not io.partial_path(out).exists()
     for variant in ("full", "global", "local"):
@@ -253,11 +253,12 @@ def test_stale_partial_is_restarted(sections: Path, encoder: embed.TextEncoder, 
     rows = {"material_id": _section_texts(sections, "full")[0]}
     rows.update(status=["ok"] * len(rows["material_id"]), error=[""] * len(rows["material_id"]))
     params = {**encoder.params(), "pooling": other.pooling}
-    partial = io.open_embeddings_partial(out, rows, encoder.dim, params, {"sections_sha256": "x"})
+    partial = io.open_embeddings_partial(out, rows=rows, dim=encoder.dim, params=params,
+                                         inputs={"sections_sha256": "x"})
     partial.write_rows("full", np.arange(3), {"": np.ones((3, 384), np.float32), "_token_count": np.ones(3),
                                               "_truncated": np.zeros(3, bool), "_empty": np.zeros(3, bool)})
     partial.close_if_open()
-    embed.embed_sections(sections, out, SETTINGS, encoder=encoder)
+    embed.embed_sections(sections, out=out, settings=SETTINGS, encoder=encoder)
     _, matrix, _ = io.read_embeddings(out, "full")
     assert not np.allclose(matrix[0], 1.0)
 

@@ -42,10 +42,12 @@ def run_ingest(root: Path, work: Path, targets: dict | None = None, split_ids: d
                file_format: str = "auto") -> tuple[list[dict], dict[str, str], Path]:
     """download + ingest of a folder: (structures rows, rejected {id: reason}, structures path)."""
     manifest = work / "manifest.json"
-    folder.fetch_folder("mine", root, "id_prop.csv", file_format, split_ids, manifest)
+    folder.fetch_folder("mine", root_dir=root, id_prop="id_prop.csv", file_format=file_format,
+                        split_ids=split_ids, out=manifest)
     out, rejected = work / "s.parquet", work / "r.parquet"
     targets = targets or TARGETS
-    ingest.ingest(manifest, targets, None, next(iter(targets)), out, rejected)
+    ingest.ingest(manifest, targets=targets, subset=None, stratify_target=next(iter(targets)), out=out,
+                  rejected_out=rejected)
     bad = {r["material_id"]: r["reason"] for r in read_parquet(rejected, "rejected").to_pylist()}
     return read_parquet(out, "structures").to_pylist(), bad, out
 
@@ -113,11 +115,13 @@ def test_unlisted_files_are_counted_and_reported_not_used(example, tmp_path: Pat
 def test_a_changed_file_is_refused_until_download_reruns(example, tmp_path: Path) -> None:
     root, _ = _copy(example, tmp_path)
     manifest = tmp_path / "manifest.json"
-    folder.fetch_folder("mine", root, "id_prop.csv", "auto", None, manifest)
+    folder.fetch_folder("mine", root_dir=root, id_prop="id_prop.csv", file_format="auto", split_ids=None,
+                        out=manifest)
     changed = root / example[1][0][0]
     changed.write_text(changed.read_text().replace("\n", "\n\n", 1))
     with pytest.raises(ValueError, match=f"{changed} changed since download"):
-        ingest.ingest(manifest, TARGETS, None, "fe", tmp_path / "s.parquet", tmp_path / "r.parquet")
+        ingest.ingest(manifest, targets=TARGETS, subset=None, stratify_target="fe",
+                      out=tmp_path / "s.parquet", rejected_out=tmp_path / "r.parquet")
 
 
 def test_header_names_several_targets_and_a_split_column(example, tmp_path: Path) -> None:

@@ -214,8 +214,8 @@ def test_failed_structure_becomes_a_row(jarvis_structures: Path, tmp_path: Path)
     lattices[3] = [lattices[3][0], lattices[3][0], lattices[3][2]]  # two equal lattice vectors: zero volume
     broken = table.set_column(table.column_names.index("lattice"), "lattice", pa.array(lattices))
     path = tmp_path / "structures.parquet"
-    io.write_parquet(broken, path, "structures", meta["params"],
-                     {k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
+    io.write_parquet(broken, path, kind="structures", params=meta["params"],
+                     extra={k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
     assert build_cli(path, tmp_path / "graphs", "--no-dedup-self-images", shard_size=100) == 0
     rows = io.read_graph_dir(tmp_path / "graphs").to_pylist()
     assert [r["material_id"] for r in rows] == table.column("material_id").to_pylist()

@@ -67,9 +67,11 @@ def test_bad_records_are_rejected_with_reason_and_none_lost(tmp_path: Path) -> N
     bad[0]["formation_energy_peratom"] = "na"
     snap = _write_snapshot(tmp_path, good + bad)
     cfg = default_config()["sources"][SOURCES["jarvis"]]
-    download.fetch("j", "jarvis", "dft_3d_2021", snap, tmp_path / "dl", tmp_path / "m.json")
-    kept, rejected = ingest.ingest(tmp_path / "m.json", cfg["targets"], None, cfg["stratify_target"],
-                                   tmp_path / "s.parquet", tmp_path / "r.parquet")
+    download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=snap,
+                   download_dir=tmp_path / "dl", out=tmp_path / "m.json")
+    kept, rejected = ingest.ingest(tmp_path / "m.json", targets=cfg["targets"], subset=None,
+                                   stratify_target=cfg["stratify_target"], out=tmp_path / "s.parquet",
+                                   rejected_out=tmp_path / "r.parquet")
     assert (kept, rejected) == (5, 5)
     rows = read_parquet(tmp_path / "r.parquet", "rejected").to_pylist()
     assert {r["material_id"]: r["reason"] for r in rows}.keys() == reasons.keys()
@@ -89,12 +91,14 @@ def test_na_and_nan_targets_become_null() -> None:
 
 def test_subset_is_deterministic_within_official_splits(tmp_path: Path, shared_data: Path) -> None:
     cfg = default_config()["sources"][SOURCES["jarvis"]]
-    download.fetch("j", "jarvis", "dft_3d_2021", shared_data, tmp_path / "dl", tmp_path / "m.json")
+    download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=shared_data,
+                   download_dir=tmp_path / "dl", out=tmp_path / "m.json")
     subset = {"train": 30, "val": 5, "test": 4}
     out = []
     for i in range(2):
-        ingest.ingest(tmp_path / "m.json", cfg["targets"], subset, "formation_energy_peratom",
-                      tmp_path / f"s{i}.parquet", tmp_path / f"r{i}.parquet")
+        ingest.ingest(tmp_path / "m.json", targets=cfg["targets"], subset=subset,
+                      stratify_target="formation_energy_peratom", out=tmp_path / f"s{i}.parquet",
+                      rejected_out=tmp_path / f"r{i}.parquet")
         out.append(read_parquet(tmp_path / f"s{i}.parquet", "structures").to_pylist())
     assert [r["material_id"] for r in out[0]] == [r["material_id"] for r in out[1]]
     labels = [r["split_formation_energy_peratom"] for r in out[0]]
@@ -107,13 +111,15 @@ def test_subset_is_deterministic_within_official_splits(tmp_path: Path, shared_d
 
 def test_changed_snapshot_is_refused(tmp_path: Path) -> None:
     snap = _write_snapshot(tmp_path, tiny_records("jarvis")[:3])
-    download.fetch("j", "jarvis", "dft_3d_2021", snap, tmp_path / "dl", tmp_path / "m.json")
+    download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=snap,
+                   download_dir=tmp_path / "dl", out=tmp_path / "m.json")
     with gzip.open(snap / download.OFFLINE_FILES["jarvis"], "at") as fh:
         fh.write("\n")
     cfg = default_config()["sources"][SOURCES["jarvis"]]
     with pytest.raises(ValueError, match="sha256 mismatch"):
-        ingest.ingest(tmp_path / "m.json", cfg["targets"], None, "formation_energy_peratom",
-                      tmp_path / "s.parquet", tmp_path / "r.parquet")
+        ingest.ingest(tmp_path / "m.json", targets=cfg["targets"], subset=None,
+                      stratify_target="formation_energy_peratom", out=tmp_path / "s.parquet",
+                      rejected_out=tmp_path / "r.parquet")
 
 
 def test_offline_without_snapshot_fails_with_both_ways_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +131,8 @@ def test_offline_without_snapshot_fails_with_both_ways_out(tmp_path: Path, monke
                  "--out", str(tmp_path / "m.json")])
     assert code == 1 and not (tmp_path / "m.json").exists()
     with pytest.raises(download.SnapshotUnavailable, match="snapshot_dir.*figshare"):
-        download.fetch("jarvis_dft_3d_2021", "jarvis", "dft_3d_2021", tmp_path, tmp_path / "dl", tmp_path / "m.json")
+        download.fetch("jarvis_dft_3d_2021", provider="jarvis", jarvis_key="dft_3d_2021",
+                       snapshot_dir=tmp_path, download_dir=tmp_path / "dl", out=tmp_path / "m.json")
 
 
 def test_reader_refuses_wrong_kind_and_stale_params(jarvis_structures: Path) -> None:
@@ -144,11 +151,13 @@ def test_figshare_zip_in_snapshot_dir_is_recognised(tmp_path: Path) -> None:
                 "optb88vdw_bandgap": "na"} for r in tiny_records("jarvis")[:4]]
     with zipfile.ZipFile(tmp_path / "jdft_3d-8-18-2021.json.zip", "w") as zf:
         zf.writestr("jdft_3d-8-18-2021.json", json.dumps(records))
-    manifest = download.fetch("j", "jarvis", "dft_3d_2021", tmp_path, tmp_path / "dl", tmp_path / "m.json")
+    manifest = download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=tmp_path,
+                              download_dir=tmp_path / "dl", out=tmp_path / "m.json")
     assert manifest["files"]["structures"]["format"] == download.FORMAT_FIGSHARE
     cfg = default_config()["sources"][SOURCES["jarvis"]]
-    ingest.ingest(tmp_path / "m.json", cfg["targets"], None, "formation_energy_peratom", tmp_path / "s.parquet",
-                  tmp_path / "r.parquet")
+    ingest.ingest(tmp_path / "m.json", targets=cfg["targets"], subset=None,
+                  stratify_target="formation_energy_peratom", out=tmp_path / "s.parquet",
+                  rejected_out=tmp_path / "r.parquet")
     rows = read_parquet(tmp_path / "s.parquet", "structures").to_pylist()
     assert [r["material_id"] for r in rows] == [r["jid"] for r in records]
     assert all(r["optb88vdw_bandgap"] is None for r in rows)
@@ -162,9 +171,11 @@ def _ingest_snapshot(tmp_path: Path, records: list[dict], lines: list[str] = (),
         with gzip.open(snap / download.OFFLINE_FILES["jarvis"], "at") as fh:
             fh.writelines(lines)
     cfg = default_config()["sources"][SOURCES["jarvis"]]
-    download.fetch("j", "jarvis", "dft_3d_2021", snap, tmp_path / "dl", tmp_path / "m.json")
-    counts = ingest.ingest(tmp_path / "m.json", targets or cfg["targets"], None, cfg["stratify_target"],
-                           tmp_path / "s.parquet", tmp_path / "r.parquet")
+    download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=snap,
+                   download_dir=tmp_path / "dl", out=tmp_path / "m.json")
+    counts = ingest.ingest(tmp_path / "m.json", targets=targets or cfg["targets"], subset=None,
+                           stratify_target=cfg["stratify_target"], out=tmp_path / "s.parquet",
+                           rejected_out=tmp_path / "r.parquet")
     return counts, snap / download.OFFLINE_FILES["jarvis"]
 
 
@@ -227,7 +238,8 @@ def test_missing_snapshot_dir_is_an_error_not_a_download(tmp_path: Path) -> None
 
     missing = tmp_path / "no_such_folder"
     with pytest.raises(FileNotFoundError, match=f"snapshot_dir {missing} is not a folder.*null to download"):
-        download.fetch("j", "jarvis", "dft_3d_2021", missing, tmp_path / "dl", tmp_path / "m.json")
+        download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=missing,
+                       download_dir=tmp_path / "dl", out=tmp_path / "m.json")
     code = main(["download", "--source", "j", "--provider", "jarvis", "--jarvis-key", "dft_3d_2021",
                  "--snapshot-dir", str(missing), "--download-dir", str(tmp_path / "dl"), "--out", str(tmp_path / "m")])
     assert code == 1 and not (tmp_path / "dl").exists()

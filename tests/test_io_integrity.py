@@ -52,10 +52,10 @@ def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [{"material_id": r["material_id"], "status": "ok", "error": "", "full": r["description"],
              "global": r["description"][:80], "local": r["description"][80:300]} for r in recs[:4]]
     work = tmp_path_factory.mktemp("e")
-    io.write_parquet(pa.Table.from_pylist(rows), work / "sections.parquet", "sections", {},
-                     {"source": "mp_ref", "versions": {}, "counts": {}})
-    embed.embed_sections(work / "sections.parquet", work / "e.h5",
-                         EmbedSettings(max_length=64, token_budget=1024, device="cpu"))
+    io.write_parquet(pa.Table.from_pylist(rows), work / "sections.parquet", kind="sections", params={},
+                     extra={"source": "mp_ref", "versions": {}, "counts": {}})
+    embed.embed_sections(work / "sections.parquet", out=work / "e.h5",
+                         settings=EmbedSettings(max_length=64, token_budget=1024, device="cpu"))
     return work / "e.h5"
 
 

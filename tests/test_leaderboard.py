@@ -27,9 +27,10 @@ def official_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert split["id_test"], "the first 60 records hold official test materials"
     path = write_split(work / "split.json", TARGET, split["id_train"], split["id_val"], split["id_test"])
     out = work / "run"
-    train.train(structures, path, build_graph_dir(structures, work / "graphs"), None, out,
-                train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=2, hidden_features=16,
-                                  alignn_layers=1, gcn_layers=1, batch_size=8, device="cpu", threads=1))
+    cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=2, hidden_features=16,
+                            alignn_layers=1, gcn_layers=1, batch_size=8, device="cpu", threads=1)
+    train.train(structures, split=path, graphs=build_graph_dir(structures, work / "graphs"), embeddings=None,
+                out_dir=out, cfg=cfg)
     return out
 
 
@@ -56,7 +57,7 @@ def test_export_refuses_foreign_split_and_targets_without_benchmark(official_run
     bad.mkdir()
     io.write_json({**summary, "source": "mp_2018", "target": "log10_k_vrh"}, bad / "summary.json")
     with pytest.raises(ValueError, match="no JARVIS-Leaderboard benchmark"):
-        leaderboard.export_leaderboard(bad, tmp_path / "out")
+        leaderboard.export_leaderboard(bad, out_dir=tmp_path / "out")
     table = io.read_parquet(official_run / "predictions.parquet", "predictions")
     train_id = next(r["material_id"] for r in table.to_pylist() if r["split"] == "train")
     foreign = tmp_path / "foreign"
@@ -65,7 +66,7 @@ def test_export_refuses_foreign_split_and_targets_without_benchmark(official_run
     rows = [{**r, "split": "test"} if r["material_id"] == train_id else r for r in table.to_pylist()]
     import pyarrow as pa
 
-    io.write_parquet(pa.Table.from_pylist(rows, schema=table.schema), foreign / "predictions.parquet", "predictions",
-                     {}, io.read_meta(official_run / "predictions.parquet"))
+    io.write_parquet(pa.Table.from_pylist(rows, schema=table.schema), foreign / "predictions.parquet",
+                     kind="predictions", params={}, extra=io.read_meta(official_run / "predictions.parquet"))
     with pytest.raises(ValueError, match="not in the official"):
-        leaderboard.export_leaderboard(foreign, tmp_path / "out2")
+        leaderboard.export_leaderboard(foreign, out_dir=tmp_path / "out2")

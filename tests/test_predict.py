@@ -27,8 +27,8 @@ def alignn_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = []
     for seed in (0, 1):
         out = work / f"seed{seed}"
-        train.train(structures, split, graphs, None, out,
-                    train.TrainConfig(target=TARGET, variant="alignn", seed=seed, **SMALL))
+        train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=out,
+                    cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=seed, **SMALL))
         runs.append(out)
     return {"work": work, "structures": structures, "runs": runs, "test_ids": ids[20:24]}
 
@@ -45,7 +45,7 @@ def _write_inputs(structures: Path, ids: list[str], folder: Path) -> None:
 def test_predictions_of_written_files_equal_the_runs_own_predictions(alignn_runs: dict) -> None:
     folder = alignn_runs["work"] / "inputs"
     _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
-    crystals, table = predict.run_predict(alignn_runs["runs"], [folder])
+    crystals, table = predict.run_predict(alignn_runs["runs"], paths=[folder])
     assert len(crystals) == 4 and not predict.has_failures(crystals)
     for run in alignn_runs["runs"]:
         own = {r["material_id"]: r["prediction"]
@@ -84,7 +84,7 @@ def test_runs_of_different_targets_are_refused(alignn_runs: dict, tmp_path: Path
     io.write_json({**meta, "target": "mbj_bandgap"}, other / "model.json")
     (other / "model.pt").write_bytes((alignn_runs["runs"][0] / "model.pt").read_bytes())
     with pytest.raises(ValueError, match="different targets"):
-        predict.run_predict([alignn_runs["runs"][0], other], [tmp_path])
+        predict.run_predict([alignn_runs["runs"][0], other], paths=[tmp_path])
 
 
 @pytest.mark.slow
@@ -93,10 +93,10 @@ def test_text_model_describes_and_embeds_new_files(tmp_path: Path) -> None:
     ids = structure_ids(data["structures"], "e_form")
     split = write_split(tmp_path / "split.json", "e_form", ids[:12], ids[12:16], ids[16:20])
     run = tmp_path / "run"
-    train.train(data["structures"], split, data["graphs"], data["embeddings"], run,
-                train.TrainConfig(target="e_form", variant="crysmmnet", seed=0, **SMALL))
+    train.train(data["structures"], split=split, graphs=data["graphs"], embeddings=data["embeddings"],
+                out_dir=run, cfg=train.TrainConfig(target="e_form", variant="crysmmnet", seed=0, **SMALL))
     _write_inputs(data["structures"], ids[:2], tmp_path / "inputs")
-    crystals, _ = predict.run_predict([run], [tmp_path / "inputs"])
+    crystals, _ = predict.run_predict([run], paths=[tmp_path / "inputs"])
     assert [c.error for c in crystals] == ["", ""]
     assert all(isinstance(c.predictions["crysmmnet/full/seed0"], float) for c in crystals)
 
@@ -113,10 +113,10 @@ def test_runs_of_other_models_or_twice_the_same_seed_are_refused(alignn_runs: di
     seed0 = alignn_runs["runs"][0]
     other = _copy_run(seed0, tmp_path / "crysmmnet" / "full" / "seed0", variant="crysmmnet")
     with pytest.raises(ValueError, match=r"different models .*\('alignn', 'full'\), \('crysmmnet', 'full'\)"):
-        predict.run_predict([seed0, other], [tmp_path])
+        predict.run_predict([seed0, other], paths=[tmp_path])
     twin = _copy_run(seed0, tmp_path / "elsewhere" / "seed0")
     with pytest.raises(ValueError, match="are both alignn/full/seed0; give each seed once"):
-        predict.run_predict([seed0, twin], [tmp_path])
+        predict.run_predict([seed0, twin], paths=[tmp_path])
 
 
 class _Marker:

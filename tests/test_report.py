@@ -26,8 +26,10 @@ def tables_and_runs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
     runs4 = [make_run(tmp_path, "formation_energy_peratom", "crystextnet", 0, 0.45)]
     spec4 = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crystextnet"]}
     res = tmp_path / "results"
-    build_table("table1", TABLE1, UNITS, runs1, res / "table1.csv", res / "table1.md")
-    build_table("table4", spec4, UNITS, runs4, res / "table4.csv", res / "table4.md")
+    build_table("table1", spec=TABLE1, units=UNITS, runs=runs1, out_csv=res / "table1.csv",
+                out_md=res / "table1.md")
+    build_table("table4", spec=spec4, units=UNITS, runs=runs4, out_csv=res / "table4.csv",
+                out_md=res / "table4.md")
     return [res / "table1.csv", res / "table4.csv"], runs1 + runs4
 
 
@@ -43,7 +45,7 @@ def test_report_writes_pngs_and_markdown_references_them(tmp_path: Path,
                                                          tables_and_runs: tuple[list[Path], list[Path]]) -> None:
     tables, runs = tables_and_runs
     out_md = tmp_path / "results/report.md"
-    build_report(tables, runs, out_md, tmp_path / "results/report")
+    build_report(tables, summaries=runs, out_md=out_md, fig_dir=tmp_path / "results/report")
     pngs = sorted((tmp_path / "results/report").glob("*.png"))
     assert [p.name for p in pngs] == [f"jarvis_dft_3d_2021-full-{t}-{kind}.png"
                                       for t in ("formation_energy_peratom", "mbj_bandgap")
@@ -65,7 +67,7 @@ def test_report_summarises_standing_against_the_paper(tmp_path: Path,
                                                       tables_and_runs: tuple[list[Path], list[Path]]) -> None:
     tables, runs = tables_and_runs
     out_md = tmp_path / "results/report.md"
-    build_report(tables, runs, out_md, tmp_path / "results/report")
+    build_report(tables, summaries=runs, out_md=out_md, fig_dir=tmp_path / "results/report")
     md = out_md.read_text()
     paper = {("formation_energy_peratom", "crysmmnet"): 0.028, ("mbj_bandgap", "crysmmnet"): 0.278,
              ("formation_energy_peratom", "alignn"): 0.033, ("mbj_bandgap", "alignn"): 0.310}
@@ -85,7 +87,7 @@ def test_report_rejects_a_table_built_from_other_seeds(tmp_path: Path,
     tables, runs = tables_and_runs
     seed0 = [r for r in runs if r.parent.name == "seed0"]
     with pytest.raises(ValueError, match=r"built from seeds \[0 1\] but the runs given have seeds \[0\]"):
-        build_report(tables, seed0, tmp_path / "report.md", tmp_path / "figs")
+        build_report(tables, summaries=seed0, out_md=tmp_path / "report.md", fig_dir=tmp_path / "figs")
 
 
 def test_cli_report(tmp_path: Path, tables_and_runs: tuple[list[Path], list[Path]]) -> None:
@@ -110,13 +112,16 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     nan_pred = [math.nan if split == "test" else p for split, p in zip(preds["split"].to_pylist(),
                                                                        preds["prediction"].to_pylist())]
     meta = io.read_meta(pred_path)
-    io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, "predictions",
-                     meta["params"], {k: meta[k] for k in ("source", "target", "variant", "regime", "seed", "split_hash")})
+    keep = ("source", "target", "variant", "regime", "seed", "split_hash")
+    io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, kind="predictions",
+                     params=meta["params"], extra={k: meta[k] for k in keep})
     io.write_json({**io.read_json(summary_path), "files": run_files(summary_path.parent)}, summary_path)
     spec = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
-    build_table("table1", spec, UNITS, [summary_path], tmp_path / "table1.csv", tmp_path / "table1.md")
+    build_table("table1", spec=spec, units=UNITS, runs=[summary_path], out_csv=tmp_path / "table1.csv",
+                out_md=tmp_path / "table1.md")
     out_md = tmp_path / "report.md"
-    build_report([tmp_path / "table1.csv"], [summary_path], out_md, tmp_path / "figs")
+    build_report([tmp_path / "table1.csv"], summaries=[summary_path], out_md=out_md,
+                 fig_dir=tmp_path / "figs")
     assert "formation_energy_peratom / crysmmnet: – eV/atom vs the paper's 0.028 (CrysMMNet): no finite MAE" in (
         out_md.read_text())
     assert len(list((tmp_path / "figs").glob("*.png"))) == 2
@@ -138,16 +143,17 @@ def test_tables_and_report_from_real_training_runs(tmp_path: Path) -> None:
         out = tmp_path / f"results/train/jarvis_dft_3d_2021/{target}/alignn/full/seed{seed}"
         cfg = train.TrainConfig(target=target, variant="alignn", seed=seed, epochs=2, batch_size=8, hidden_features=16,
                                 alignn_layers=1, gcn_layers=1, device="cpu", threads=1)
-        train.train(structures, split, graphs, None, out, cfg)
+        train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=out, cfg=cfg)
         runs.append(out / "summary.json")
     spec = {"source": "jarvis_dft_3d_2021", "targets": [target], "variants": ["alignn"], "regime": "full"}
     res = tmp_path / "results"
-    (row,) = build_table("table1", spec, UNITS, runs, res / "table1.csv", res / "table1.md")
+    (row,) = build_table("table1", spec=spec, units=UNITS, runs=runs, out_csv=res / "table1.csv",
+                         out_md=res / "table1.md")
     maes = [io.read_json(p)["test_mae"] for p in runs]
     assert row["mae_mean"] == pytest.approx(np.mean(maes)) and row["mae_std"] == pytest.approx(np.std(maes, ddof=1))
     assert (row["n_train"], row["n_val"], row["n_test"], row["n_seeds"]) == (20, 5, 5, 2)
     assert row["split_hash"] == io.read_json(split)["hash"] and row["encoder"] == ""
-    build_report([res / "table1.csv"], runs, res / "report.md", res / "report")
+    build_report([res / "table1.csv"], summaries=runs, out_md=res / "report.md", fig_dir=res / "report")
     md = (res / "report.md").read_text()
     assert md.count("](report/jarvis_dft_3d_2021-full-formation_energy_peratom-") == 2
     assert "trained on 20 materials per property for 2 epochs" in md

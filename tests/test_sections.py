@@ -56,8 +56,8 @@ def descriptions(tmp_path: Path) -> Path:
     rows = [_row(r) for r in (PTTE2, TIMED_OUT, RUTILE)]
     table = pa.Table.from_pylist([{f.name: r[f.name] for f in DESCRIPTIONS.schema} for r in rows])
     path = tmp_path / "descriptions.parquet"
-    write_parquet(table, path, "descriptions", {"fmt": "raw"},
-                  {"source": "mp_2018", "versions": {"robocrys": "0.2.13"}, "counts": {}})
+    write_parquet(table, path, kind="descriptions", params={"fmt": "raw"},
+                  extra={"source": "mp_2018", "versions": {"robocrys": "0.2.13"}, "counts": {}})
     return path
 
 
@@ -106,7 +106,7 @@ def test_inconsistent_parts_are_an_error() -> None:
 def test_build_sections_file(descriptions: Path, tmp_path: Path) -> None:
     """Same rows and order as the descriptions table; counts and settings in the metadata."""
     out = tmp_path / "sections.parquet"
-    sections.build_sections(descriptions, True, out)
+    sections.build_sections(descriptions, global_header=True, out=out)
     rows = pq.read_table(out).to_pylist()
     assert [r["material_id"] for r in rows] == ["mp-399", "JVASP-1", "JVASP-5"]
     assert [r["status"] for r in rows] == ["ok", "timeout", "ok"]

@@ -18,22 +18,25 @@ def test_seed123_split_is_alignns_bit_for_bit(total: int, ratios: tuple) -> None
 
     ref = get_id_train_val_test(total_size=total, split_seed=123, train_ratio=ratios[0], val_ratio=ratios[1],
                                 test_ratio=ratios[2])
-    ours = splits.alignn_split_indices(total, 123, *ratios)
+    ours = splits.alignn_split_indices(total, seed=123, train_ratio=ratios[0], val_ratio=ratios[1],
+                                       test_ratio=ratios[2])
     assert [list(map(int, r)) for r in ref] == [list(x) for x in ours]
 
 
 def test_seed123_split_known_values() -> None:
     # stdlib Mersenne Twister shuffle after random.seed(123): pinned so a change of algorithm is caught
-    train, val, test = splits.alignn_split_indices(10, 123, 0.8, 0.1, 0.1)
+    train, val, test = splits.alignn_split_indices(10, seed=123, train_ratio=0.8, val_ratio=0.1,
+                                                   test_ratio=0.1)
     assert (len(train), len(val), len(test)) == (8, 1, 1)
     assert sorted(train + val + test) == list(range(10))
-    assert splits.alignn_split_indices(10, 123, 0.8, 0.1, 0.1) == (train, val, test)
+    assert splits.alignn_split_indices(10, seed=123, train_ratio=0.8, val_ratio=0.1,
+                                       test_ratio=0.1) == (train, val, test)
     with pytest.raises(ValueError, match="exceed"):
-        splits.alignn_split_indices(10, 123, counts=(8, 2, 1))
+        splits.alignn_split_indices(10, seed=123, counts=(8, 2, 1))
 
 
 def test_mp_paper_counts() -> None:
-    train, val, test = splits.alignn_split_indices(69239, 123, counts=(60000, 5000, 4239))
+    train, val, test = splits.alignn_split_indices(69239, seed=123, counts=(60000, 5000, 4239))
     assert (len(train), len(val), len(test)) == (60000, 5000, 4239)
     assert not set(train) & set(test) and not set(val) & set(test)
 

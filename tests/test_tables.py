@@ -49,7 +49,8 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
     table = pa.table({"material_id": [r["jid"] for r in recs], "split": splits, "target": y, "prediction": pred})
     meta = {"source": source, "target": target, "variant": variant, "regime": regime, "seed": seed,
             "split_hash": split_hash}
-    io.write_parquet(table, run_dir / "predictions.parquet", "predictions", {"seed": seed}, meta)
+    io.write_parquet(table, run_dir / "predictions.parquet", kind="predictions", params={"seed": seed},
+                     extra=meta)
     metrics = [{"epoch": e, "train_loss": 4 * k * test_mae, "val_mae": 1.05 * k * test_mae, "test_mae": k * test_mae,
                 "lr": 1e-3, "seconds": 0.5} for e, k in enumerate(EPOCH_SHAPE, start=1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
@@ -134,7 +135,7 @@ def test_paper_values_hold_every_number_of_the_paper_tables() -> None:
 def test_table_mean_std_over_two_seeds_with_paper_value(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     csv_path, md_path = tmp_path / "table1.csv", tmp_path / "table1.md"
-    build_table("table1", TABLE1, UNITS, runs, csv_path, md_path)
+    build_table("table1", spec=TABLE1, units=UNITS, runs=runs, out_csv=csv_path, out_md=md_path)
     rows = read_table_csv(csv_path)
     assert [(r["property"], r["variant"]) for r in rows] == [
         ("formation_energy_peratom", "crysmmnet"), ("formation_energy_peratom", "alignn"),
@@ -163,7 +164,8 @@ def test_table_mean_std_over_two_seeds_with_paper_value(tmp_path: Path) -> None:
 def test_single_seed_leaves_std_blank(tmp_path: Path) -> None:
     spec = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"]}
     run = make_run(tmp_path, "formation_energy_peratom", "crysmmnet", 0, 0.05)
-    build_table("table1", spec, UNITS, [run], tmp_path / "t.csv", tmp_path / "t.md")
+    build_table("table1", spec=spec, units=UNITS, runs=[run], out_csv=tmp_path / "t.csv",
+                out_md=tmp_path / "t.md")
     raw = next(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
     assert raw["mae_std"] == "" and float(raw["mae_mean"]) == 0.05 and raw["n_seeds"] == "1"
     assert "| 16 / 4 / 4 | 0.05 | 1 | 0.055 | 0.028 | 1.79× |" in (tmp_path / "t.md").read_text()
@@ -172,7 +174,7 @@ def test_single_seed_leaves_std_blank(tmp_path: Path) -> None:
 def test_targets_all_expands_to_every_source_target(tmp_path: Path) -> None:
     spec = {"source": JARVIS, "targets": "all", "variants": ["crystextnet"], "regime": "full"}
     runs = [make_run(tmp_path, t, "crystextnet", 0, 0.5) for t in UNITS]
-    rows = assemble_table("table4", spec, UNITS, runs)
+    rows = assemble_table("table4", spec=spec, units=UNITS, runs=runs)
     assert [r["property"] for r in rows] == list(UNITS)
     assert [r["paper_mae"] for r in rows] == [0.447, 0.595, 0.849, 0.352, 21.98, 14.76]
     assert {r["paper_origin"] for r in rows} == {"own"}
@@ -187,27 +189,29 @@ def test_run_from_other_configuration_is_rejected(tmp_path: Path, field: str, va
     summary = io.read_json(runs[3])
     io.write_json({**summary, field: value}, runs[3])
     with pytest.raises(TableSpecError, match=message) as err:
-        assemble_table("table1", TABLE1, UNITS, runs)
+        assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs)
     assert str(runs[3]) in str(err.value)
 
 
 def test_run_of_unlisted_variant_or_target_is_rejected(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     with pytest.raises(TableSpecError, match="variant 'crystextnet'"):
-        assemble_table("table1", TABLE1, UNITS, [*runs, make_run(tmp_path, "mbj_bandgap", "crystextnet", 0, 0.5)])
+        assemble_table("table1", spec=TABLE1, units=UNITS,
+                       runs=[*runs, make_run(tmp_path, "mbj_bandgap", "crystextnet", 0, 0.5)])
     with pytest.raises(TableSpecError, match="target 'bulk_modulus_kv'"):
-        assemble_table("table1", TABLE1, UNITS, [*runs, make_run(tmp_path, "bulk_modulus_kv", "alignn", 0, 9.0)])
+        assemble_table("table1", spec=TABLE1, units=UNITS,
+                       runs=[*runs, make_run(tmp_path, "bulk_modulus_kv", "alignn", 0, 9.0)])
 
 
 def test_missing_cell_duplicate_seed_and_split_disagreement_are_rejected(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     with pytest.raises(TableSpecError, match=r"no runs given for table cells \['mbj_bandgap/alignn'\]"):
-        assemble_table("table1", TABLE1, UNITS, runs[:6])
+        assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs[:6])
     with pytest.raises(TableSpecError, match="seed 0 of formation_energy_peratom/crysmmnet given twice"):
-        assemble_table("table1", TABLE1, UNITS, [*runs, runs[0]])
+        assemble_table("table1", spec=TABLE1, units=UNITS, runs=[*runs, runs[0]])
     io.write_json({**io.read_json(runs[1]), "split_hash": "0" * 64}, runs[1])
     with pytest.raises(TableSpecError, match="disagree on split_hash"):
-        assemble_table("table1", TABLE1, UNITS, runs)
+        assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs)
 
 
 def test_cli_tables_writes_both_files_and_fails_clearly_on_mismatch(tmp_path: Path,
@@ -230,7 +234,7 @@ def test_diverged_run_gets_a_footnote(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     io.write_json({**io.read_json(runs[2]), "test_mae": None, "stop_reason": "diverged (non-finite train loss in "
                    "epoch 1)"}, runs[2])
-    md = table_markdown("table1", TABLE1, assemble_table("table1", TABLE1, UNITS, runs))
+    md = table_markdown("table1", TABLE1, assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs))
     assert "‡ formation_energy_peratom / alignn, seed 0: diverged (non-finite train loss in epoch 1)" in md
 
 
@@ -239,4 +243,4 @@ def test_summary_in_another_runs_folder_is_refused(tmp_path: Path) -> None:
     shutil.copy(runs[2], runs[0])  # alignn seed 0's valid summary.json in crysmmnet seed 0's folder
     with pytest.raises(TableSpecError, match="summary of run jarvis_dft_3d_2021/formation_energy_peratom/alignn/"
                        "full/seed0 lies in the folder of .*/crysmmnet/full/seed0"):
-        assemble_table("table1", TABLE1, UNITS, runs)
+        assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs)

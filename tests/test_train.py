@@ -45,7 +45,8 @@ def _cfg(**kw) -> train.TrainConfig:
 
 
 def _run(jarvis40: dict[str, Path], split: Path, out: Path, **kw) -> dict:
-    return train.train(jarvis40["structures"], split, jarvis40["graphs"], None, out, _cfg(**kw))
+    return train.train(jarvis40["structures"], split=split, graphs=jarvis40["graphs"], embeddings=None,
+                       out_dir=out, cfg=_cfg(**kw))
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -154,9 +155,10 @@ def test_summary_breaking_its_layout_is_refused_by_every_reader(run3: Path, tmp_
 
     run = _copied_run(run3, tmp_path / "run", "summary.json", edit)
     spec = {"source": "jarvis_dft_3d_2021", "targets": [TARGET], "variants": ["alignn"], "regime": "full"}
-    readers = [lambda: tables.assemble_table("table1", spec, {TARGET: "eV/atom"}, [run / "summary.json"]),
+    readers = [lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
+                                             runs=[run / "summary.json"]),
                lambda: report.load_run(run / "summary.json"),
-               lambda: leaderboard.export_leaderboard(run, tmp_path / "lb")]
+               lambda: leaderboard.export_leaderboard(run, out_dir=tmp_path / "lb")]
     for read in readers:
         with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'summary.json'}: {message}")):
             read()
@@ -279,8 +281,8 @@ def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_pa
     assert null, "the first 40 JARVIS materials include some without an MBJ gap"
     split = write_split(tmp_path / "split.json", "mbj_bandgap", have[:10] + null[:1], have[10:13] + ["JVASP-0"],
                         have[13:16])
-    summary = train.train(jarvis40["structures"], split, jarvis40["graphs"], None, tmp_path / "run",
-                          _cfg(target="mbj_bandgap", epochs=1))
+    summary = train.train(jarvis40["structures"], split=split, graphs=jarvis40["graphs"], embeddings=None,
+                          out_dir=tmp_path / "run", cfg=_cfg(target="mbj_bandgap", epochs=1))
     assert summary["dropped"] == [
         {"material_id": null[0], "split": "train", "reason": "target missing"},
         {"material_id": "JVASP-0", "split": "val", "reason": "not in structures table"},
@@ -292,9 +294,11 @@ def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_pa
 
 def test_variant_inputs_are_checked(jarvis40, split30, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs graphs"):
-        train.train(jarvis40["structures"], split30, None, None, tmp_path, _cfg())
+        train.train(jarvis40["structures"], split=split30, graphs=None, embeddings=None, out_dir=tmp_path,
+                    cfg=_cfg())
     with pytest.raises(ValueError, match="unknown model variant .schnet."):
-        train.train(jarvis40["structures"], split30, jarvis40["graphs"], None, tmp_path, _cfg(variant="schnet"))
+        train.train(jarvis40["structures"], split=split30, graphs=jarvis40["graphs"], embeddings=None,
+                    out_dir=tmp_path, cfg=_cfg(variant="schnet"))
 
 
 def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> None:
@@ -326,8 +330,8 @@ def test_diverged_run_exits_non_zero_with_the_reason(jarvis40, split30, tmp_path
               for m, v in zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist())]
     table = table.set_column(table.column_names.index(TARGET), TARGET, pa.array(values, pa.float64()))
     structures = tmp_path / "structures.parquet"
-    io.write_parquet(table, structures, "structures", meta["params"], {k: meta[k] for k in ("source", "targets",
-                                                                                             "snapshot_sha256")})
+    io.write_parquet(table, structures, kind="structures", params=meta["params"],
+                     extra={k: meta[k] for k in ("source", "targets", "snapshot_sha256")})
     graphs = build_graph_dir(structures, tmp_path / "graphs")
     out = tmp_path / "run"
     argv = ["train", "--structures", str(structures), "--split", str(split30), "--graphs", str(graphs),
@@ -354,8 +358,9 @@ def mp_text(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
     with_graph = variant != "crystextnet"
     graphs = mp_text["graphs"] if with_graph else None
-    summary = train.train(mp_text["structures"], mp_text["split"], graphs, mp_text["embeddings"], tmp_path,
-                          _cfg(target="e_form", variant=variant, epochs=2))
+    summary = train.train(mp_text["structures"], split=mp_text["split"], graphs=graphs,
+                          embeddings=mp_text["embeddings"], out_dir=tmp_path,
+                          cfg=_cfg(target="e_form", variant=variant, epochs=2))
     failed = mp_text["ids"][-1]
     assert summary["dropped"] == [{"material_id": failed, "split": "train",
                                    "reason": "text timeout: robocrys: timed out after 120 s"}]
@@ -379,8 +384,9 @@ def test_overfits_200_real_crystals(tmp_path: Path) -> None:
     graphs = build_graph_dir(structures, tmp_path / "graphs")
     ids = structure_ids(structures, TARGET)
     split = write_split(tmp_path / "split.json", TARGET, ids[:200], ids[200:210], ids[210:220])
-    summary = train.train(structures, split, graphs, None, tmp_path / "run",
-                          _cfg(epochs=30, hidden_features=32, batch_size=16, learning_rate=3e-3, threads=2))
+    cfg = _cfg(epochs=30, hidden_features=32, batch_size=16, learning_rate=3e-3, threads=2)
+    summary = train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=tmp_path / "run",
+                          cfg=cfg)
     preds = io.read_parquet(tmp_path / "run" / "predictions.parquet", "predictions").to_pylist()
     y = np.array([r["target"] for r in preds if r["split"] == "train"])
     spread = float(np.mean(np.abs(y - y.mean())))  # MAE of predicting the mean: 0.86 eV/atom here

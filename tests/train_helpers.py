@@ -31,9 +31,11 @@ def ingest_first(n: int, workdir: Path) -> Path:
         dst.writelines(lines)
     cfg = default_config()["sources"][SOURCE]
     manifest = workdir / f"{SOURCE}.json"
-    download.fetch(SOURCE, "jarvis", cfg["jarvis_key"], snap, workdir / "dl", manifest)
+    download.fetch(SOURCE, provider="jarvis", jarvis_key=cfg["jarvis_key"], snapshot_dir=snap,
+                   download_dir=workdir / "dl", out=manifest)
     out = workdir / f"{SOURCE}.parquet"
-    ingest.ingest(manifest, cfg["targets"], None, cfg["stratify_target"], out, workdir / f"{SOURCE}.rejected.parquet")
+    ingest.ingest(manifest, targets=cfg["targets"], subset=None, stratify_target=cfg["stratify_target"],
+                  out=out, rejected_out=workdir / f"{SOURCE}.rejected.parquet")
     return out
 
 
@@ -89,8 +91,8 @@ def mp_text_dataset(workdir: Path, n_failed: int = 1) -> dict[str, Path]:
          "e_form": float(r["formation_energy_per_atom"]), "split_e_form": None} for r in recs])
     table = table.set_column(table.column_names.index("split_e_form"), "split_e_form",
                              pa.array([None] * len(recs), type=pa.string()))
-    io.write_parquet(table, structures, "structures", {}, {"source": "mp_text", "targets": ["e_form"],
-                                                           "snapshot_sha256": ""})
+    io.write_parquet(table, structures, kind="structures", params={},
+                     extra={"source": "mp_text", "targets": ["e_form"], "snapshot_sha256": ""})
     rows = []
     for i, r in enumerate(recs):
         parts = r["description"].split(". ")
@@ -100,10 +102,10 @@ def mp_text_dataset(workdir: Path, n_failed: int = 1) -> dict[str, Path]:
                      "full": r["description"] if ok else "", "global": ". ".join(parts[:2]) + "." if ok else "",
                      "local": ". ".join(parts[2:]) if ok else ""})
     sections = workdir / "sections.parquet"
-    io.write_parquet(pa.Table.from_pylist(rows), sections, "sections", {},
-                     {"source": "mp_text", "versions": {}, "counts": {}})
+    io.write_parquet(pa.Table.from_pylist(rows), sections, kind="sections", params={},
+                     extra={"source": "mp_text", "versions": {}, "counts": {}})
     embeddings = workdir / "embeddings.h5"
-    embed.embed_sections(sections, embeddings, EmbedSettings(max_length=128, token_budget=4096,
-                                                                      device="cpu"))
+    embed.embed_sections(sections, out=embeddings,
+                         settings=EmbedSettings(max_length=128, token_budget=4096, device="cpu"))
     return {"structures": structures, "graphs": build_graph_dir(structures, workdir / "graphs"),
             "embeddings": embeddings, "ids": [r["material_id"] for r in recs]}

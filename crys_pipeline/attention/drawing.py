@@ -19,7 +19,7 @@ from crys_pipeline.attention.tagging import CATEGORIES, GLOBAL_CATEGORIES, LOCAL
 
 
 def layout_words(
-    text: str, words: list[Word], wrap: int, first_col: int = 0
+    text: str, *, words: list[Word], wrap: int, first_col: int = 0
 ) -> tuple[list[tuple[int, int]], int]:
     """Place words on wrapped lines, keeping the spacing of the text.
 
@@ -90,6 +90,7 @@ def _draw_colour_bar(fig: Any, norm: Any, cmap: Any, wrap: int, size_in: tuple[f
 
 def plot_words(
     words: list[Word],
+    *,
     weights: np.ndarray,
     is_global: list[bool],
     text: str,
@@ -115,7 +116,8 @@ def plot_words(
     from matplotlib.figure import Figure
 
     labels = [f"[{k}] {v:.2f}" for k, v in specials.items()]
-    positions, end_col = layout_words(text, words, wrap, first_col=len(labels[0]) + 1 if labels else 0)
+    positions, end_col = layout_words(text, words=words, wrap=wrap,
+                                      first_col=len(labels[0]) + 1 if labels else 0)
     n_lines = positions[-1][0] + 1 if positions else 1
     cmap, norm = colormaps["Reds"], PowerNorm(0.5, vmin=0.0, vmax=max(float(weights.max(initial=0.0)), 1e-6))
     boxes = [(w.text, line, col, cmap(norm(x))) for w, (line, col), x in zip(words, positions, weights)]
@@ -143,14 +145,17 @@ def plot_words(
     fig.savefig(path, dpi=110)
 
 
-def plot_layer(enc: EncodedAttention, layer: int, global_len: int, title: str, path: Path, wrap: int) -> None:
+def plot_layer(
+    enc: EncodedAttention, *, layer: int, global_len: int, title: str, path: Path, wrap: int
+) -> None:
     """`plot_words` of one layer: word weight = sum over its pieces of the head-averaged [CLS] attention."""
     words = merge_words(enc)
     mean_heads = enc.weights[layer - 1].mean(axis=0)  # [H, T] -> [T]
     word_weights = np.array([mean_heads[list(w.tokens)].sum() for w in words])
     specials = {"CLS": float(mean_heads[0]), "SEP": float(mean_heads[-1])}
     is_global = [w.start < global_len for w in words]
-    plot_words(words, word_weights, is_global, enc.text, specials, title, path, wrap)
+    plot_words(words, weights=word_weights, is_global=is_global, text=enc.text, specials=specials,
+               title=title, path=path, wrap=wrap)
 
 
 def _summary_grid(summary: Any) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:

@@ -79,6 +79,7 @@ def attention_table(material_id: str, enc: EncodedAttention, layer: int, categor
 
 def plot_material(
     sections: Path,
+    *,
     material_id: str,
     layer: int,
     variant: str,
@@ -110,7 +111,7 @@ def plot_material(
         f"mean over {enc.weights.shape[1]} heads; encoder {encoder_label(settings)}; {len(enc.tokens)} tokens"
         + (f", truncated to {settings.max_length}" if enc.truncated else "")
     )
-    plot_layer(enc, layer, item.global_len, title, out_png, wrap)
+    plot_layer(enc, layer=layer, global_len=item.global_len, title=title, path=out_png, wrap=wrap)
     params = {**_params(settings, variant), "layer": layer, "material_id": material_id}
     extra = {
         "text": enc.text,
@@ -120,7 +121,7 @@ def plot_material(
         "num_heads": int(enc.weights.shape[1]),
     }
     table = attention_table(material_id, enc, layer, token_categories(enc, item.global_len))
-    io.write_parquet(table, out_parquet, "attention", params, extra)
+    io.write_parquet(table, out_parquet, kind="attention", params=params, extra=extra)
     log.info("%s: layer %d, %d tokens -> %s, %s", material_id, layer, len(enc.tokens), out_png, out_parquet)
 
 
@@ -138,6 +139,7 @@ def _material_row(sections: Path, material_id: str) -> dict[str, Any]:
 
 def summarize(
     sections: Path,
+    *,
     variant: str,
     sample: int | None,
     seed: int,
@@ -175,9 +177,9 @@ def summarize(
     io.write_parquet(
         pa.Table.from_pylist(rows),
         out_shares,
-        "attention_shares",
-        params,
-        {"counts": counts, "num_layers": encoder.num_layers},
+        kind="attention_shares",
+        params=params,
+        extra={"counts": counts, "num_layers": encoder.num_layers},
     )
     summary = aggregate_shares(rows)
     io.write_text(summary.write_csv(float_precision=5), out_csv)

@@ -64,9 +64,10 @@ def _run_attention(a: argparse.Namespace) -> None:
 
     encoder, analysis = _encoder_and_analysis(a)
     stem = a.out_dir / a.source / f"{a.material_id}_L{analysis.layer}"
-    attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"), a.material_id,
-                            analysis.layer, analysis.variant, encoder, a.out_png or stem.with_suffix(".png"),
-                            a.out_table or stem.with_suffix(".parquet"), a.wrap)
+    attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"),
+                            material_id=a.material_id, layer=analysis.layer, variant=analysis.variant,
+                            settings=encoder, out_png=a.out_png or stem.with_suffix(".png"),
+                            out_parquet=a.out_table or stem.with_suffix(".parquet"), wrap=a.wrap)
 
 
 def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
@@ -89,8 +90,8 @@ def _run_attention_summary(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
 
     encoder, analysis = _encoder_and_analysis(a)
-    attention.summarize(a.sections, analysis.variant, analysis.sample, analysis.seed, encoder, a.out_csv, a.out_png,
-                        a.out_shares)
+    attention.summarize(a.sections, variant=analysis.variant, sample=analysis.sample, seed=analysis.seed,
+                        settings=encoder, out_csv=a.out_csv, out_png=a.out_png, out_shares=a.out_shares)
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.

@@ -40,9 +40,11 @@ def _run_download(a: argparse.Namespace) -> None:
     if a.provider == "folder":
         if a.root_dir is None:
             raise ValueError("download --provider folder needs --root-dir (the folder of structure files)")
-        folder.fetch_folder(a.source, a.root_dir, a.id_prop, a.file_format, a.split_ids, a.out)
+        folder.fetch_folder(a.source, root_dir=a.root_dir, id_prop=a.id_prop, file_format=a.file_format,
+                            split_ids=a.split_ids, out=a.out)
         return
-    download.fetch(a.source, a.provider, a.jarvis_key, a.snapshot_dir, a.download_dir, a.out)
+    download.fetch(a.source, provider=a.provider, jarvis_key=a.jarvis_key, snapshot_dir=a.snapshot_dir,
+                   download_dir=a.download_dir, out=a.out)
 
 
 # --- ingest ---------------------------------------------------------------------------------------
@@ -65,7 +67,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 def _run_ingest(a: argparse.Namespace) -> None:
     from crys_pipeline import ingest
 
-    ingest.ingest(a.manifest, a.targets, a.subset, a.stratify_target, a.out, a.rejected)
+    ingest.ingest(a.manifest, targets=a.targets, subset=a.subset, stratify_target=a.stratify_target,
+                  out=a.out, rejected_out=a.rejected)
 
 
 # --- splits ---------------------------------------------------------------------------------------
@@ -121,14 +124,15 @@ def _add_describe(sub: argparse._SubParsersAction) -> None:
 def _run_describe_shard(a: argparse.Namespace) -> None:
     from crys_pipeline import describe
 
-    describe.describe_shard(a.structures, a.shard, settings.from_arguments(settings.DescribeSettings, a), a.workers,
-                            a.out)
+    describe.describe_shard(a.structures, shard=a.shard,
+                            settings=settings.from_arguments(settings.DescribeSettings, a), workers=a.workers,
+                            out=a.out)
 
 
 def _run_describe_merge(a: argparse.Namespace) -> None:
     from crys_pipeline import describe
 
-    describe.merge_shards(a.structures, a.shards, a.out)
+    describe.merge_shards(a.structures, shards=a.shards, out=a.out)
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -152,7 +156,8 @@ def _run_sections(a: argparse.Namespace) -> None:
     from crys_pipeline import sections
 
     chosen = settings.from_arguments(settings.SectionsSettings, a)
-    sections.build_sections(a.descriptions, chosen.global_header, a.out, a.structures)
+    sections.build_sections(a.descriptions, global_header=chosen.global_header, out=a.out,
+                            structures=a.structures)
 
 
 # --- embed ----------------------------------------------------------------------------------------
@@ -177,8 +182,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 def _run_embed(a: argparse.Namespace) -> None:
     from crys_pipeline import embed
 
-    embed.embed_sections(a.sections, a.out, settings.from_arguments(settings.EmbedSettings, a), threads=a.threads,
-                         structures=a.structures)
+    embed.embed_sections(a.sections, out=a.out, settings=settings.from_arguments(settings.EmbedSettings, a),
+                         threads=a.threads, structures=a.structures)
 
 
 # --- graphs ---------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def _run_train(a: argparse.Namespace) -> None:
 
     cfg = settings.from_arguments(train.TrainConfig, a, {"target": a.target, "variant": a.variant, "seed": a.seed,
                                                          "threads": a.threads})
-    train.train(a.structures, a.split, a.graphs, a.embeddings, a.out_dir, cfg)
+    train.train(a.structures, split=a.split, graphs=a.graphs, embeddings=a.embeddings, out_dir=a.out_dir,
+                cfg=cfg)
 
 
 # --- predict --------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def _run_predict(a: argparse.Namespace) -> int:
         raise ValueError(f"no run folder (with model.json) among --model {[str(p) for p in a.model]}")
     if not files:
         raise ValueError("no structure files given")
-    crystals, table = predict.run_predict(runs, files)
+    crystals, table = predict.run_predict(runs, paths=files)
     print(table)
     if a.out:
         predict.write_csv(crystals, a.out)
@@ -101,7 +102,7 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
 def _run_tables(a: argparse.Namespace) -> None:
     from crys_pipeline import tables
 
-    tables.build_table(a.table, a.spec, a.units, a.runs, a.out_csv, a.out_md)
+    tables.build_table(a.table, spec=a.spec, units=a.units, runs=a.runs, out_csv=a.out_csv, out_md=a.out_md)
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(a: argparse.Namespace) -> None:
     from crys_pipeline import report
 
-    report.build_report(a.tables, a.runs, a.out_md, a.fig_dir)
+    report.build_report(a.tables, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir)
 
 
 # --- export-leaderboard ---------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _run_export_leaderboard(a: argparse.Namespace) -> None:
 
     contact = {"project_url": a.project_url, "author_email": a.author_email, "team_name": a.team_name,
                "git_url": a.git_url}
-    leaderboard.export_leaderboard(a.run_dir, a.out_dir or a.run_dir / "leaderboard", contact)
+    leaderboard.export_leaderboard(a.run_dir, out_dir=a.out_dir or a.run_dir / "leaderboard", contact=contact)
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.

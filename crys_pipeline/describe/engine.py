@@ -114,7 +114,7 @@ class RobocrysEngine:
     def describe_row(self, material_id: str, structure: Structure) -> dict[str, Any]:
         """One output row: `describe` or the exception that stopped it, plus the elapsed time."""
         start, cpu = time.perf_counter(), time.process_time()
-        row = empty_row(material_id, STATUS_OK)
+        row = empty_row(material_id, status=STATUS_OK)
         try:
             row.update(self.describe(structure))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a row
@@ -124,7 +124,7 @@ class RobocrysEngine:
         return row
 
 
-def empty_row(material_id: str, status: str, error: str = "", elapsed_s: float = 0.0) -> dict[str, Any]:
+def empty_row(material_id: str, *, status: str, error: str = "", elapsed_s: float = 0.0) -> dict[str, Any]:
     """A descriptions row with empty texts and null symmetry (failures and timeouts)."""
     return {
         "material_id": material_id, "status": status, "error": error, "elapsed_s": elapsed_s, "cpu_s": None,

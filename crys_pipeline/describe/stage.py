@@ -46,7 +46,8 @@ def tool_versions() -> dict[str, str]:
 
 def _lost_row(material_id: str, timed_out: bool, error: str, elapsed_s: float) -> dict[str, Any]:
     """The row of a structure whose worker passed the time limit (`timeout`) or died (`failed`)."""
-    return empty_row(material_id, STATUS_TIMEOUT if timed_out else STATUS_FAILED, error, elapsed_s)
+    return empty_row(material_id, status=STATUS_TIMEOUT if timed_out else STATUS_FAILED, error=error,
+                     elapsed_s=elapsed_s)
 
 
 class DescribePool(TimeoutPool):
@@ -114,7 +115,9 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def describe_shard(structures: Path, shard: str, settings: DescribeSettings, workers: int, out: Path) -> None:
+def describe_shard(
+    structures: Path, *, shard: str, settings: DescribeSettings, workers: int, out: Path
+) -> None:
     """Describe one scattergather shard (rows i with i % N == I-1) of a structures table.
 
     Args:
@@ -129,13 +132,15 @@ def describe_shard(structures: Path, shard: str, settings: DescribeSettings, wor
     log.info("shard %s: %d structures, %d workers, limit %g s", shard, len(items), workers, settings.timeout_s)
     good = [(mid, s) for mid, s, _ in items if s is not None]
     described = iter(describe_structures(good, settings, workers) if good else [])
-    rows = [next(described) if s is not None else empty_row(mid, STATUS_FAILED, err) for mid, s, err in items]
+    rows = [next(described) if s is not None else empty_row(mid, status=STATUS_FAILED, error=err)
+            for mid, s, err in items]
     meta = {"source": read_meta(structures).get("source"), "versions": tool_versions(), "counts": _counts(rows)}
-    write_parquet(rows_to_table(rows), out, "descriptions", {**describe_params(settings), "shard": shard}, meta)
+    write_parquet(rows_to_table(rows), out, kind="descriptions",
+                  params={**describe_params(settings), "shard": shard}, extra=meta)
     log.info("shard %s: %s", shard, meta["counts"])
 
 
-def merge_shards(structures: Path, shards: list[Path], out: Path) -> None:
+def merge_shards(structures: Path, *, shards: list[Path], out: Path) -> None:
     """Gather shard files into one descriptions table in the structures table's order.
 
     Raises:
@@ -163,5 +168,5 @@ def merge_shards(structures: Path, shards: list[Path], out: Path) -> None:
     rows = [by_id[i] for i in ids]
     meta = {"source": metas[0].get("source"), "versions": metas[0].get("versions"), "counts": _counts(rows),
             "shards": len(shards), "structures_sha256": sha256_file(structures)}
-    write_parquet(rows_to_table(rows), out, "descriptions", params[0], meta)
+    write_parquet(rows_to_table(rows), out, kind="descriptions", params=params[0], extra=meta)
     log.info("merged %d shards: %s", len(shards), meta["counts"])

@@ -125,7 +125,7 @@ def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa
     _check_graph_manifest(path, shards)
     metas = [read_meta(shard) for shard in shards]
     for shard, meta in zip(shards, metas):
-        check_meta(meta, "graphs", str(shard), expect)
+        check_meta(meta, kind="graphs", where=str(shard), expect=expect)
         if meta["params"] != metas[0]["params"] or meta.get("structures_sha256") != metas[0].get("structures_sha256"):
             raise ArtifactError(f"{shard}: made with other params or inputs than {shards[0].name}; rebuild {path}")
     if sorted(meta.get("shard") for meta in metas) != list(range(metas[0].get("n_shards", -1))):

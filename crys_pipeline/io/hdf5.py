@@ -140,7 +140,7 @@ def _partial_matches(handle: Any, meta: dict[str, Any], ids: list[str], dim: int
 
 
 def open_embeddings_partial(
-    path: str | Path, rows: dict[str, list[str]], dim: int, params: dict[str, Any], inputs: dict[str, Any]
+    path: str | Path, *, rows: dict[str, list[str]], dim: int, params: dict[str, Any], inputs: dict[str, Any]
 ) -> EmbeddingsPartial:
     """Open (resume) or create the partial file of embeddings artifact `path`.
 
@@ -231,7 +231,8 @@ def _open_embeddings(path: str | Path, variant: str, expect: dict[str, Any] | No
         raise corrupt(path, exc) from exc
     try:
         try:
-            check_meta(json.loads(handle.attrs.get(META_KEY, "{}")), EMBEDDINGS.kind, str(path), expect)
+            check_meta(json.loads(handle.attrs.get(META_KEY, "{}")), kind=EMBEDDINGS.kind, where=str(path),
+                       expect=expect)
             _check_embeddings_layout(handle, str(path))
         except ArtifactError:
             raise

@@ -37,7 +37,8 @@ def _check_columns(schema: pa.Schema, layout: ParquetLayout, meta: dict[str, Any
 
 
 def write_parquet(
-    table: pa.Table, path: str | Path, kind: str, params: dict[str, Any], extra: dict[str, Any] | None = None
+    table: pa.Table, path: str | Path, *, kind: str, params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Validate `table` against layout `kind`, stamp metadata and write it atomically to `path`.
 
@@ -76,7 +77,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise corrupt(path, exc) from exc
 
 
-def check_meta(meta: dict[str, Any], kind: str, where: str, expect: dict[str, Any] | None = None) -> None:
+def check_meta(meta: dict[str, Any], *, kind: str, where: str, expect: dict[str, Any] | None = None) -> None:
     """Raise ArtifactError unless `meta` is of `kind`, of this SCHEMA_VERSION and made with `expect` params."""
     if meta.get("kind") != kind:
         raise ArtifactError(f"{where}: expected a {kind!r} artifact, found {meta.get('kind')!r}")
@@ -106,7 +107,7 @@ def read_parquet(
     if not path.exists():
         raise ArtifactError(f"{path}: no such artifact")
     meta = read_meta(path)
-    check_meta(meta, kind, str(path), expect)
+    check_meta(meta, kind=kind, where=str(path), expect=expect)
     try:
         _check_columns(pq.read_schema(path), PARQUET[kind], meta, str(path))
         return pq.read_table(path, columns=columns, page_checksum_verification=True)

@@ -86,7 +86,8 @@ class EdgeGatedGraphConv(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One gated message-passing step; returns updated (node, edge) features."""
         plan = graph if isinstance(graph, EdgePlan) else edge_plan(graph, h.shape[0])
-        return eggc(h, e, plan, self.node_linear, self.edge_gate, self.bn_nodes, self.bn_edges, self.compiled)
+        return eggc(h, e=e, plan=plan, node_linear=self.node_linear, edge_gate=self.edge_gate,
+                    bn_nodes=self.bn_nodes, bn_edges=self.bn_edges, compiled=self.compiled)
 
 
 class ALIGNNLayer(nn.Module):
@@ -188,4 +189,4 @@ class ALIGNNEncoder(nn.Module):
                 h, e, t = layer(h, e, t, crystal, angles)
         for layer in self.gcn_layers:
             h, e = layer(h, e, crystal)
-        return readout(h, batch.batch, batch.num_graphs, self.reduce)
+        return readout(h, batch=batch.batch, num_graphs=batch.num_graphs, reduce=self.reduce)

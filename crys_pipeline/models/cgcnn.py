@@ -94,5 +94,5 @@ class CGCNNEncoder(nn.Module):
         u = self.distance_expansion(torch.linalg.vector_norm(batch.edge_vec, dim=1))
         for conv in self.convs:
             h = conv(h, u, batch.edge_index)
-        pooled = readout(h, batch.batch, batch.num_graphs, self.reduce)
+        pooled = readout(h, batch=batch.batch, num_graphs=batch.num_graphs, reduce=self.reduce)
         return F.softplus(self.conv_to_fc(F.softplus(pooled)))

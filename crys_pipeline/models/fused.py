@@ -186,7 +186,7 @@ def mlp_block(x: torch.Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> torch
                                    norm.training, norm.momentum, norm.eps)
 
 
-def eggc(h: torch.Tensor, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
+def eggc(h: torch.Tensor, *, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
          bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused EGGC step (the math of ``EdgeGatedGraphConv``).
 

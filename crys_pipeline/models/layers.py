@@ -110,7 +110,7 @@ class AtomFeatures(nn.Module):
         return self.atom_table[z]
 
 
-def readout(x: torch.Tensor, batch: torch.Tensor, num_graphs: int, reduce: str = "mean") -> torch.Tensor:
+def readout(x: torch.Tensor, *, batch: torch.Tensor, num_graphs: int, reduce: str = "mean") -> torch.Tensor:
     """Per-crystal pooling of node features.
 
     Args:

@@ -97,6 +97,7 @@ def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.devic
 
 def train(
     structures: Path,
+    *,
     split: Path,
     graphs: Path | None,
     embeddings: Path | None,
@@ -127,7 +128,8 @@ def train(
     device = resolve_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = load_training_data(structures, split, cfg.target, graphs, embeddings, spec.text_variant)
+    data = load_training_data(structures, split=split, target=cfg.target, graphs=graphs,
+                              embeddings=embeddings, text_variant=spec.text_variant)
     load_seconds = time.perf_counter() - start
     model, state, loaders = fit(data, cfg, out_dir, device)
     summary = write_outputs(model, cfg, data, state, loaders, out_dir, device, load_seconds + state.wall_seconds)

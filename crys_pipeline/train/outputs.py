@@ -58,7 +58,7 @@ def _write_predictions(preds: dict, path: Path, params: dict[str, Any], extra: d
         ps.append(p)
     table = pa.table({"material_id": ids, "split": splits, "target": np.concatenate(ys),
                       "prediction": np.concatenate(ps)})
-    io.write_parquet(table, path, "predictions", params, extra)
+    io.write_parquet(table, path, kind="predictions", params=params, extra=extra)
 
 
 def _versions() -> dict[str, str]:
