@@ -50,7 +50,7 @@ def _row(parts: dict) -> dict:
             "symprec": 0.01 if parts["status"] == "ok" else None, "oxidation_states": True}
 
 
-@pytest.fixture()
+@pytest.fixture
 def descriptions(tmp_path: Path) -> Path:
     """A descriptions table (layout `descriptions`) of the three rows above."""
     rows = [_row(r) for r in (PTTE2, TIMED_OUT, RUTILE)]

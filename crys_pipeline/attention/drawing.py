@@ -160,7 +160,8 @@ def plot_layer(
 
 def _summary_grid(summary: Any) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
     """(category names, layers, [categories, layers + 1] content shares with the token share last,
-    [layers] special-token share) of an `aggregate_shares` table."""
+    [layers] special-token share) of an `aggregate_shares` table.
+    """
     import polars as pl
 
     cats = summary.filter(pl.col("level") == "category")

@@ -132,7 +132,8 @@ def merge_words(enc: EncodedAttention) -> list[Word]:
 
 def load_encoder(settings: EmbedSettings) -> AttentionEncoder:
     """The configured encoder, loaded by `embed.TextEncoder` (model resolution, normaliser, device),
-    switched to the eager attention implementation, the one that returns attention maps."""
+    switched to the eager attention implementation, the one that returns attention maps.
+    """
     from crys_pipeline.embed import TextEncoder
 
     text_encoder = TextEncoder(settings)

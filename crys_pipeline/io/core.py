@@ -215,7 +215,8 @@ def verify_files(folder: str | Path, digests: dict[str, str] | None) -> None:
 def check_lineage(structures: str | Path, derived: dict[Path, str | None], sha: str | None = None) -> None:
     """Raise ArtifactError when an artifact in `derived` ({path: the structures sha256 it records}) was made
     from another structures file than `structures` (sha256 `sha`, computed when None): stale or swapped.
-    An artifact that records no structures sha256 (None) is not checked."""
+    An artifact that records no structures sha256 (None) is not checked.
+    """
     sha = sha or sha256_file(structures)
     for path, recorded in derived.items():
         if recorded is not None and recorded != sha:

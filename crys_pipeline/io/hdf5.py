@@ -307,7 +307,8 @@ def read_embeddings(
 
 def read_embedding_flags(path: str | Path, variant: str) -> dict[str, Any]:
     """Per-row arrays of one variant: `material_id`, `status`, `error` (str [N]), `token_count` (int32 [N],
-    untruncated, special tokens included), `truncated` and `empty` (bool [N])."""
+    untruncated, special tokens included), `truncated` and `empty` (bool [N]).
+    """
     keys = ("token_count", "truncated", "empty")
     with _open_embeddings(path, variant, None) as handle:
         data = _read_verified(handle, ["material_id", "status", "error", *(f"{variant}_{k}" for k in keys)], Path(path))

@@ -66,7 +66,8 @@ def _cgcnn_encoder(
 
 def _paper_defaults(encoder: Callable[[torch.Tensor | None], nn.Module]) -> EncoderFactory:
     """A factory for an encoder built with its own paper's defaults (MEGNet: Set2Set readouts; GATGNN:
-    global attention pooling): the ALIGNN width/depth/readout arguments do not apply."""
+    global attention pooling): the ALIGNN width/depth/readout arguments do not apply.
+    """
 
     def factory(atom_table: torch.Tensor | None, **_alignn_args: object) -> nn.Module:
         return encoder(atom_table)

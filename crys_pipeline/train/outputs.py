@@ -70,7 +70,8 @@ def _versions() -> dict[str, str]:
 
 def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, device: torch.device) -> dict:
     """model.json (layout `schemas.RUN_MODEL`) without `model_sha256`; the graph shards' params are
-    `graph_params`, the rest of their stamp `graph_meta`."""
+    `graph_params`, the rest of their stamp `graph_meta`.
+    """
     from crys_pipeline.models import encoder_settings
 
     shard_meta = _jsonable(data.graph_meta)
@@ -112,8 +113,8 @@ def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, 
                   out_dir: Path, device: torch.device, wall: float) -> dict[str, Any]:
     """model.pt, model.json, predictions.parquet and summary.json of the val-best model; returns the summary.
 
-model.json and summary.json are checked against their layouts (`schemas.RUN_MODEL`, `schemas.RUN_SUMMARY`)
-before they are written.
+    model.json and summary.json are checked against their layouts (`schemas.RUN_MODEL`, `schemas.RUN_SUMMARY`)
+    before they are written.
 
     `wall` is the job's wall time (input loading plus every epoch, over all resumed sessions).
     """
