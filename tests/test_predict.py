@@ -144,7 +144,7 @@ def test_crafted_model_pt_is_refused_without_running_it(alignn_runs: dict, tmp_p
     assert any("model.pt: refused, it holds objects other than tensors" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(("edit", "message"), [
     (lambda run: (run / "model.pt").write_bytes((run / "model.pt").read_bytes()[:-100]),
      "model.pt: corrupt or unreadable artifact .*sha256 differs"),
     (lambda run: io.write_json({k: v for k, v in io.read_json(run / "model.json").items() if k != "variant"},

@@ -180,7 +180,7 @@ def test_targets_all_expands_to_every_source_target(tmp_path: Path) -> None:
     assert {r["paper_origin"] for r in rows} == {"own"}
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(("field", "value", "message"), [
     ("regime", "low20", "regime='low20'"),
     ("source", "mp_2018", "source='mp_2018'"),
 ])

@@ -136,7 +136,7 @@ def _copied_run(run3: Path, dest: Path, name: str, edit) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(("edit", "message"), [
     (lambda s: {k: v for k, v in s.items() if k != "n_test"},
      "key 'n_test' is missing (the run_summary layout needs int)"),
     (lambda s: {**s, "test_mae": "0.05"}, "key 'test_mae' is str, the run_summary layout needs number?"),
@@ -279,7 +279,7 @@ def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_pa
     null = [m for m, v in values.items() if v is None]
     have = [m for m, v in values.items() if v is not None]
     assert null, "the first 40 JARVIS materials include some without an MBJ gap"
-    split = write_split(tmp_path / "split.json", "mbj_bandgap", have[:10] + null[:1], have[10:13] + ["JVASP-0"],
+    split = write_split(tmp_path / "split.json", "mbj_bandgap", have[:10] + null[:1], [*have[10:13], "JVASP-0"],
                         have[13:16])
     summary = train.train(jarvis40["structures"], split=split, graphs=jarvis40["graphs"], embeddings=None,
                           out_dir=tmp_path / "run", cfg=_cfg(target="mbj_bandgap", epochs=1))
@@ -350,7 +350,7 @@ def mp_text(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("mp_text")
     data = mp_text_dataset(work)
     ids = data["ids"]
-    data["split"] = write_split(work / "split.json", "e_form", ids[:-10] + [ids[-1]], ids[-10:-5], ids[-5:-1])
+    data["split"] = write_split(work / "split.json", "e_form", [*ids[:-10], ids[-1]], ids[-10:-5], ids[-5:-1])
     return data
 
 

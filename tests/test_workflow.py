@@ -176,7 +176,7 @@ def test_edited_snapshot_reruns_download_and_ingest(tmp_path: Path) -> None:
     assert read_parquet(work / out, "structures").to_pylist()[0]["formation_energy_peratom"] == 123.5
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(("edit", "message"), [
     (lambda c: c["tables"]["table1"].update(source="jarvis_typo"),
      r"tables.table1.source 'jarvis_typo' is not one of \['jarvis_dft_3d_2021', 'mp_2018'\]"),
     (lambda c: c["tables"]["table1"].update(targets=["formation_energy_per_atom"]),

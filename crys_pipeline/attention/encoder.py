@@ -39,7 +39,7 @@ class EncodedAttention:
 
     @property
     def special(self) -> np.ndarray:
-        """bool [T]: [CLS] / [SEP] (tokens that belong to no word)."""
+        """Boolean mask [T]: [CLS] / [SEP] (tokens that belong to no word)."""
         return self.word_ids < 0
 
 

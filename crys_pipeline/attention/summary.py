@@ -100,7 +100,7 @@ def aggregate_shares(rows: list[dict[str, Any]]) -> Any:
         "content_share_mean": pl.col("content_share").mean(),
         "token_fraction_mean": pl.col("token_fraction").mean(),
     }
-    order = {name: i for i, name in enumerate(CATEGORIES + ("global", "local"))}
+    order = {name: i for i, name in enumerate((*CATEGORIES, "global", "local"))}
     out = pl.concat(
         [
             frame.group_by("layer", "category", "section").agg(**stats).with_columns(level=pl.lit(level))

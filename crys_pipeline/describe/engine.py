@@ -89,7 +89,7 @@ class RobocrysEngine:
                                     f"{self.settings.symprec}: {type(first).__name__}: {first}") from second
 
     def describe(self, structure: Structure) -> dict[str, Any]:
-        """robocrys description of one structure: parts, full text, symmetry and dimensionality."""
+        """The robocrys description of one structure: parts, full text, symmetry and dimensionality."""
         if not structure.is_ordered:
             raise ValueError("disordered structure (partial occupancies): robocrys describes ordered structures only")
         forget_fingerprints()
@@ -117,7 +117,7 @@ class RobocrysEngine:
         row = empty_row(material_id, status=STATUS_OK)
         try:
             row.update(self.describe(structure))
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+        except Exception as exc:  # every failure becomes a row
             row.update(status=STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
         row["elapsed_s"] = round(time.perf_counter() - start, 3)
         row["cpu_s"] = round(time.process_time() - cpu, 3)

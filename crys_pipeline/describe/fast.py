@@ -155,7 +155,7 @@ class OfflineMoleculeNamer(MoleculeNamer):
 
     @property
     def molecule_db(self) -> dict[str, dict[str, str]]:  # type: ignore[override]
-        """robocrys' molecule table, read once per process."""
+        """The robocrys molecule table, read once per process."""
         if not _MOLECULE_DB:
             from importlib.resources import files
 

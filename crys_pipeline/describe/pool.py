@@ -37,7 +37,7 @@ def _worker_main(conn: Connection, setup: Callable[[Any], Handler], config: Any)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         handle = setup(config)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:  # reported to the parent
         conn.send(("init_error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))

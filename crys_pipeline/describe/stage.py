@@ -97,7 +97,7 @@ def _to_item(row: dict[str, Any]) -> tuple[str, Structure | None, str]:
 
     try:
         return row["material_id"], row_to_structure(row), ""
-    except Exception as exc:  # noqa: BLE001 - an unbuildable row becomes a failed row
+    except Exception as exc:  # an unbuildable row becomes a failed row
         return row["material_id"], None, f"cannot build structure: {type(exc).__name__}: {exc}"
 
 

@@ -79,7 +79,7 @@ class EmbeddingsPartial:
         self.final = final
 
     def done(self, variant: str) -> Any:
-        """bool [N]: rows of `variant` already written."""
+        """Boolean mask [N]: rows of `variant` already written."""
         return self._h5[f"{_PROGRESS}/{variant}"][()]
 
     def write_rows(self, variant: str, rows: Any, values: dict[str, Any]) -> None:
@@ -208,7 +208,7 @@ def _check_embeddings_layout(handle: Any, where: str) -> int:
 
 
 def np_dtype(name: str) -> Any:
-    """numpy dtype of a layout dtype name (`float32`, `int32`, `bool`)."""
+    """The numpy dtype of a layout dtype name (`float32`, `int32`, `bool`)."""
     import numpy as np
 
     return np.dtype(name)

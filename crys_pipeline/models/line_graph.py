@@ -45,7 +45,7 @@ def line_graph(
 
 
 def bond_cosines(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
-    """cos of the angle between -r_a and r_b, clamped to [-1, 1].
+    """Cosine of the angle between -r_a and r_b, clamped to [-1, 1].
 
     Written as ``dot / sqrt(|r_a|^2 |r_b|^2)`` with the dot and both squared norms from the same
     reduction, so that r_b == -r_a gives exactly 1 (sqrt(x * x) == x in IEEE arithmetic).
