@@ -110,7 +110,8 @@ def short_training(tdata, device: torch.device, size: dict, out: Path) -> dict:
     preds = {name: train.predict(model, loader, device) for name, loader in (("val", loaders.val),
                                                                              ("test", loaders.test))}
     (out / train.CHECKPOINT).unlink(missing_ok=True)
-    return {"n": {k: len(v.ids) for k, v in tdata.splits.items()}, "epochs": state.epoch, "best_epoch": state.best_epoch,
+    return {"n": {k: len(v.ids) for k, v in tdata.splits.items()}, "epochs": state.epoch,
+            "best_epoch": state.best_epoch,
             "seconds_per_epoch": round(state.wall_seconds / max(state.epoch, 1), 2),
             "val_mae": train.mae(*preds["val"][1:]), "test_mae": train.mae(*preds["test"][1:])}
 
@@ -145,7 +146,8 @@ def main() -> None:
         result["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     save(json.dumps(result, indent=2, default=float))
     try:
-        rates["compiled"] = throughput(args.data, device, size, args.repeats, compiled=True)["crystals_per_s"]["compiled"]
+        compiled = throughput(args.data, device, size, args.repeats, compiled=True)
+        rates["compiled"] = compiled["crystals_per_s"]["compiled"]
         print(f"crystals/s at width {size['width']}, compiled (train.compile): {rates['compiled']:.0f} "
               f"({rates['compiled'] / rates['reference']:.2f}x the reference)", flush=True)
     except Exception as exc:  # a missing compiler backend must not lose the results above

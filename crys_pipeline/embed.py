@@ -298,8 +298,8 @@ class TextEncoder:
     def info(self) -> dict[str, Any]:
         """Attributes recorded in every embeddings file: encoder identity, settings and versions."""
         s = self.settings
-        versions = {"crys-pipeline": __version__,
-                    **{name: library_version(name) for name in ("torch", "transformers", "tokenizers", "h5py", "numpy")}}
+        libraries = ("torch", "transformers", "tokenizers", "h5py", "numpy")
+        versions = {"crys-pipeline": __version__, **{name: library_version(name) for name in libraries}}
         return {
             **self.provenance, "model": s.model, "revision": s.revision or "", "pooling": s.pooling,
             "max_length": s.max_length, "normalizer": s.normalizer,

@@ -110,7 +110,8 @@ def fetch_folder(
     if not table.is_file():
         raise FileNotFoundError(f"source {source!r}: {table} does not exist; the folder needs an id_prop table "
                                 "of `filename,target` rows (set sources.{source}.id_prop to its name)")
-    listed = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in listed_files(root_dir, id_prop)[1:]}
+    listed = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+              for p in listed_files(root_dir, id_prop)[1:]}
     names = {r.filename for r in read_id_prop(table)[1]}
     unlisted = sorted(p.name for p in root_dir.iterdir()
                       if p.is_file() and p.name != id_prop and not p.name.startswith(".") and p.name not in names)

@@ -24,8 +24,8 @@ but computed without BLAS (`rows_times`): ALIGNN's per-bond ``np.dot`` rounds di
 different OpenBLAS kernels (up to ~1e-14 A in near-zero components), ours is the same on every CPU.
 
 The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py, encoded by
-``io.encode_graphs``: one row per input structure, failures with status/error) plus ``manifest.json`` (counts and the sha256 of every shard,
-verified by the reader). The graph parameters are stamped in
+``io.encode_graphs``: one row per input structure, failures with status/error) plus ``manifest.json``
+(counts and the sha256 of every shard, verified by the reader). The graph parameters are stamped in
 every shard and checked by ``io.read_graph_dir(expect=...)``. Line graphs are not stored: the
 model builds them per batch (``crys_pipeline.models.line_graph``).
 """

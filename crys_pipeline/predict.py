@@ -130,7 +130,8 @@ def graph_arrays(crystal: Crystal, graph_params: dict[str, Any]) -> tuple[np.nda
     from crys_pipeline.settings import GraphSettings
 
     structure = crystal.structure
-    graph = knn_graph(structure.lattice.matrix, structure.frac_coords, GraphSettings(**_only_fields(GraphSettings, graph_params)))
+    settings = GraphSettings(**_only_fields(GraphSettings, graph_params))
+    graph = knn_graph(structure.lattice.matrix, structure.frac_coords, settings)
     z = np.array([site.specie.Z for site in structure], dtype=np.int64)
     return z, graph.edge_index.astype(np.int64), graph.edge_vec.astype(np.float32)
 
@@ -179,7 +180,8 @@ def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict
             if text is None:
                 emb[i] = np.nan
             if problem or truncated[i]:
-                crystals[i].flags.append(problem or f"{variant} text truncated at {encoder_cfg.get('max_length')} tokens")
+                crystals[i].flags.append(problem
+                                         or f"{variant} text truncated at {encoder_cfg.get('max_length')} tokens")
         cache[key] = emb
     return cache[key]
 

@@ -10,8 +10,9 @@ property (source, regime, target) the report draws
   per variant, one line pair per seed, the validation-selected epoch marked.
 
 Per table it writes a short generated summary: the best variant per property and, where the paper
-gives an MAE for a cell, our MAE as a ratio to it (noting values the paper copied from a baseline's paper). The table rows are checked against
-the runs given (same seeds per cell), so a stale table cannot be reported next to fresh runs.
+gives an MAE for a cell, our MAE as a ratio to it (noting values the paper copied from a baseline's paper).
+The table rows are checked against the runs given (same seeds per cell), so a stale table cannot be reported
+next to fresh runs.
 PNGs use matplotlib's Agg canvas (no display, no pyplot global state).
 """
 
@@ -266,7 +267,8 @@ def report_markdown(
     lines += ["## Figures", ""]
     for key, (parity, curves) in sorted(figures.items()):
         lines += [f'<a id="{_anchor(key)}"></a>', f"### {key[2]} ({key[0]}, {key[1]})", "",
-                  f"![parity {key[2]}]({_rel(parity, md_dir)})", "", f"![learning curves {key[2]}]({_rel(curves, md_dir)})", ""]
+                  f"![parity {key[2]}]({_rel(parity, md_dir)})", "",
+                  f"![learning curves {key[2]}]({_rel(curves, md_dir)})", ""]
     return "\n".join(lines)
 
 

@@ -198,7 +198,8 @@ DESCRIPTIONS = register(ParquetLayout(
 
 SECTIONS = register(ParquetLayout(
     kind="sections",
-    description="one row per material: full / global / local texts (docs/method.md §3.2), empty for failed descriptions",
+    description="one row per material: full / global / local texts (docs/method.md §3.2), "
+                "empty for failed descriptions",
     schema=pa.schema(
         [
             pa.field("material_id", pa.string(), nullable=False),

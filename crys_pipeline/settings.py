@@ -61,7 +61,8 @@ def _violation(value: Any, meta: dict[str, Any]) -> str | None:
     if meta["choices"] and value not in meta["choices"]:
         return f"must be one of {list(meta['choices'])}"
     bounds = [(meta["minimum"], value < meta["minimum"] if meta["minimum"] is not None else False, ">="),
-              (meta["exclusiveMinimum"], meta["exclusiveMinimum"] is not None and value <= meta["exclusiveMinimum"], ">"),
+              (meta["exclusiveMinimum"],
+               meta["exclusiveMinimum"] is not None and value <= meta["exclusiveMinimum"], ">"),
               (meta["maximum"], meta["maximum"] is not None and value > meta["maximum"], "<=")]
     return next((f"must be {op} {bound}" for bound, broken, op in bounds if broken), None)
 

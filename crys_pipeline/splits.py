@@ -136,7 +136,8 @@ def make_splits(
     full, low = compute_splits(ids, labels=labels, method=method, seed=seed, ratios=ratios,
                                low20_ratio=settings.low20_train_ratio)
     for regime, split, out in (("full", full, out_full), ("low20", low, out_low20)):
-        record = {**split, "target": target, "method": method, "seed": seed, "regime": regime, "params": stamp(settings),
+        record = {**split, "target": target, "method": method, "seed": seed, "regime": regime,
+                  "params": stamp(settings),
                   "n_total": len(ids), "n_train": len(split["id_train"]), "n_val": len(split["id_val"]),
                   "n_test": len(split["id_test"]), "hash": split_hash(split),
                   "structures_sha256": sha256_file(structures)}

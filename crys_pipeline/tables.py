@@ -135,7 +135,8 @@ def group_runs(
         _check_run(path, summary, spec, targets)
         cell = cells[(summary["target"], summary["variant"])]
         if any(s["seed"] == summary["seed"] for s in cell):
-            raise TableSpecError(f"{path}: seed {summary['seed']} of {summary['target']}/{summary['variant']} given twice")
+            raise TableSpecError(f"{path}: seed {summary['seed']} of {summary['target']}/{summary['variant']} "
+                                 "given twice")
         cell.append({**summary, "_path": str(path)})
     empty = [f"{t}/{v}" for (t, v), cell in cells.items() if not cell]
     if empty:
@@ -288,7 +289,8 @@ def _md_row(row: dict[str, Any]) -> str:
     cells = [
         row["property"], row["unit"], row["variant"], row["encoder"] or "–",
         f"{row['n_train']} / {row['n_val']} / {row['n_test']}", mae, str(row["n_seeds"]),
-        fmt(row["last_mae_mean"]), _paper_cell(row["paper_mae"], row["paper_origin"]), ratio, f"`{row['split_hash'][:12]}`",
+        fmt(row["last_mae_mean"]), _paper_cell(row["paper_mae"], row["paper_origin"]), ratio,
+        f"`{row['split_hash'][:12]}`",
     ]
     return "| " + " | ".join(cells) + " |"
 

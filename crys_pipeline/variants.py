@@ -19,7 +19,8 @@ class Variant:
 
     Attributes:
         graph_encoder: one of ``GRAPH_ENCODERS``, or None for text only.
-        text_variant: cached embedding view, one of ``schemas.TEXT_VARIANTS`` ("full" | "global" | "local"), or None for graph only.
+        text_variant: cached embedding view, one of ``schemas.TEXT_VARIANTS`` ("full" | "global" | "local"),
+            or None for graph only.
     """
 
     graph_encoder: str | None

@@ -61,7 +61,8 @@ from pymatgen.core import Structure
 from robocrys.cli import robocrystallographer
 job = json.load(sys.stdin)
 with contextlib.redirect_stdout(io.StringIO()):
-    texts = [robocrystallographer(Structure.from_dict(s), job["condenser"], {"fmt": job["fmt"]}) for s in job["structures"]]
+    texts = [robocrystallographer(Structure.from_dict(s), job["condenser"], {"fmt": job["fmt"]})
+             for s in job["structures"]]
 print(json.dumps(texts))
 """
 

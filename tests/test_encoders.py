@@ -56,7 +56,8 @@ def randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def spread(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with N(0, 0.2) noise on every parameter, so that different crystals predict clearly different values."""
+    """``model`` with N(0, 0.2) noise on every parameter, so that different crystals predict clearly different
+    values."""
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for p in model.parameters():
@@ -195,8 +196,12 @@ def test_composition_attention_matches_naive_loop() -> None:
 
 def test_parameter_counts(atom_table: torch.Tensor) -> None:
     """MEGNet (3 blocks, 64/32/16, Set2Set) and GATGNN (3 layers x 4 heads, width 64) at the paper's defaults."""
-    ff = lambda a: (a * 64 + 64) + (64 * 32 + 32)  # Dense(a, 64)-Dense(64, 32)
-    phi = lambda a: (a * 64 + 64) + (64 * 64 + 64) + (64 * 32 + 32)  # Dense(a, 64)-Dense(64, 64)-Dense(64, 32)
+    def ff(a: int) -> int:  # Dense(a, 64)-Dense(64, 32)
+        return (a * 64 + 64) + (64 * 32 + 32)
+
+    def phi(a: int) -> int:  # Dense(a, 64)-Dense(64, 64)-Dense(64, 32)
+        return (a * 64 + 64) + (64 * 64 + 64) + (64 * 32 + 32)
+
     set2set = (32 * 16 + 16) + (32 * 64 + 64)
     megnet = ff(92) + ff(100) + ff(92) + 3 * (phi(128) + 2 * phi(96)) + 2 * 3 * ff(32) + 2 * set2set
     megnet += (96 * 32 + 32) + (32 * 16 + 16)
@@ -259,8 +264,8 @@ def one_thread():
 
 @pytest.mark.parametrize("variant", ["megnet", "gatgnn"])
 def test_overfits_real_crystals(variant: str, atom_table: torch.Tensor, one_thread: None) -> None:
-    """Trained on 12 real JARVIS crystals alone for 120 Adam steps (cosine-decayed rate), the encoder fits their formation energies
-    (train MAE below 10% of the mean predictor's, about 0.92 eV/atom)."""
+    """Trained on 12 real JARVIS crystals alone for 120 Adam steps (cosine-decayed rate), the encoder fits their
+    formation energies (train MAE below 10% of the mean predictor's, about 0.92 eV/atom)."""
     recs = [r for r in tiny_records("jarvis") if r["natoms"] <= 4][:12]
     batch = Batch.from_data_list([knn_data(r) for r in recs])
     y = torch.tensor([r["formation_energy_peratom"] for r in recs], dtype=torch.float32)

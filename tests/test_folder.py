@@ -89,7 +89,8 @@ def test_bad_rows_are_rejected_with_the_reason_a_user_reads(example, tmp_path: P
                        ["alloy.cif", "1.0"], [rows[3][0], "abc"], [rows[4][0], "inf"], [good, "2.0"]])
     kept, bad, _ = run_ingest(root, tmp_path)
     assert [r["material_id"] for r in kept] == [r[0] for r in rows[:3]]
-    assert bad["ghost.vasp"] == f"id_prop.csv line 4: ghost.vasp: missing file: {root.resolve()}/ghost.vasp does not exist"
+    assert bad["ghost.vasp"] == (f"id_prop.csv line 4: ghost.vasp: missing file: {root.resolve()}/ghost.vasp "
+                                 "does not exist")
     assert bad["garbage.vasp"].startswith("id_prop.csv line 5: garbage.vasp: unreadable auto file:")
     assert bad["overlap.vasp"] == "atoms closer than 0.5 A (min distance 0.040 A)"
     assert bad["alloy.cif"].startswith("id_prop.csv line 7: alloy.cif: disordered structure (partial occupancies")
@@ -132,7 +133,8 @@ def test_header_names_several_targets_and_a_split_column(example, tmp_path: Path
     targets = {"fe": {"field": "fe", "unit": "eV/atom", "transform": "none", "split": "official"},
                "gap": {"field": "gap", "unit": "eV", "transform": "none", "split": "official"}}
     kept, bad, _ = run_ingest(root, tmp_path, targets)
-    assert bad == {rows[5][0]: f"id_prop.csv line 7: {rows[5][0]}: split 'holdout' is not one of ['train', 'val', 'test']"}
+    assert bad == {rows[5][0]: f"id_prop.csv line 7: {rows[5][0]}: split 'holdout' is not one of "
+                               "['train', 'val', 'test']"}
     assert [r["gap"] for r in kept] == [0.0, None, 2.0, 3.0, 4.0]  # an empty cell is a missing value
     assert [r["split_fe"] for r in kept] == labels[:5]
 

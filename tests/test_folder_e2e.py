@@ -80,7 +80,8 @@ def test_every_row_of_the_folder_reaches_the_tables_and_report(finished_run: Pat
 def test_predict_with_runs_trained_on_the_folder(finished_run: Path) -> None:
     files = sorted((finished_run / "my_crystals").glob("*.cif"))[:1] + sorted((finished_run / "my_crystals")
                                                                                .glob("*.vasp"))[:1]
-    result = crys_pipeline(finished_run, "predict", "--model", RUN.format(variant="crysmmnet"), *map(str, files), "--out", "pred.csv")
+    result = crys_pipeline(finished_run, "predict", "--model", RUN.format(variant="crysmmnet"), *map(str, files),
+                           "--out", "pred.csv")
     assert result.returncode == 0, result.stdout + result.stderr
     with open(finished_run / "pred.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -25,7 +25,7 @@ from graph_reference import JARVIS_FULL, MP_FULL, alignn_edges, compare_edges, r
 
 from crys_pipeline import cli, io
 from crys_pipeline.atom_features import cgcnn_feature_table, cgcnn_provenance
-from crys_pipeline.graphs import graph_meta, knn_graph
+from crys_pipeline.graphs import CrystalGraph, graph_meta, knn_graph
 from crys_pipeline.settings import GraphSettings
 
 ONE_ATOM = ["JVASP-21210", "JVASP-78327", "JVASP-78343", "mp-2", "mp-13", "mp-23", "mp-30", "mp-39", "mp-41",
@@ -90,7 +90,8 @@ def assert_parity(records: list[dict], params: GraphSettings = PARAMS) -> dict[s
 
 def test_parity_with_alignn_on_390_real_structures() -> None:
     _, spaced = full_file_records()
-    records = special_records(ONE_ATOM + GROWN + VACUUM + spaced) + tiny_records("jarvis_dft3d_2021_tiny.jsonl", 1) + tiny_records("mp_2018_tiny.jsonl", 1)
+    records = (special_records(ONE_ATOM + GROWN + VACUUM + spaced) + tiny_records("jarvis_dft3d_2021_tiny.jsonl", 1)
+               + tiny_records("mp_2018_tiny.jsonl", 1))
     assert len({record_id(r) for r in records}) >= 390
     cutoffs = assert_parity(records)
     assert all(cutoffs[i] > PARAMS.cutoff for i in GROWN)  # r -> max(a, b, c) branch
@@ -117,7 +118,10 @@ def test_self_image_edges_doubled_by_default_and_deduplicated_on_request() -> No
     # ALIGNN's set holds both n and -n for each of the 6 neighbour directions: 12 bonds, 24 directed edges
     assert default.edge_index.shape == (2, 24) and dedup.edge_index.shape == (2, 12)
     assert np.array_equal(default.edge_index, np.zeros((2, 24))) and np.array_equal(dedup.edge_index, np.zeros((2, 12)))
-    vectors = lambda g: sorted(map(tuple, g.edge_vec.round(5).tolist()))
+
+    def vectors(g: CrystalGraph) -> list[tuple[float, ...]]:
+        return sorted(map(tuple, g.edge_vec.round(5).tolist()))
+
     assert len(set(vectors(dedup))) == 12  # each of the 12 bond vectors once
     assert vectors(default) == sorted(vectors(dedup) * 2)  # ... and twice by default
     assert np.allclose(np.linalg.norm(dedup.edge_vec, axis=1), 2.7980682, atol=1e-5)  # fcc: a_prim = d_nn
@@ -173,7 +177,8 @@ def test_stage_writes_shards_manifest_and_round_trips(jarvis_structures: Path, t
     assert sorted(p.name for p in out.glob("shard-*.parquet")) == [f"shard-{i:05d}.parquet" for i in range(4)]
     manifest = io.read_json(out / "manifest.json")
     assert manifest["counts"] == {"rows": 100, "ok": 100, "failed": 0}
-    assert manifest["params"] == graph_meta(PARAMS) and manifest["structures_sha256"] == io.sha256_file(jarvis_structures)
+    assert manifest["params"] == graph_meta(PARAMS)
+    assert manifest["structures_sha256"] == io.sha256_file(jarvis_structures)
     table = io.read_graph_dir(out, expect=graph_meta(PARAMS))
     structures = io.read_parquet(jarvis_structures, "structures").to_pylist()
     assert table.column("material_id").to_pylist() == [r["material_id"] for r in structures]

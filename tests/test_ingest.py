@@ -147,8 +147,9 @@ def test_figshare_zip_in_snapshot_dir_is_recognised(tmp_path: Path) -> None:
     import zipfile
 
     records = [{"jid": r["jid"], "atoms": {"lattice_mat": r["lattice_mat"], "coords": r["frac_coords"],
-                "elements": r["species"], "cartesian": False}, "formation_energy_peratom": r["formation_energy_peratom"],
-                "optb88vdw_bandgap": "na"} for r in tiny_records("jarvis")[:4]]
+                "elements": r["species"], "cartesian": False},
+                "formation_energy_peratom": r["formation_energy_peratom"], "optb88vdw_bandgap": "na"}
+               for r in tiny_records("jarvis")[:4]]
     with zipfile.ZipFile(tmp_path / "jdft_3d-8-18-2021.json.zip", "w") as zf:
         zf.writestr("jdft_3d-8-18-2021.json", json.dumps(records))
     manifest = download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=tmp_path,

@@ -32,7 +32,8 @@ def _commented_keys(block: str) -> dict[str, str]:
 def test_config_blocks_list_exactly_the_settings_fields_each_commented(block: str) -> None:
     cls = settings.STAGES[block]
     keys = _commented_keys(block)
-    assert list(keys) == [f.name for f in settings.configurable(cls)], f"config.yaml {block}: keys differ from {cls.__name__}"
+    assert list(keys) == [f.name for f in settings.configurable(cls)], \
+        f"config.yaml {block}: keys differ from {cls.__name__}"
     assert all(keys.values()), f"config.yaml {block}: uncommented keys {[k for k, v in keys.items() if not v]}"
     settings.make(cls, yaml.safe_load((REPO / "config.yaml").read_text())[block])  # values pass the field checks
 
@@ -69,7 +70,8 @@ def test_cli_flags_round_trip_the_rule_params(block: str) -> None:
         command = command._subparsers._group_actions[0].choices[COMMANDS[block][1]]
     flags = {opt for action in command._actions for opt in action.option_strings}
     for f in settings.scoped(cls):
-        assert "--" + f.name.replace("_", "-") in flags, f"crys-pipeline {' '.join(COMMANDS[block])}: no flag for {f.name}"
+        command = " ".join(COMMANDS[block])
+        assert "--" + f.name.replace("_", "-") in flags, f"crys-pipeline {command}: no flag for {f.name}"
     assert not any("--" + f.name.replace("_", "-") in flags for f in settings.scoped(cls, settings.WORKFLOW))
 
 

@@ -11,8 +11,8 @@ from crys_pipeline.io import read_json, read_parquet
 from crys_pipeline.settings import SplitSettings
 
 
-@pytest.mark.parametrize(("total", "ratios"), [(1000, (0.8, 0.1, 0.1)), (55713, (0.8, 0.1, 0.1)), (999, (0.2, 0.1, 0.1)),
-                                          (37, (None, 0.1, 0.1))])
+@pytest.mark.parametrize(("total", "ratios"), [(1000, (0.8, 0.1, 0.1)), (55713, (0.8, 0.1, 0.1)),
+                                              (999, (0.2, 0.1, 0.1)), (37, (None, 0.1, 0.1))])
 def test_seed123_split_is_alignns_bit_for_bit(total: int, ratios: tuple) -> None:
     from alignn.data import get_id_train_val_test
 
@@ -42,8 +42,9 @@ def test_mp_paper_counts() -> None:
 
 
 def test_official_split_files(jarvis_structures: Path, tmp_path: Path) -> None:
-    full, _low = splits.make_splits(jarvis_structures, target="mbj_bandgap", method="official", settings=SplitSettings(),
-                                   out_full=tmp_path / "full.json", out_low20=tmp_path / "low20.json")
+    full, _low = splits.make_splits(jarvis_structures, target="mbj_bandgap", method="official",
+                                    settings=SplitSettings(), out_full=tmp_path / "full.json",
+                                    out_low20=tmp_path / "low20.json")
     rows = read_parquet(jarvis_structures, "structures").to_pylist()
     for label in ("train", "val", "test"):
         expected = [r["material_id"] for r in rows if r["split_mbj_bandgap"] == label]

@@ -372,7 +372,8 @@ def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, t
     assert model_json["config"]["text_dim"] == 384 and model_json["embedding_attrs"]["pooling"] == "cls"
     assert ("graphs" in model_json["data_hashes"]) == with_graph
     settings = model_json["graph_encoder"]
-    assert (settings and settings["encoder"]) == {"crysmmnet_megnet": "megnet", "crysmmnet_gatgnn": "gatgnn"}.get(variant)
+    expected = {"crysmmnet_megnet": "megnet", "crysmmnet_gatgnn": "gatgnn"}.get(variant)
+    assert (settings and settings["encoder"]) == expected
     preds = io.read_parquet(tmp_path / "predictions.parquet", "predictions").to_pylist()
     assert failed not in {r["material_id"] for r in preds} and len(preds) == n - 1
 

@@ -78,7 +78,8 @@ def test_paper_config_plans_through_snakemake_validation(tmp_path: Path) -> None
         "describe"]["shards"]
 
 
-@pytest.mark.parametrize("overlays", [(), ("config/paper.yaml",), ("config/tiny.yaml",), ("config/example_folder.yaml",)])
+@pytest.mark.parametrize("overlays", [(), ("config/paper.yaml",), ("config/tiny.yaml",),
+                                      ("config/example_folder.yaml",)])
 def test_shipped_configs_validate_merged(overlays: tuple[str, ...], tmp_path: Path) -> None:
     from test_folder import make_example
 

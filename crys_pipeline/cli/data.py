@@ -228,4 +228,5 @@ def _run_inspect(a: argparse.Namespace) -> None:
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.
-SUBCOMMANDS = [_add_download, _add_ingest, _add_splits, _add_describe, _add_sections, _add_embed, _add_graphs, _add_inspect]
+SUBCOMMANDS = [_add_download, _add_ingest, _add_splits, _add_describe, _add_sections, _add_embed, _add_graphs,
+               _add_inspect]

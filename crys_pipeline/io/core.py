@@ -32,7 +32,8 @@ class ArtifactError(ValueError):
 
 def corrupt(path: str | Path, exc: BaseException | str) -> ArtifactError:
     """The one-line error for an unreadable or damaged artifact: the path, the cause and the fix."""
-    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    text = str(exc).strip()
+    cause = exc if isinstance(exc, str) else f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
     return ArtifactError(f"{path}: corrupt or unreadable artifact ({cause}); {REBUILD}")
 
 

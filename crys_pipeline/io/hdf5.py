@@ -34,7 +34,8 @@ def h5_summary(path: str | Path, rows: int) -> tuple[dict[str, Any], list[tuple[
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
-                items.append((name, obj.shape, str(obj.dtype), obj[: min(rows, obj.shape[0])] if obj.shape else obj[()]))
+                head = obj[: min(rows, obj.shape[0])] if obj.shape else obj[()]
+                items.append((name, obj.shape, str(obj.dtype), head))
 
         handle.visititems(visit)
     return attrs, items

@@ -187,7 +187,8 @@ def mlp_block(x: torch.Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> torch
 
 
 def eggc(h: torch.Tensor, *, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Linear, edge_gate: nn.Linear,
-         bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+         bn_nodes: nn.BatchNorm1d, bn_edges: nn.BatchNorm1d,
+         compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused EGGC step (the math of ``EdgeGatedGraphConv``).
 
     Args:

@@ -69,7 +69,8 @@ def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.devic
     if cfg.compile:
         from crys_pipeline.models.fused import use_compiled
 
-        log.info("torch.compile for %d layers (edge-gated convolutions, Linear-BatchNorm-SiLU blocks)", use_compiled(model))
+        log.info("torch.compile for %d layers (edge-gated convolutions, Linear-BatchNorm-SiLU blocks)",
+                 use_compiled(model))
     loaders = make_loaders(data, cfg, device)
     if len(loaders.train) == 0 or not data.splits["val"].ids:
         raise ValueError(f"nothing to train on: {len(data.splits['train'].ids)} train and "
