@@ -136,7 +136,7 @@ def to_reference(conv: EdgeGatedGraphConv) -> ReferenceEdgeGatedGraphConv:
 def reference_model(model: nn.Module) -> nn.Module:
     """A deep copy of a fused model running the reference code with the same weights."""
     ref = copy.deepcopy(model)
-    for name, module in list(ref.named_modules()):
+    for _name, module in list(ref.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, EdgeGatedGraphConv):
                 setattr(module, child_name, to_reference(child))

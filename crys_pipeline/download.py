@@ -53,9 +53,11 @@ def figshare_entry(jarvis_key: str) -> tuple[str, str]:
 
 
 def local_snapshot_candidates(snapshot_dir: Path, provider: str) -> list[Path]:
-    """The files of `snapshot_dir` that `find_local_snapshot` may pick for `provider` (the download rule's
-    inputs, so that editing a snapshot reruns download and ingest): the offline file when present, else
-    every jarvis-tools figshare zip (``*.json.zip``) in the folder. No jarvis-tools import (DAG-time cheap).
+    """The files of `snapshot_dir` that `find_local_snapshot` may pick for `provider`.
+
+    They are the download rule's inputs, so that editing a snapshot reruns download and ingest: the offline
+    file when present, else every jarvis-tools figshare zip (``*.json.zip``) in the folder. No jarvis-tools
+    import (DAG-time cheap).
     """
     offline = snapshot_dir / OFFLINE_FILES[provider]
     if offline.is_file():

@@ -231,8 +231,10 @@ def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
 
 
 def check_one_model(runs: list[Run]) -> None:
-    """Raise ValueError unless `runs` are seeds of one model: same source, target, variant and regime,
-    each seed once (a mean and std over them is then a seed ensemble).
+    """Raise ValueError unless `runs` are seeds of one model.
+
+    Same source, target, variant and regime, each seed once (a mean and std over them is then a seed
+    ensemble).
     """
     targets = {(r.meta["source"], r.meta["target"]) for r in runs}
     if len(targets) != 1:

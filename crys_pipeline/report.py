@@ -69,8 +69,9 @@ class Run:
 
 
 def load_run(summary_path: Path) -> Run:
-    """Read a run's summary, per-epoch metrics and test-split predictions (checked against the sha256
-    the summary records for them).
+    """Read a run's summary, per-epoch metrics and test-split predictions.
+
+    The files are checked against the sha256 the summary records for them.
     """
     run_dir = Path(summary_path).parent
     summary = read_json(summary_path, layout=RUN_SUMMARY)

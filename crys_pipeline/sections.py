@@ -77,6 +77,8 @@ def build_sections(
         descriptions: results/text/{source}/descriptions.parquet (merged describe output).
         global_header: prepend `GLOBAL_HEADER` to the full and global texts.
         out: results/text/{source}/sections.parquet.
+        structures: the structures file the descriptions were made from; when given, the descriptions'
+            recorded structures sha256 is checked against it (stale or swapped inputs are refused).
     """
     table_in = read_parquet(descriptions, "descriptions", columns=_COLUMNS)
     rows = [split_row(r, global_header) for r in table_in.to_pylist()]

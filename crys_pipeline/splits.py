@@ -48,7 +48,8 @@ def alignn_split_indices(
         total: N, the number of materials after the missing-value filter.
         seed: stdlib `random.seed` value before the in-place shuffle.
         train_ratio: None means 1 - val - test.
-        val_ratio, test_ratio: ratios; counts truncate (`int(ratio * N)`).
+        val_ratio: validation ratio; the count truncates (`int(ratio * N)`).
+        test_ratio: test ratio; the count truncates (`int(ratio * N)`).
         counts: absolute (n_train, n_val, n_test) instead of the ratios.
     """
     if counts is None and (val_ratio is None or test_ratio is None):

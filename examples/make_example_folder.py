@@ -72,6 +72,7 @@ def make_folder(snapshot: Path, out: Path, count: int, max_atoms: int) -> list[t
 
 
 def main() -> None:
+    """Command line entry point: write the example folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", type=Path, default=SNAPSHOT, help="offline JARVIS-DFT JSON-lines snapshot")
     parser.add_argument("--out", type=Path, default=REPO / "examples" / "my_crystals", help="folder to write")

@@ -140,7 +140,7 @@ def test_parse_shard() -> None:
     """Snakemake scatteritems are 1-based I-of-N."""
     assert stage.parse_shard("2-of-4") == (1, 4)
     for bad in ("0-of-4", "5-of-4", "2of4"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="is not of the form I-of-N"):
             stage.parse_shard(bad)
 
 

@@ -99,7 +99,8 @@ def test_all_six_tables_and_second_run_does_nothing(finished_run: Path) -> None:
     import csv
 
     for n in range(1, 7):
-        rows = list(csv.DictReader(open(finished_run / f"results/table{n}.csv")))
+        with open(finished_run / f"results/table{n}.csv") as handle:
+            rows = list(csv.DictReader(handle))
         assert rows, f"table{n} is empty"
         assert all(row["mae_mean"] not in ("", "nan") for row in rows)
         assert (finished_run / f"results/table{n}.md").read_text().count("|") > 10

@@ -148,7 +148,7 @@ def test_fixed_split_id_lists(example, tmp_path: Path) -> None:
     full, _ = splits.make_splits(out, target="fe", method="official", settings=SplitSettings(),
                                  out_full=tmp_path / "f.json", out_low20=tmp_path / "l.json")
     assert (full["id_train"], full["id_val"], full["id_test"]) == (names[:4], names[4:5], names[5:])
-    with pytest.raises(ValueError, match="split_ids.test: 'nope.cif' is not listed in"):
+    with pytest.raises(ValueError, match=r"split_ids.test: 'nope.cif' is not listed in"):
         run_ingest(root, tmp_path, targets, {"test": ["nope.cif"]})
 
 
@@ -233,6 +233,6 @@ def test_a_bad_value_on_the_first_row_of_a_headerless_table_is_a_rejected_row(ex
 def test_a_folder_where_every_row_is_rejected_stops_with_the_first_reason(example, tmp_path: Path) -> None:
     root, _ = _copy(example, tmp_path)
     write_table(root, [["ghost.vasp", "1.0"], ["ghost2.cif", "2.0"]])
-    with pytest.raises(ValueError, match="mine: all 2 entries were rejected, e.g. id_prop.csv line 1: ghost.vasp: "
+    with pytest.raises(ValueError, match=r"mine: all 2 entries were rejected, e.g. id_prop.csv line 1: ghost.vasp: "
                                          "missing file"):
         run_ingest(root, tmp_path)

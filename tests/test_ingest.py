@@ -130,7 +130,7 @@ def test_offline_without_snapshot_fails_with_both_ways_out(tmp_path: Path, monke
                  "dft_3d_2021", "--snapshot-dir", str(tmp_path), "--download-dir", str(tmp_path / "dl"),
                  "--out", str(tmp_path / "m.json")])
     assert code == 1 and not (tmp_path / "m.json").exists()
-    with pytest.raises(download.SnapshotUnavailable, match="snapshot_dir.*figshare"):
+    with pytest.raises(download.SnapshotUnavailable, match=r"snapshot_dir.*figshare"):
         download.fetch("jarvis_dft_3d_2021", provider="jarvis", jarvis_key="dft_3d_2021",
                        snapshot_dir=tmp_path, download_dir=tmp_path / "dl", out=tmp_path / "m.json")
 
@@ -198,7 +198,7 @@ def test_non_numeric_and_infinite_targets_become_null_and_are_named(tmp_path: Pa
 
 def test_misspelled_target_field_stops_ingest_naming_the_closest(tmp_path: Path) -> None:
     targets = {"formation_energy_peratom": {"field": "formation_energy_per_atom", "unit": "eV/atom"}}
-    with pytest.raises(ValueError, match="target 'formation_energy_peratom' reads field "
+    with pytest.raises(ValueError, match=r"target 'formation_energy_peratom' reads field "
                        "'formation_energy_per_atom', which this snapshot does not have.*did you mean "
                        "'formation_energy_peratom'"):
         _ingest_snapshot(tmp_path, tiny_records("jarvis")[:3], targets=targets)

@@ -130,7 +130,7 @@ def test_read_torch_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None
     marker = tmp_path / "marker"
     evil = tmp_path / "model.pt"
     torch.save({"weight": torch.zeros(2), "payload": _Marker(str(marker))}, evil, pickle_protocol=2)
-    with pytest.raises(io.ArtifactError, match="model.pt: refused, it holds objects other than tensors"):
+    with pytest.raises(io.ArtifactError, match=r"model.pt: refused, it holds objects other than tensors"):
         io.read_torch(evil)
     assert not marker.exists()
     torch.load(evil, weights_only=False)  # the positive control: an unpickling load runs the payload

@@ -294,7 +294,7 @@ def test_param_groups_name_rule_decays_embedding_batchnorm(atom_table: torch.Ten
 
 def test_build_model_rejects_unknown_names() -> None:
     """Unknown variant, head or decay filter are errors, not silent defaults."""
-    with pytest.raises(ValueError, match="unknown model variant .schnet."):
+    with pytest.raises(ValueError, match=r"unknown model variant .schnet."):
         build_model("schnet", atom_table=None)
     with pytest.raises(ValueError, match="head"):
         build_model("crystextnet", atom_table=None, head="other")

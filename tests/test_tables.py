@@ -241,6 +241,6 @@ def test_diverged_run_gets_a_footnote(tmp_path: Path) -> None:
 def test_summary_in_another_runs_folder_is_refused(tmp_path: Path) -> None:
     runs = make_grid(tmp_path)
     shutil.copy(runs[2], runs[0])  # alignn seed 0's valid summary.json in crysmmnet seed 0's folder
-    with pytest.raises(TableSpecError, match="summary of run jarvis_dft_3d_2021/formation_energy_peratom/alignn/"
+    with pytest.raises(TableSpecError, match=r"summary of run jarvis_dft_3d_2021/formation_energy_peratom/alignn/"
                        "full/seed0 lies in the folder of .*/crysmmnet/full/seed0"):
         assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs)

@@ -296,7 +296,7 @@ def test_variant_inputs_are_checked(jarvis40, split30, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs graphs"):
         train.train(jarvis40["structures"], split=split30, graphs=None, embeddings=None, out_dir=tmp_path,
                     cfg=_cfg())
-    with pytest.raises(ValueError, match="unknown model variant .schnet."):
+    with pytest.raises(ValueError, match=r"unknown model variant .schnet."):
         train.train(jarvis40["structures"], split=split30, graphs=jarvis40["graphs"], embeddings=None,
                     out_dir=tmp_path, cfg=_cfg(variant="schnet"))
 

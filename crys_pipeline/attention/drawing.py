@@ -159,8 +159,10 @@ def plot_layer(
 
 
 def _summary_grid(summary: Any) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
-    """(category names, layers, [categories, layers + 1] content shares with the token share last,
-    [layers] special-token share) of an `aggregate_shares` table.
+    """The grid of an `aggregate_shares` table, ready to draw.
+
+    Returns (category names, layers, [categories, layers + 1] content shares with the token share last,
+    [layers] special-token share).
     """
     import polars as pl
 

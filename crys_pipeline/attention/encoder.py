@@ -131,8 +131,10 @@ def merge_words(enc: EncodedAttention) -> list[Word]:
 
 
 def load_encoder(settings: EmbedSettings) -> AttentionEncoder:
-    """The configured encoder, loaded by `embed.TextEncoder` (model resolution, normaliser, device),
-    switched to the eager attention implementation, the one that returns attention maps.
+    """The configured encoder, switched to the eager attention implementation.
+
+    Loaded by `embed.TextEncoder` (model resolution, normaliser, device); the eager implementation is the
+    one that returns attention maps.
     """
     from crys_pipeline.embed import TextEncoder
 

@@ -96,7 +96,8 @@ def plot_material(
         layer: transformer layer, numbered from 1.
         variant: text variant (full | global | local).
         settings: the encoder to load.
-        out_png: plot path; out_parquet: (token, word, head, weight) table path.
+        out_png: plot path.
+        out_parquet: (token, word, head, weight) table path.
         wrap: characters per plotted line.
     """
     from crys_pipeline import io
@@ -156,7 +157,8 @@ def summarize(
         sample: materials drawn from the ok rows (see `sample_texts`); None = all.
         seed: sampling seed.
         settings: the encoder to load.
-        out_csv: summary table (`aggregate_shares`); out_png: its heatmap;
+        out_csv: summary table (`aggregate_shares`).
+        out_png: its heatmap.
         out_shares: per-material rows (`attention_shares` layout; failed rows carry the reason).
     """
     import pyarrow as pa

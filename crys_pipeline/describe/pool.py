@@ -10,6 +10,7 @@ once, in input order. Nothing here knows what the items are.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -139,10 +140,8 @@ class TimeoutPool:
         if kill:
             worker.process.kill()
         else:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 worker.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
         worker.process.join(timeout=5)
         if worker.process.is_alive():
             worker.process.kill()

@@ -1,5 +1,6 @@
-"""The fixed robocrys settings of the describe stage and the params it stamps (its `DescribeSettings`, the
-user-facing ones, live in crys_pipeline.settings).
+"""The fixed robocrys settings of the describe stage and the params it stamps.
+
+Its `DescribeSettings`, the user-facing ones, live in crys_pipeline.settings.
 
 Light on purpose (no robocrys, no pymatgen): everything here is stamped in the artifact's params.
 """

@@ -186,8 +186,9 @@ def read_torch(path: str | Path) -> Any:
 
 
 def read_model_json(run_dir: str | Path) -> dict[str, Any]:
-    """A run's model.json (checksum and `schemas.RUN_MODEL` layout verified) after checking that the
-    run's model.pt is the file it names (`model_sha256`).
+    """A run's model.json, checksum and `schemas.RUN_MODEL` layout verified.
+
+    Read after checking that the run's model.pt is the file it names (`model_sha256`).
 
     Raises:
         ArtifactError: a missing, unknown or mistyped key, or a model.pt that is not the run's own.
@@ -201,8 +202,9 @@ def read_model_json(run_dir: str | Path) -> dict[str, Any]:
 
 
 def verify_files(folder: str | Path, digests: dict[str, str] | None) -> None:
-    """Check that every file named in `digests` ({file name: sha256}, e.g. a run summary's `files`) under
-    `folder` still has that sha256 (nothing to check when `digests` is None).
+    """Check that every file named in `digests` under `folder` still has that sha256.
+
+    `digests` is {file name: sha256}, e.g. a run summary's `files`; nothing to check when it is None.
 
     Raises:
         ArtifactError: a file is missing or changed, naming it and the fix.
@@ -214,9 +216,11 @@ def verify_files(folder: str | Path, digests: dict[str, str] | None) -> None:
 
 
 def check_lineage(structures: str | Path, derived: dict[Path, str | None], sha: str | None = None) -> None:
-    """Raise ArtifactError when an artifact in `derived` ({path: the structures sha256 it records}) was made
-    from another structures file than `structures` (sha256 `sha`, computed when None): stale or swapped.
-    An artifact that records no structures sha256 (None) is not checked.
+    """Raise ArtifactError when an artifact in `derived` was made from another structures file.
+
+    `derived` is {path: the structures sha256 it records}; an artifact whose sha256 differs from that of
+    `structures` (`sha`, computed when None) is stale or swapped. An artifact that records no structures
+    sha256 (None) is not checked.
     """
     sha = sha or sha256_file(structures)
     for path, recorded in derived.items():

@@ -7,6 +7,7 @@ bytes) into one ArtifactError naming the path and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -59,10 +60,8 @@ def _h5_attrs_dict(attrs: Any) -> dict[str, Any]:
     for key, value in attrs.items():
         value = value.decode() if isinstance(value, bytes) else value
         if isinstance(value, str) and value[:1] in "{[n":
-            try:
+            with contextlib.suppress(ValueError):
                 value = json.loads(value)
-            except ValueError:
-                pass
         out[key] = value.item() if hasattr(value, "item") else value
     return out
 
@@ -307,8 +306,10 @@ def read_embeddings(
 
 
 def read_embedding_flags(path: str | Path, variant: str) -> dict[str, Any]:
-    """Per-row arrays of one variant: `material_id`, `status`, `error` (str [N]), `token_count` (int32 [N],
-    untruncated, special tokens included), `truncated` and `empty` (bool [N]).
+    """Per-row arrays of one variant.
+
+    They are `material_id`, `status`, `error` (str [N]), `token_count` (int32 [N], untruncated, special
+    tokens included), `truncated` and `empty` (bool [N]).
     """
     keys = ("token_count", "truncated", "empty")
     with _open_embeddings(path, variant, None) as handle:

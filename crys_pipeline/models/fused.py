@@ -174,7 +174,9 @@ def mlp_block(x: torch.Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> torch
     """``mlp_math`` through ``torch.compile`` with a layer's parameters (float32, autocast off).
 
     Args:
-        x: [M, a]; linear: Linear(a, b); norm: BatchNorm1d(b).
+        x: [M, a].
+        linear: Linear(a, b).
+        norm: BatchNorm1d(b).
 
     Returns:
         [M, b].
@@ -192,9 +194,13 @@ def eggc(h: torch.Tensor, *, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Li
     """One fused EGGC step (the math of ``EdgeGatedGraphConv``).
 
     Args:
-        h: node features [N, H]; e: edge features [E, H]; plan: ``edge_plan`` of the graph.
+        h: node features [N, H].
+        e: edge features [E, H].
+        plan: ``edge_plan`` of the graph.
         node_linear: Linear(H, 4H), output blocks [src_gate | dst_update | dst_gate | src_update].
-        edge_gate: Linear(H, H); bn_nodes, bn_edges: BatchNorm1d(H) (momentum and eps honoured).
+        edge_gate: Linear(H, H).
+        bn_nodes: BatchNorm1d(H) of the nodes (momentum and eps honoured).
+        bn_edges: BatchNorm1d(H) of the edges (momentum and eps honoured).
         compiled: run ``torch.compile``'s kernels of ``eggc_math`` instead of ``_EGGCFunction``.
 
     Returns:

@@ -40,10 +40,7 @@ def decay_split(model: nn.Module, decay_filter: str = "name") -> tuple[list[str]
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if decay_filter == "name":
-            skip = any(word in name for word in _NO_DECAY_WORDS)
-        else:
-            skip = name in exempt
+        skip = any(word in name for word in _NO_DECAY_WORDS) if decay_filter == "name" else name in exempt
         (no_decay if skip else decay).append(name)
     return decay, no_decay
 

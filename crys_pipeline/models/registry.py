@@ -65,8 +65,10 @@ def _cgcnn_encoder(
 
 
 def _paper_defaults(encoder: Callable[[torch.Tensor | None], nn.Module]) -> EncoderFactory:
-    """A factory for an encoder built with its own paper's defaults (MEGNet: Set2Set readouts; GATGNN:
-    global attention pooling): the ALIGNN width/depth/readout arguments do not apply.
+    """A factory for an encoder built with its own paper's defaults.
+
+    MEGNet: Set2Set readouts; GATGNN: global attention pooling. The ALIGNN width/depth/readout arguments
+    do not apply.
     """
 
     def factory(atom_table: torch.Tensor | None, **_alignn_args: object) -> nn.Module:

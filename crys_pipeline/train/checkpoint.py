@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 def rng_states() -> dict[str, Any]:
-    """The global RNG states of torch, CUDA, numpy and stdlib random, as tensors and plain values only
-    (so a checkpoint loads with `weights_only=True`).
+    """The global RNG states of torch, CUDA, numpy and stdlib random.
+
+    As tensors and plain values only, so that a checkpoint loads with `weights_only=True`.
     """
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

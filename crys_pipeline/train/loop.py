@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(TrainSettings):
-    """One training job: the recipe (every field of ``TrainSettings``, the only home of its defaults) plus
-    which target, variant and model seed it fits and its CPU threads.
+    """One training job: the recipe plus which target, variant and model seed it fits.
+
+    The recipe is every field of ``TrainSettings``, the only home of its defaults; `threads` are the job's
+    CPU threads.
 
     ``eval_batch_size`` batches the val / test / final passes (eval-mode BatchNorm: the predictions do
     not depend on it beyond float rounding). ``test_each_epoch=False`` skips the per-epoch test pass:
@@ -221,6 +223,10 @@ def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, de
 
 
 def should_stop(state: RunState, patience: int | None) -> bool:
+    """Whether training ends after this epoch: stopped already, or no val improvement for `patience` epochs.
+
+    Early stopping records its reason in `state.stop_reason`.
+    """
     if state.stop_reason != "completed":
         return True
     if patience and state.epoch - state.best_epoch >= patience:

@@ -1,5 +1,7 @@
-"""The declared outputs of a training run: metrics.jsonl, predictions.parquet, model.pt, model.json
-and summary.json (the val-selected model's results, with the sha256 of the other files).
+"""The declared outputs of a training run.
+
+They are metrics.jsonl, predictions.parquet, model.pt, model.json and summary.json (the val-selected
+model's results, with the sha256 of the other files).
 
 The two JSON files follow the layouts `schemas.RUN_MODEL` and `schemas.RUN_SUMMARY`, checked on write
 here and on read by every reader (`io.read_json(..., layout=...)`).
@@ -23,6 +25,7 @@ from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predic
 
 
 def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
+    """Write metrics.jsonl: one JSON object per epoch record, keys sorted."""
     io.write_text("".join(json.dumps(rec, sort_keys=True) + "\n" for rec in history), path)
 
 
@@ -69,8 +72,9 @@ def _versions() -> dict[str, str]:
 
 
 def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, device: torch.device) -> dict:
-    """model.json (layout `schemas.RUN_MODEL`) without `model_sha256`; the graph shards' params are
-    `graph_params`, the rest of their stamp `graph_meta`.
+    """The content of model.json (layout `schemas.RUN_MODEL`) without `model_sha256`.
+
+    The graph shards' params are `graph_params`, the rest of their stamp `graph_meta`.
     """
     from crys_pipeline.models import encoder_settings
 
