@@ -128,7 +128,7 @@ def to_reference(conv: EdgeGatedGraphConv) -> ReferenceEdgeGatedGraphConv:
     """The reference layer holding exactly the weights of a fused one."""
     ref = ReferenceEdgeGatedGraphConv(conv.node_linear.in_features)
     ref.load_state_dict({f"{name}.{kind}": part.detach().clone() for name in NODE_BLOCKS
-                         for kind, part in zip(("weight", "bias"), conv.block(name))}
+                         for kind, part in zip(("weight", "bias"), conv.block(name), strict=True)}
                         | {k: v for k, v in conv.state_dict().items() if not k.startswith("node_linear")})
     return ref
 

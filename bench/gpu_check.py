@@ -82,7 +82,7 @@ def training_data(data: Path, counts: tuple[int, int, int]):
 
     with gzip.open(data / "jarvis_dft3d_2021_targets_splits.csv.gz", "rt") as fh:
         rows = {r["jid"]: r for r in csv.DictReader(fh) if r[TARGET] and r[f"split_{TARGET}"] in SPLIT_NAMES}
-    want = dict(zip(SPLIT_NAMES, counts))
+    want = dict(zip(SPLIT_NAMES, counts, strict=True))
     picked: dict[str, list[dict]] = {name: [] for name in want}
     with gzip.open(data / "jarvis_dft3d_2021_structures.jsonl.gz", "rt") as fh:
         for line in fh:

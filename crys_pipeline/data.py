@@ -101,7 +101,7 @@ def _load_graphs(graphs: Path) -> tuple[dict[str, GraphArrays], dict[str, str], 
         mid: f"graph {status}: {error}"
         for mid, status, error in zip(
             table.column("material_id").to_pylist(), table.column("status").to_pylist(),
-            table.column("error").to_pylist(),
+            table.column("error").to_pylist(), strict=True,
         )
         if status != "ok"
     }
@@ -123,7 +123,8 @@ def _load_targets(structures: Path, target: str) -> tuple[dict[str, float | None
     if target not in meta.get("targets", []):
         raise ValueError(f"{structures}: target {target!r} not in {meta.get('targets')}")
     table = io.read_parquet(structures, "structures", columns=["material_id", target])
-    return dict(zip(table.column("material_id").to_pylist(), table.column(target).to_pylist())), meta["source"]
+    values = dict(zip(table.column("material_id").to_pylist(), table.column(target).to_pylist(), strict=True))
+    return values, meta["source"]
 
 
 def _drop_reason(
@@ -155,7 +156,7 @@ def _load_text(embeddings: Path, variant: str) -> tuple[dict[str, int], np.ndarr
     ids, matrix, attrs = io.read_embeddings(embeddings, variant)
     flags = io.read_embedding_flags(embeddings, variant)
     rows, failures = {}, {}
-    for row, (mid, status, error) in enumerate(zip(ids, flags["status"], flags["error"])):
+    for row, (mid, status, error) in enumerate(zip(ids, flags["status"], flags["error"], strict=True)):
         if status == "ok":
             rows[mid] = row
         else:

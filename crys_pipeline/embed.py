@@ -325,7 +325,7 @@ def _section_rows(sections: Path) -> tuple[dict[str, list[str]], dict[str, list[
         "status": table["status"],
         "error": [err or "" for err in table["error"]],
     }
-    texts = {v: [text if good else None for text, good in zip(table[v], ok)] for v in TEXT_VARIANTS}
+    texts = {v: [text if good else None for text, good in zip(table[v], ok, strict=True)] for v in TEXT_VARIANTS}
     return rows, texts
 
 

@@ -73,7 +73,7 @@ def read_id_prop(path: Path) -> tuple[list[str], list[IdPropRow]]:
         raise ValueError(f"{path}: line 1 names no target column (columns: {first})")
     rows = []
     for number, cells in lines[1:] if header else lines:
-        values = dict(zip(names, cells[1:] + [""] * (len(names) + 1 - len(cells))))
+        values = dict(zip(names, cells[1:] + [""] * (len(names) + 1 - len(cells)), strict=False))
         split = values.pop(SPLIT_COLUMN, None) if SPLIT_COLUMN in names else None
         rows.append(IdPropRow(number, cells[0], values, split))
     return fields, rows

@@ -185,7 +185,7 @@ def candidates_within(
         return parts[0]
     if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-    return tuple(np.concatenate(x) for x in zip(*parts))
+    return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
 
 def _shell_mask(site: np.ndarray, dist: np.ndarray, n_sites: int, k: int) -> np.ndarray:

@@ -58,10 +58,12 @@ class _FlatGroup:
         like = {"dtype": self.params[0].dtype, "device": self.params[0].device}
         self.flat = torch.zeros(self.offsets[-1], **like)  # [P], padding stays zero
         self.flat.grad = torch.zeros(self.offsets[-1], **like)
-        self.views = [self.flat[o:o + p.numel()].view_as(p) for o, p in zip(self.offsets, self.params)]
-        self.grad_views = [self.flat.grad[o:o + p.numel()].view_as(p) for o, p in zip(self.offsets, self.params)]
+        # offsets holds one entry more than params (the buffer's end): these zips stop at the last parameter
+        self.views = [self.flat[o:o + p.numel()].view_as(p) for o, p in zip(self.offsets, self.params, strict=False)]
+        self.grad_views = [self.flat.grad[o:o + p.numel()].view_as(p)
+                           for o, p in zip(self.offsets, self.params, strict=False)]
         with torch.no_grad():
-            for param, view, grad_view in zip(self.params, self.views, self.grad_views):
+            for param, view, grad_view in zip(self.params, self.views, self.grad_views, strict=True):
                 view.copy_(param)
                 if param.grad is not None:
                     grad_view.copy_(param.grad)
@@ -71,18 +73,19 @@ class _FlatGroup:
     def scatter(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
         """One tensor per parameter (None: zeros) laid out like the flat buffer (on the tensors' device)."""
         out = torch.zeros(self.offsets[-1], dtype=self.flat.dtype)
-        for offset, param, tensor in zip(self.offsets, self.params, tensors):
+        for offset, param, tensor in zip(self.offsets, self.params, tensors, strict=False):
             if tensor is not None:
                 out[offset:offset + param.numel()] = tensor.reshape(-1).to(out)
         return out
 
     def moved(self) -> bool:
         """Whether a parameter no longer lives in the buffer (``model.to``, ``param.data = ...``)."""
-        return any(p.data_ptr() != v.data_ptr() or p.shape != v.shape for p, v in zip(self.params, self.views))
+        return any(p.data_ptr() != v.data_ptr() or p.shape != v.shape
+                   for p, v in zip(self.params, self.views, strict=True))
 
     def gather_grads(self) -> None:
         """Copy gradients that autograd or the caller put outside the buffer back into it."""
-        for param, view in zip(self.params, self.grad_views):
+        for param, view in zip(self.params, self.grad_views, strict=True):
             if param.grad is not view:
                 if param.grad is None:
                     view.zero_()
@@ -104,7 +107,8 @@ class FlatAdamW(torch.optim.AdamW):
     def __init__(self, groups: Iterable[dict[str, Any]], lr: float, **kwargs: Any) -> None:
         groups = [dict(g) for g in groups]
         self.flat_groups = [_FlatGroup(list(g["params"])) if g["params"] else None for g in groups]
-        flat = [{**g, "params": [] if fg is None else [fg.flat]} for g, fg in zip(groups, self.flat_groups)]
+        flat = [{**g, "params": [] if fg is None else [fg.flat]}
+                for g, fg in zip(groups, self.flat_groups, strict=True)]
         try:
             super().__init__(flat, lr=lr, fused=True, **kwargs)
         except RuntimeError as exc:  # a device without a fused AdamW kernel

@@ -210,7 +210,7 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
     data = SplitData(ids=[usable[i].material_id for i in keep], y=np.zeros(len(keep)), graphs=graphs,
                      text=None if text is None else text[keep])
     _ids, _, preds = predict(run.model, make_loader(data, batch_size=64), torch.device("cpu"))
-    for i, value in zip(keep, preds):
+    for i, value in zip(keep, preds, strict=True):
         usable[i].predictions[run.name] = float(value)
 
 
@@ -227,7 +227,9 @@ def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
         notes = c.error or "; ".join(dict.fromkeys(c.flags))
         lines.append([c.material_id, *(f"{v:.4f}" if v is not None else "-" for v in values), mean, std, notes])
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in lines)
+    # the last column (notes) is not padded: widths covers the others only
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+                     for row in lines)
 
 
 def check_one_model(runs: list[Run]) -> None:

@@ -127,7 +127,7 @@ def parity_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     pad = 0.04 * (high - low or 1.0)
     lims = (low - pad, high + pad)
-    for ax, (variant, runs) in zip(axes, variants.items()):
+    for ax, (variant, runs) in zip(axes, variants.items(), strict=False):  # the grid may have spare panels
         for run in runs:
             ax.scatter(run.y_true, run.y_pred, s=10, alpha=0.6, label=f"seed {run.summary['seed']}")
         ax.plot(lims, lims, color="black", lw=0.8, label="y = x")
@@ -151,7 +151,7 @@ def curves_figure(key: PropertyKey, variants: dict[str, list[Run]], unit: str, p
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = _grid(len(variants))
-    for ax, (variant, runs) in zip(axes, variants.items()):
+    for ax, (variant, runs) in zip(axes, variants.items(), strict=False):  # the grid may have spare panels
         for i, run in enumerate(runs):
             color = f"C{i}"
             epochs = [m["epoch"] for m in run.metrics]

@@ -78,7 +78,7 @@ def split_hash(split: dict[str, list[str]]) -> str:
 def official_split(ids: list[str], labels: list[str | None]) -> dict[str, list[str]]:
     """Group ids by their official label (first label of a duplicate like `train|test`)."""
     out: dict[str, list[str]] = {"id_train": [], "id_val": [], "id_test": []}
-    for mid, label in zip(ids, labels):
+    for mid, label in zip(ids, labels, strict=True):
         if label:
             out[f"id_{label.split('|')[0]}"].append(mid)
     return out

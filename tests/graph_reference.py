@@ -55,7 +55,7 @@ def edge_multiset(src: Any, dst: Any, vec: Any, decimals: int | None = None) -> 
     if decimals is not None:
         vec = np.round(vec, decimals)
     vec = vec + 0.0  # -0.0 -> 0.0
-    return Counter(zip(np.asarray(src).tolist(), np.asarray(dst).tolist(), map(tuple, vec.tolist())))
+    return Counter(zip(np.asarray(src).tolist(), np.asarray(dst).tolist(), map(tuple, vec.tolist()), strict=True))
 
 
 def _sorted_edges(src: Any, dst: Any, vec: Any) -> tuple[np.ndarray, np.ndarray]:

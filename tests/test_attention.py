@@ -132,13 +132,13 @@ def test_layout_wraps_lines_and_keeps_written_together_words_together(
     positions, _ = layout_words(enc.text, words=words, wrap=60)
     lines = [p[0] for p in positions]
     assert lines == sorted(lines) and lines[-1] >= len(enc.text) // 60
-    for (a, b), (pa_, pb) in zip(itertools.pairwise(words), itertools.pairwise(positions)):
+    for (a, b), (pa_, pb) in zip(itertools.pairwise(words), itertools.pairwise(positions), strict=True):
         if a.end == b.start:  # e.g. "Ta" "(" "1" ")": drawn side by side on one line
             assert pb == (pa_[0], pa_[1] + len(a.text))
         else:
             assert pb[1] == pa_[1] + len(a.text) + 1 or pb == (pa_[0] + 1, 0)
     for line in set(lines):
-        row = [(p[1], w) for p, w in zip(positions, words) if p[0] == line]
+        row = [(p[1], w) for p, w in zip(positions, words, strict=True) if p[0] == line]
         assert row[-1][0] + len(row[-1][1].text) <= 60
 
 

@@ -38,8 +38,8 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_join_drops_after_the_split_with_reasons(broken: dict) -> None:
     ids = structure_ids(broken["structures"], "mbj_bandgap")
     table = io.read_parquet(broken["structures"], "structures", columns=["material_id", "mbj_bandgap"])
-    null = [m for m, v in zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist())
-            if v is None]
+    null = [m for m, v in zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist(),
+                              strict=True) if v is None]
     victim = broken["victim"]
     assert null and victim in table.column("material_id").to_pylist()
     good = [m for m in ids if m != victim]
@@ -59,7 +59,7 @@ def test_join_drops_after_the_split_with_reasons(broken: dict) -> None:
         kept = data.splits[name].ids
         assert len(kept) + sum(1 for d in data.dropped if d["split"] == name) == len(members)
     assert data.splits["val"].y.tolist() == pytest.approx(
-        [dict(zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist()))[m]
+        [dict(zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist(), strict=True))[m]
          for m in good[8:10]])
     assert data.source == "jarvis_dft_3d_2021" and data.split_meta["hash"] == io.read_json(split)["hash"]
     assert data.graph_meta["params"]["max_neighbors"] == 12 and set(data.hashes) == {"structures", "split", "graphs"}

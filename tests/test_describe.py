@@ -81,7 +81,7 @@ def test_hard_cases_byte_identical_to_stock_robocrys(hard: list[tuple[str, Struc
     """Our fast path gives stock robocrys' text, and the symmetry/dimensionality of each case."""
     rows = describe_structures(hard, DescribeSettings(plain_orientation=False), workers=2)
     assert [r["material_id"] for r in rows] == list(HARD)
-    for (material_id, _), row, stock in zip(hard, rows, _stock([s for _, s in hard])):
+    for (material_id, _), row, stock in zip(hard, rows, _stock([s for _, s in hard]), strict=True):
         assert row["status"] == "ok", (material_id, row["error"])
         assert row["description"] == stock, material_id
         assert row["description"] == " ".join(row[p] for p in engine.PARTS if row[p])

@@ -109,7 +109,7 @@ def test_normalizer_equals_reference_loop_on_real_texts() -> None:
 def test_tokenize_is_reference_head_truncation(encoder: embed.TextEncoder, texts: list[str]) -> None:
     tok = encoder.tokenize([*texts, "", None])
     tokenizer = encoder.tokenizer
-    for text, ids, count in zip(texts, tok.input_ids, tok.token_counts):
+    for text, ids, count in zip(texts, tok.input_ids, tok.token_counts, strict=False):  # "" and None: below
         norm = matscibert_normalize(text)
         assert ids.tolist() == tokenizer(norm, truncation=True, max_length=128)["input_ids"]
         assert count == len(tokenizer(norm, verbose=False)["input_ids"])

@@ -103,7 +103,7 @@ def test_megnet_layer_matches_naive_loop() -> None:
     with torch.no_grad():
         got = layer(v, e, u, TOY_EDGES, TOY_GRAPH)
         want = naive_megnet(layer, v, e, u, TOY_EDGES.T.tolist(), TOY_GRAPH.tolist())
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6, rtol=0)
 
 
@@ -121,7 +121,8 @@ def naive_set2set(s2s: Set2Set, x: torch.Tensor, index: list[int], n_graphs: int
             h = torch.sigmoid(o) * torch.tanh(c)
             weights = [torch.exp(m @ h) for m in items]
             total = sum(weights)
-            r = sum((w / total * m for w, m in zip(weights, items)), torch.zeros(s2s.hidden, dtype=torch.float64))
+            r = sum((w / total * m for w, m in zip(weights, items, strict=True)),
+                    torch.zeros(s2s.hidden, dtype=torch.float64))
             q = torch.cat([h, r])
         out.append(q)
     return torch.stack(out)
@@ -236,7 +237,7 @@ def test_permutation_invariance(variant: str, atom_table: torch.Tensor, crystals
     torch.manual_seed(0)
     model = warmed(spread(build_model(variant, atom_table=atom_table)), Batch.from_data_list(crystals))
     shuffled = [permuted(c, gen) for c in crystals]
-    assert any(not torch.equal(a.z, b.z) for a, b in zip(crystals, shuffled))
+    assert any(not torch.equal(a.z, b.z) for a, b in zip(crystals, shuffled, strict=True))
     with torch.no_grad():
         before = model(Batch.from_data_list(crystals))
         after = model(Batch.from_data_list(shuffled))

@@ -138,12 +138,12 @@ def test_fused_optimizer_equals_per_tensor_adamw(bench, batch: Batch) -> None:
     start = [p.detach().clone() for p in model.parameters()]
     for step in range(5):
         for net, opt in ((model, fused), (twin, loop)):
-            for param, grad in zip(net.parameters(), grads):
+            for param, grad in zip(net.parameters(), grads, strict=True):
                 param.grad = None if grad is None else grad * (1.0 - 0.3 * step)
             opt.step()
     moved = 0.0
     with torch.no_grad():
-        for (name, p), q, p0 in zip(model.named_parameters(), twin.parameters(), start):
+        for (name, p), q, p0 in zip(model.named_parameters(), twin.parameters(), start, strict=True):
             assert torch.allclose(p, q, atol=1e-6, rtol=1e-6), name
             moved = max(moved, float((p - p0).abs().max()))
     assert moved > 1e-3  # the steps did move the weights

@@ -22,7 +22,7 @@ def naive_line_graph(edge_index: torch.Tensor, edge_vec: torch.Tensor) -> dict[t
         for b in range(len(src)):
             if dst[a] == src[b]:
                 ra, rb = (-edge_vec[a]).double().tolist(), edge_vec[b].double().tolist()
-                dot = sum(x * y for x, y in zip(ra, rb))
+                dot = sum(x * y for x, y in zip(ra, rb, strict=True))
                 out[(a, b)] = dot / (math.sqrt(sum(x * x for x in ra)) * math.sqrt(sum(x * x for x in rb)))
     return out
 
@@ -52,7 +52,7 @@ def test_matches_naive_loop_on_toy_graphs() -> None:
     edge_index = torch.tensor([[0, 1, 2, 1, 0, 3], [1, 2, 0, 0, 3, 0]])
     edge_vec = torch.tensor([[1.0, 0, 0], [0, 1, 0], [-1, -1, 0], [-1, 0, 0], [0, 0, 2], [0, 0, -2]])
     lg, cos = line_graph(edge_index, edge_vec)
-    got = {(a, b): c for (a, b), c in zip(lg.t().tolist(), cos.tolist())}
+    got = {(a, b): c for (a, b), c in zip(lg.t().tolist(), cos.tolist(), strict=True)}
     want = naive_line_graph(edge_index, edge_vec)
     assert got.keys() == want.keys() and len(got) == lg.shape[1]
     for key, value in want.items():
@@ -63,7 +63,7 @@ def test_matches_naive_loop_on_real_crystals() -> None:
     for edge_index, edge_vec in real_graphs(3):
         lg, cos = line_graph(edge_index, edge_vec)
         want = naive_line_graph(edge_index, edge_vec)
-        got = dict(zip(map(tuple, lg.t().tolist()), cos.tolist()))
+        got = dict(zip(map(tuple, lg.t().tolist()), cos.tolist(), strict=True))
         assert len(got) == lg.shape[1] == len(want)
         assert got.keys() == want.keys()
         assert max(abs(got[k] - v) for k, v in want.items()) < 1e-5

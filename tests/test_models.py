@@ -202,7 +202,7 @@ def test_permutation_invariance(variant: str, atom_table: torch.Tensor, crystals
     torch.manual_seed(0)
     model = warmed(build_model(variant, atom_table=atom_table, **SMALL), Batch.from_data_list(crystals))
     shuffled = [permuted(c, gen) for c in crystals]
-    assert any(not torch.equal(a.z, b.z) for a, b in zip(crystals, shuffled))
+    assert any(not torch.equal(a.z, b.z) for a, b in zip(crystals, shuffled, strict=True))
     with torch.no_grad():
         before = model(Batch.from_data_list(crystals))
         after = model(Batch.from_data_list(shuffled))

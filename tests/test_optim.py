@@ -74,7 +74,7 @@ def _seen_by_loss(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def _assert_same_params(model, twin, tol: float = 1e-5) -> None:
     with torch.no_grad():
-        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
             assert torch.allclose(_seen_by_loss(name, p), _seen_by_loss(name, q), atol=tol, rtol=tol), name
 
 
@@ -87,7 +87,7 @@ def test_training_steps_equal_per_tensor_adamw(bench, batch: Batch) -> None:
     losses = _train(bench, batch, model, flat, 4)
     assert losses == pytest.approx(_train(bench, batch, twin, loop, 4), rel=1e-5)
     _assert_same_params(model, twin)
-    assert max(float((p - p0).abs().max()) for p, p0 in zip(model.parameters(), start)) > 1e-3
+    assert max(float((p - p0).abs().max()) for p, p0 in zip(model.parameters(), start, strict=True)) > 1e-3
     views = {p.data_ptr() for g in flat.flat_groups for p in g.params}
     assert len(views) == len(list(model.parameters()))  # every parameter is its own view into a buffer
     assert all(ptr % 64 == 0 for ptr in views)  # aligned like a freshly allocated tensor

@@ -111,7 +111,7 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     pred_path = summary_path.parent / "predictions.parquet"
     preds = io.read_parquet(pred_path, "predictions")
     nan_pred = [math.nan if split == "test" else p for split, p in zip(preds["split"].to_pylist(),
-                                                                       preds["prediction"].to_pylist())]
+                                                                       preds["prediction"].to_pylist(), strict=True)]
     meta = io.read_meta(pred_path)
     keep = ("source", "target", "variant", "regime", "seed", "split_hash")
     io.write_parquet(preds.set_column(3, "prediction", pa.array(nan_pred)), pred_path, kind="predictions",

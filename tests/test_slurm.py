@@ -152,11 +152,11 @@ def test_every_job_ran_as_a_completed_slurm_job(train_run: tuple[Path, Run]) -> 
     assert sorted(set(rules)) == sorted(TRAIN_RULES)
     assert rules.count("describe") == cfg["describe"]["shards"]
     assert len(rules) == len(TRAIN_RULES) - 1 + cfg["describe"]["shards"]
-    for job, rule in zip(jobs, rules):
+    for job, rule in zip(jobs, rules, strict=True):
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", (rule, job)
         assert job["JobName"].startswith("crys_")  # slurm-jobname-prefix of the profile
         assert ("gres:gpu:1" in job.get("TresPerJob", "")) == (rule in GPU_RULES), (rule, job)
-    limits = {rule: minutes(job["TimeLimit"]) for job, rule in zip(jobs, rules)}
+    limits = {rule: minutes(job["TimeLimit"]) for job, rule in zip(jobs, rules, strict=True)}
     assert limits["download"] == 120 and limits["embed"] == 240 and limits["train"] == 2880  # profiles/default
 
 
@@ -190,7 +190,8 @@ def test_failed_job_reports_its_slurm_log_and_rerun_resumes(slurm_cluster: Path,
     snakefile = REPO / "tests" / "slurm_fixtures" / "Snakefile"
     first = run_on_slurm(work, target, snakefile=snakefile)
     assert first.returncode != 0
-    failed = [log for jid, log in zip(first.job_ids, first.slurm_logs) if slurm_job(jid)["JobState"] == "FAILED"]
+    failed = [log for jid, log in zip(first.job_ids, first.slurm_logs, strict=True)
+              if slurm_job(jid)["JobState"] == "FAILED"]
     assert len(failed) == 1 and "rule_flaky_count" in str(failed[0])
     report = first.output.split("Error in rule flaky_count:", 1)[1].split("external_jobid", 1)[0]
     assert re.search(rf"^\s+log: .*{re.escape(str(failed[0]))}", report, re.MULTILINE), first.output[-6000:]

@@ -106,7 +106,7 @@ def paper_table_cells() -> dict[tuple, tuple[float, str, str]]:
         regime = "low20" if number == 3 else "full"
         for row in rows[2:]:
             target = (PAPER_MP_ROWS if number == 2 else PAPER_ROWS)[row[0]]
-            for label, cell in zip(rows[0], row):
+            for label, cell in zip(rows[0], row, strict=True):
                 if label not in ("property", "unit", "train size"):
                     origin = "own" if label in PAPER_OWN else "copied"
                     cells[(f"table{number}", source, target, regime, label)] = (float(cell.rstrip("*")), origin)

@@ -75,7 +75,7 @@ def test_outputs_select_the_val_best_epoch_and_align_ids_with_targets(run3: Path
     assert summary["min_test_mae"] == min(m["test_mae"] for m in metrics)
     preds = io.read_parquet(run3 / "predictions.parquet", "predictions").to_pylist()
     table = io.read_parquet(jarvis40["structures"], "structures", columns=["material_id", TARGET])
-    truth = dict(zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist()))
+    truth = dict(zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist(), strict=True))
     split = io.read_json(split30)
     for name in ("train", "val", "test"):
         rows = [r for r in preds if r["split"] == name]
@@ -275,7 +275,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(jarvis40, split30, tmp_path
 
 def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_path: Path) -> None:
     table = io.read_parquet(jarvis40["structures"], "structures", columns=["material_id", "mbj_bandgap"])
-    values = dict(zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist()))
+    values = dict(zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist(), strict=True))
     null = [m for m, v in values.items() if v is None]
     have = [m for m, v in values.items() if v is not None]
     assert null, "the first 40 JARVIS materials include some without an MBJ gap"
@@ -327,7 +327,7 @@ def test_diverged_run_exits_non_zero_with_the_reason(jarvis40, split30, tmp_path
     meta = io.read_meta(jarvis40["structures"])
     first_train = io.read_json(split30)["id_train"][0]
     values = [1e200 if m == first_train else v  # finite in the file, overflows float32 in training
-              for m, v in zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist())]
+              for m, v in zip(table.column("material_id").to_pylist(), table.column(TARGET).to_pylist(), strict=True)]
     table = table.set_column(table.column_names.index(TARGET), TARGET, pa.array(values, pa.float64()))
     structures = tmp_path / "structures.parquet"
     io.write_parquet(table, structures, kind="structures", params=meta["params"],

@@ -54,7 +54,7 @@ def build_graph_dir(structures: Path, out_dir: Path, shard_size: int = 16) -> Pa
 def structure_ids(structures: Path, target: str) -> list[str]:
     """Ids with a non-null `target`, in table order."""
     table = io.read_parquet(structures, "structures", columns=["material_id", target])
-    return [m for m, v in zip(table.column("material_id").to_pylist(), table.column(target).to_pylist())
+    return [m for m, v in zip(table.column("material_id").to_pylist(), table.column(target).to_pylist(), strict=True)
             if v is not None]
 
 

@@ -120,12 +120,12 @@ def plot_words(
                                       first_col=len(labels[0]) + 1 if labels else 0)
     n_lines = positions[-1][0] + 1 if positions else 1
     cmap, norm = colormaps["Reds"], PowerNorm(0.5, vmin=0.0, vmax=max(float(weights.max(initial=0.0)), 1e-6))
-    boxes = [(w.text, line, col, cmap(norm(x))) for w, (line, col), x in zip(words, positions, weights)]
+    boxes = [(w.text, line, col, cmap(norm(x))) for w, (line, col), x in zip(words, positions, weights, strict=True)]
     grey = (0.8, 0.8, 0.8, 1.0)
     boxes += [
-        (lab, line, col, grey) for lab, (line, col) in zip(labels, [(0, 0), (n_lines - 1, end_col + 1)])
+        (lab, line, col, grey) for lab, (line, col) in zip(labels, [(0, 0), (n_lines - 1, end_col + 1)], strict=False)
     ]
-    underlines = [(line, col, len(w.text)) for w, (line, col), g in zip(words, positions, is_global) if g]
+    underlines = [(line, col, len(w.text)) for w, (line, col), g in zip(words, positions, is_global, strict=True) if g]
     top_in, bottom_in = 0.55, 0.95
     width_in, height_in = wrap * CHAR_IN + 0.6, n_lines * LINE_IN + top_in + bottom_in
     fig = Figure(figsize=(width_in, height_in))

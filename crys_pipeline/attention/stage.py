@@ -60,8 +60,8 @@ def attention_table(material_id: str, enc: EncodedAttention, layer: int, categor
 
     n_heads, n_tokens = enc.weights.shape[1:]
     words = merge_words(enc)
-    word_text = {int(wid): w.text for wid, w in zip(np.unique(enc.word_ids[enc.word_ids >= 0]), words)}
-    tok_words = [word_text.get(int(w), tok) for w, tok in zip(enc.word_ids, enc.tokens)]
+    word_text = {int(wid): w.text for wid, w in zip(np.unique(enc.word_ids[enc.word_ids >= 0]), words, strict=True)}
+    tok_words = [word_text.get(int(w), tok) for w, tok in zip(enc.word_ids, enc.tokens, strict=True)]
     return pa.table(
         {
             "material_id": [material_id] * (n_heads * n_tokens),

@@ -165,7 +165,7 @@ def token_categories(enc: EncodedAttention, global_len: int) -> list[str]:
     labels = char_categories(enc.text, global_len)
     return [
         "special" if w < 0 or s >= len(labels) else str(labels[s])
-        for w, (s, _) in zip(enc.word_ids, enc.offsets)
+        for w, (s, _) in zip(enc.word_ids, enc.offsets, strict=True)
     ]
 
 
@@ -179,7 +179,7 @@ def global_prefix_length(normalize: Callable[[str], str], full: str, global_text
     if norm_full.startswith(norm_global):
         return len(norm_global)
     common = 0
-    for a, b in zip(norm_full, norm_global):
+    for a, b in zip(norm_full, norm_global, strict=False):
         if a != b:
             break
         common += 1

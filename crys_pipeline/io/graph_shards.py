@@ -124,7 +124,7 @@ def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa
         raise ArtifactError(f"{path}: no graph shards; delete the folder and rerun the graphs stage")
     _check_graph_manifest(path, shards)
     metas = [read_meta(shard) for shard in shards]
-    for shard, meta in zip(shards, metas):
+    for shard, meta in zip(shards, metas, strict=True):
         check_meta(meta, kind="graphs", where=str(shard), expect=expect)
         if meta["params"] != metas[0]["params"] or meta.get("structures_sha256") != metas[0].get("structures_sha256"):
             raise ArtifactError(f"{shard}: made with other params or inputs than {shards[0].name}; rebuild {path}")

@@ -166,7 +166,7 @@ class GATGNNEncoder(nn.Module):
         h = self.embed_n(self.atom_features(batch.z))
         bonds = self.distance_expansion(torch.linalg.vector_norm(batch.edge_vec, dim=1))
         e = F.leaky_relu(self.embed_e(bonds), NEG_SLOPE)
-        for conv, norm in zip(self.node_att, self.batch_norm):
+        for conv, norm in zip(self.node_att, self.batch_norm, strict=True):
             h = F.softplus(norm(conv(h, e, batch.edge_index)))
         composition = composition_fractions(batch.z, node_graph, n_graphs).to(h.dtype)  # [B, 103]
         weights = self.comp_atten(h, composition, node_graph)  # [N, 1]

@@ -126,7 +126,7 @@ class MEGNetBlock(nn.Module):
         self, v: torch.Tensor, e: torch.Tensor, u: torch.Tensor, edge_index: torch.Tensor, node_graph: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One residual block update."""
-        inputs = (v, e, u) if self.ff is None else tuple(f(x) for f, x in zip(self.ff, (v, e, u)))
+        inputs = (v, e, u) if self.ff is None else tuple(f(x) for f, x in zip(self.ff, (v, e, u), strict=True))
         dv, de, du = self.layer(*inputs, edge_index, node_graph)
         return v + dv, e + de, u + du
 
