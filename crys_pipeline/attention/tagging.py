@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crys_pipeline.schemas import TEXT_VARIANTS
+
 if TYPE_CHECKING:
     from crys_pipeline.attention.encoder import EncodedAttention
 
@@ -196,21 +198,18 @@ class SectionText:
     global_len: int
 
 
-VARIANTS = ("full", "global", "local")
-
-
 def read_sections(sections: Path) -> list[dict[str, Any]]:
     """Rows (material_id, status, error, full, global, local) of a sections table, sorted by material id."""
     from crys_pipeline import io
 
-    table = io.read_parquet(sections, "sections", columns=["material_id", "status", "error", *VARIANTS])
+    table = io.read_parquet(sections, "sections", columns=["material_id", "status", "error", *TEXT_VARIANTS])
     return sorted(table.to_pylist(), key=lambda r: r["material_id"])
 
 
 def section_text(row: dict[str, Any], variant: str, normalize: Callable[[str], str]) -> SectionText:
     """The `variant` text of a sections row; `global_len` counts normalised characters."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown text variant {variant!r} (full | global | local)")
+    if variant not in TEXT_VARIANTS:
+        raise ValueError(f"unknown text variant {variant!r}; known: {', '.join(TEXT_VARIANTS)}")
     full, glob = row["full"] or "", row["global"] or ""
     glen = {
         "full": global_prefix_length(normalize, full, glob) if glob else 0,
