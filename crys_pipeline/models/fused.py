@@ -97,7 +97,7 @@ class _EGGCFunction(torch.autograd.Function):
         sigma = torch.sigmoid(gate)
         like = {"dtype": h.dtype, "device": h.device}
         num = torch.zeros(n, width, **like).index_add_(0, dst, sigma * v_src)  # [E, H] -> [N, H]
-        inv = torch.full((n, width), GATE_EPS, **like).index_add_(0, dst, sigma).reciprocal_()  # 1 / (eps + sum)
+        inv = torch.zeros(n, width, **like).index_add_(0, dst, sigma).add_(GATE_EPS).reciprocal_()  # 1 / (sum + eps)
         mean_msg = num.mul_(inv)  # [N, H]
         x = proj[:, 3 * width:] + mean_msg
         xn, mean_n, invstd_n = torch.native_batch_norm(x, wn, bn, rmn, rvn, training, momentum, eps)
