@@ -18,7 +18,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+validate_config(config, Path(workflow.source_path("workflow/schemas/config.schema.yaml")))
 
 
 scattergather:

@@ -235,3 +235,17 @@ def test_jobs_per_gpu_lets_training_jobs_share_a_card(tmp_path: Path, jobs_per_g
         assert caps["gpu_share"] // int(res["gpu_share"]) == jobs_per_gpu  # that many fit under the cap at once
     assert [(r["gpu"], r["gpu_share"]) for r in _job_resources(result.stdout, "embed")] == [("1", "100")]
     assert caps["gpu"] == 1 and profile["set-resource-scopes"] == {"gpu": "local", "gpu_share": "local"}
+
+
+def test_workflow_included_from_another_snakefile_plans(tmp_path: Path) -> None:
+    """The schema is found relative to the project's Snakefile, not the including one (the Slurm fixture)."""
+    import subprocess
+    import sys
+
+    snakemake_in(tmp_path, "-n")  # writes the work dir's config.yaml
+    fixture = REPO / "tests" / "slurm_fixtures" / "Snakefile"
+    target = "results/flaky/jarvis_dft_3d_2021/formation_energy_peratom.json"
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(fixture), "--directory",
+                             str(tmp_path), "-n", target], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout)["flaky_count"] == 1
