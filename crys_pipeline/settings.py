@@ -120,7 +120,7 @@ class EmbedSettings(Settings):
     normalizer: str = setting("matscibert", "Text normaliser: MatSciBERT's normalize() or none (raw text)",
                               choices=("matscibert", "none"))
     token_budget: int | None = setting(None, "Padded tokens per forward batch (texts are length-sorted first); "
-                                       "null = the device's default, 8192 on CPU and 32768 on CUDA (measured)",
+                                       "null = the device's default, 2048 on CPU and 32768 on CUDA (measured)",
                                        minimum=512)
     chunk_rows: int = setting(256, "Rows written per chunk; a killed job resumes after the last finished chunk",
                               minimum=1)

@@ -327,5 +327,5 @@ def test_token_budget_defaults_per_device(encoder: embed.TextEncoder) -> None:
     """An explicit budget is used as given; None (config null) takes the device's measured default."""
     assert encoder.token_budget == SETTINGS.token_budget == 2048
     auto = embed.TextEncoder(EmbedSettings(max_length=128, device="cpu"))
-    assert EmbedSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 8192
-    assert auto.info()["token_budget"] == 8192 and embed.TOKEN_BUDGETS["cuda"] == 32768
+    assert EmbedSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 2048
+    assert auto.info()["token_budget"] == 2048 and embed.TOKEN_BUDGETS["cuda"] == 32768
