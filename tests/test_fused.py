@@ -7,11 +7,6 @@ benchmark and by these tests.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-import pytest
 import torch
 from torch_geometric.data import Batch
 
@@ -19,24 +14,7 @@ from crys_pipeline.models import build_model, param_groups
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
 from crys_pipeline.train import make_optimizer
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train_throughput.py"
 SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """The benchmark module (reference code and the real-batch builder)."""
-    spec = importlib.util.spec_from_file_location("bench_train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def batch(bench) -> Batch:
-    """The first 16 crystals of jarvis_dft3d_2021_tiny.jsonl (graphs by crys_pipeline.graphs)."""
-    return bench.real_batch(16)
 
 
 def _pair(bench, batch: Batch, **sizes):

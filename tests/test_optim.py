@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +13,7 @@ from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.models import build_model, param_groups
 from crys_pipeline.optim import FlatAdamW
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train_throughput.py"
 SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """The throughput benchmark module (real-batch builder and the trainer's loss)."""
-    spec = importlib.util.spec_from_file_location("bench_train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def batch(bench) -> Batch:
-    """The first 16 crystals of jarvis_dft3d_2021_tiny.jsonl."""
-    return bench.real_batch(16)
 
 
 def _twins(bench) -> tuple[torch.nn.Module, torch.nn.Module]:
