@@ -19,6 +19,7 @@ Defaults are the paper's recipe; config.yaml sets the smaller offline values.
 from __future__ import annotations
 
 import argparse
+import operator
 import shlex
 import types
 import typing
@@ -60,11 +61,11 @@ def _violation(value: Any, meta: dict[str, Any]) -> str | None:
         return None
     if meta["choices"] and value not in meta["choices"]:
         return f"must be one of {list(meta['choices'])}"
-    bounds = [(meta["minimum"], value < meta["minimum"] if meta["minimum"] is not None else False, ">="),
-              (meta["exclusiveMinimum"],
-               meta["exclusiveMinimum"] is not None and value <= meta["exclusiveMinimum"], ">"),
-              (meta["maximum"], meta["maximum"] is not None and value > meta["maximum"], "<=")]
-    return next((f"must be {op} {bound}" for bound, broken, op in bounds if broken), None)
+    for key, broken, rule in (("minimum", operator.lt, ">="), ("exclusiveMinimum", operator.le, ">"),
+                              ("maximum", operator.gt, "<=")):
+        if meta[key] is not None and broken(value, meta[key]):
+            return f"must be {rule} {meta[key]}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,11 @@ def scoped(cls: type, scope: str | None = JOB) -> list[Field]:
     return [f for f in fields(cls) if "scope" in f.metadata and scope in (None, f.metadata["scope"])]
 
 
+def _job_fields(cls: type, names: tuple[str, ...] | None) -> list[Field]:
+    """The job settings of `cls`, only those in `names` when given."""
+    return [f for f in scoped(cls) if names is None or f.name in names]
+
+
 def configurable(cls: type) -> list[Field]:
     """The fields config.yaml sets (job and workflow settings)."""
     return [f for f in scoped(cls, None) if f.metadata["scope"] != INTERNAL]
@@ -283,17 +289,14 @@ def _parser_of(kind: Any, nullable: bool) -> Any:
     return parse
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...] | None = None,
-                  required: bool = False) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...] | None = None) -> None:
     """One flag per job setting of `cls` (or of `names`), typed, with the field's documentation and default.
 
-    With `required=False` (the default) an absent flag leaves the attribute unset, so ``from_arguments``
-    falls back to a config block and then to the dataclass default.
+    An absent flag leaves the attribute unset, so ``from_arguments`` falls back to a config block and then
+    to the dataclass default.
     """
     hints = _hints(cls)
-    for f in scoped(cls):
-        if names is not None and f.name not in names:
-            continue
+    for f in _job_fields(cls, names):
         kind, nullable = _base(hints[f.name])
         shown = "null" if f.default is None else f.default
         help_text = f"{f.metadata['doc']} (default: {shown})".replace("%", "%%")
@@ -301,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, names: tuple[str, 
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
             continue
-        parser.add_argument(_flag(f.name), dest=f.name, type=_parser_of(kind, nullable), required=required,
+        parser.add_argument(_flag(f.name), dest=f.name, type=_parser_of(kind, nullable),
                             choices=f.metadata["choices"], default=argparse.SUPPRESS,
                             metavar=f.name.upper() if not f.metadata["choices"] else None, help=help_text)
 
@@ -331,9 +334,7 @@ def cli_args(cls: type, block: dict[str, Any], names: tuple[str, ...] | None = N
     """A config block as the job's command-line flags (quoted shell words), every job setting spelled out."""
     settings = make(cls, block)
     words = []
-    for f in scoped(cls):
-        if names is not None and f.name not in names:
-            continue
+    for f in _job_fields(cls, names):
         value = getattr(settings, f.name)
         if isinstance(value, bool):
             words.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
