@@ -47,21 +47,24 @@ class EdgePlan(NamedTuple):
         rows: (``4 src``, ``4 src + 1``, ``4 dst + 2``, ``4 n + 3``): LongTensors [E], [E], [E], [N], the
             rows of the [4N, H] view of the node projection holding A h at the source, V h at the
             source, B h at the target, and U h of every node.
-        gather: the first three of ``rows`` as one LongTensor [3E] (the compiled path's single gather).
+        pairs: LongTensor [2E] (``4 src``, ``4 dst + 2``) interleaved per edge, and ``offsets`` = 0, 2, 4, ...
+            [E]: the bags of ``embedding_bag``, which sums A h_s + B h_t of every edge in one pass.
     """
 
     dst: torch.Tensor
     rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-    gather: torch.Tensor
+    pairs: torch.Tensor
+    offsets: torch.Tensor
 
 
 def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
     """The ``EdgePlan`` of a graph with ``num_nodes`` nodes and directed edges ``edge_index`` [2, E]."""
-    nodes = torch.arange(num_nodes, device=edge_index.device).unsqueeze(0)  # [1, N]
-    offsets = torch.tensor([[0], [1], [2]], device=edge_index.device)  # [3, 1]
-    rows = torch.cat([(4 * edge_index[[0, 0, 1]] + offsets).view(-1), (4 * nodes + 3).view(-1)])
-    n_edges = edge_index.shape[1]
-    return EdgePlan(edge_index[1], tuple(rows.split([n_edges, n_edges, n_edges, num_nodes])), rows[: 3 * n_edges])
+    src4, dst4 = 4 * edge_index  # rows of A h / B h of each edge's source / target, minus their block offset
+    b_rows = dst4 + 2
+    pairs = torch.stack([src4, b_rows], 1).view(-1)  # [2E]: 4 src, 4 dst + 2 of edge 0, of edge 1, ...
+    bags = torch.arange(0, pairs.shape[0], 2, device=edge_index.device)
+    u_rows = torch.arange(3, 4 * num_nodes, 4, device=edge_index.device)
+    return EdgePlan(edge_index[1], (src4, src4 + 1, b_rows, u_rows), pairs, bags)
 
 
 def _check_batch(x: torch.Tensor, training: bool) -> None:
@@ -84,19 +87,23 @@ class _EGGCFunction(torch.autograd.Function):
     """Forward and backward of one EGGC call (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, h, e, a_rows, v_rows, b_rows, u_rows, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn,
-                we, be, rme, rve, training: bool, momentum: float, eps: float):
+    def forward(ctx, h, e, a_rows, v_rows, b_rows, u_rows, pairs, bags, dst, node_w, node_b, edge_w, edge_b,
+                wn, bn, rmn, rvn, we, be, rme, rve, training: bool, momentum: float, eps: float):
         n, width = h.shape
         proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
         rows = proj.view(4 * n, width)
         # Gathers and scatters of [E, H] each, no [3E, H] / [E, 2H] concatenations: on the CPU a tensor
         # over glibc's mmap threshold (32 MB; [E, 2H] at width 64 on a 64-crystal line graph) is mapped
         # and page-faulted anew at every step, which costs more than the dispatch it saves.
-        v_src = rows[v_rows]  # [E, H]
-        gate = torch.addmm(edge_b, e, edge_w.t()).add_(rows[a_rows]).add_(rows[b_rows])  # g = A h_s + B h_t + C e
-        sigma = torch.sigmoid(gate)
+        v_src = rows.index_select(0, v_rows)  # [E, H]
+        # g = (A h_s + B h_t) + C e, summed in the reference's order; the gather-add is one embedding_bag
+        edge_c = torch.addmm(edge_b, e, edge_w.t())
+        gate = torch.embedding_bag(rows, pairs, bags, False, 0)[0].add_(edge_c)
+        # [E, H] buffers are reused where a value dies: every fresh one costs page faults on the CPU
+        sigma = torch.sigmoid(gate, out=edge_c)
+        messages = torch.mul(sigma, v_src)
         like = {"dtype": h.dtype, "device": h.device}
-        num = torch.zeros(n, width, **like).index_add_(0, dst, sigma * v_src)  # [E, H] -> [N, H]
+        num = torch.zeros(n, width, **like).index_add_(0, dst, messages)  # [E, H] -> [N, H]
         inv = torch.zeros(n, width, **like).index_add_(0, dst, sigma).add_(GATE_EPS).reciprocal_()  # 1 / (sum + eps)
         mean_msg = num.mul_(inv)  # [N, H]
         x = proj[:, 3 * width:] + mean_msg
@@ -106,7 +113,8 @@ class _EGGCFunction(torch.autograd.Function):
                               v_src, sigma, inv, mean_msg, x, xn, mean_n, invstd_n, gate, gn, mean_e, invstd_e)
         ctx.flags = (training, eps)
         ctx.set_materialize_grads(False)  # an unused edge output (the last layer's) skips its BatchNorm backward
-        return F.silu(xn).add_(h), F.silu(gn).add_(e)  # h + SiLU(.), e + SiLU(.) without one more temporary
+        # h + SiLU(.), e + SiLU(.) without one more temporary (the edge one in the dead messages' buffer)
+        return F.silu(xn).add_(h), torch.ops.aten.silu.out(gn, out=messages).add_(e)
 
     @staticmethod
     def backward(ctx, dh_out, de_out):
@@ -118,37 +126,41 @@ class _EGGCFunction(torch.autograd.Function):
         dx, dwn, dbn = aten.native_batch_norm_backward(
             aten.silu_backward(dh_out, xn), x, wn, rmn, rvn, mean_n, invstd_n, training, eps, [True] * 3)
         if de_out is None:
-            dgate, dwe, dbe = torch.zeros_like(gate), None, None
+            dgate, dwe, dbe, spare = torch.zeros_like(gate), None, None, None
         else:
+            spare = aten.silu_backward(de_out, gn)  # [E, H], dead after the BatchNorm backward: reused below
             dgate, dwe, dbe = aten.native_batch_norm_backward(
-                aten.silu_backward(de_out, gn), gate, we, rme, rve, mean_e, invstd_e, training, eps, [True] * 3)
+                spare, gate, we, rme, rve, mean_e, invstd_e, training, eps, [True] * 3)
         dnum = dx * inv  # d loss / d num; d loss / d den = -dnum * mean_msg
-        dm = dnum[dst]  # [E, H]
-        dgate += aten.sigmoid_backward((dm * v_src).sub_((dnum * mean_msg)[dst]), sigma)
+        dm = dnum.index_select(0, dst)  # [E, H]
+        dv = dm * sigma  # d loss / d (V h_s)
+        dsigma = dm.mul_(v_src).sub_(torch.index_select(dnum * mean_msg, 0, dst, out=spare))
+        dgate += aten.sigmoid_backward.grad_input(dsigma, sigma, grad_input=dsigma)
         dproj = torch.zeros(h.shape[0], 4 * h.shape[1], dtype=h.dtype, device=h.device)  # [N, 4H]
         drows = dproj.view(-1, h.shape[1])  # [4N, H]
-        for idx, grad in ((a_rows, dgate), (v_rows, dm.mul_(sigma)), (b_rows, dgate), (u_rows, dx)):
+        for idx, grad in ((a_rows, dgate), (v_rows, dv), (b_rows, dgate), (u_rows, dx)):
             drows.index_add_(0, idx, grad)
         dh = torch.addmm(dh_out, dproj, node_w)
         de = torch.mm(dgate, edge_w) if de_out is None else torch.addmm(de_out, dgate, edge_w)
-        return (dh, de, None, None, None, None, None, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e),
+        return (dh, de, *[None] * 7, torch.mm(dproj.t(), h), dproj.sum(0), torch.mm(dgate.t(), e),
                 dgate.sum(0), dwn, dbn, None, None, dwe, dbe, None, None, None, None, None)
 
 
-def eggc_math(h, e, gather, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
+def eggc_math(h, e, pairs, v_rows, dst, node_w, node_b, edge_w, edge_b, wn, bn, rmn, rvn, we, be, rme, rve,
               training: bool, momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward of ``_EGGCFunction`` as plain differentiable ops (one gather: ``EdgePlan.gather``).
+    """The forward of ``_EGGCFunction`` as plain differentiable ops (``EdgePlan.pairs`` and V's rows).
 
     What ``torch.compile`` fuses (``use_compiled``): inductor generates the kernels of this forward and
     of the backward that autograd derives from it, so neither the hand-written backward nor the
     per-op dispatch remains.
     """
     n, width = h.shape
-    proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
-    rows3 = proj.view(4 * n, width)[gather].view(3, e.shape[0], width)  # A[src], V[src], B[dst]
-    gate = torch.addmm(edge_b, e, edge_w.t()) + rows3[0] + rows3[2]
+    rows = torch.addmm(node_b, h, node_w.t()).view(4 * n, width)  # [4N, H]: A h, V h, B h, U h of node 0, ...
+    ab = rows[pairs].view(-1, 2, width)  # A h_s, B h_t of each edge
+    gate = (ab[:, 0] + ab[:, 1]) + torch.addmm(edge_b, e, edge_w.t())
     sigma = torch.sigmoid(gate)
-    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows3[1], sigma], 1))
+    agg = h.new_zeros(n, 2 * width).index_add(0, dst, torch.cat([sigma * rows[v_rows], sigma], 1))
+    proj = rows.view(n, 4 * width)
     x = proj[:, 3 * width:] + agg[:, :width] / (agg[:, width:] + GATE_EPS)
     xn = F.batch_norm(x, rmn, rvn, wn, bn, training, momentum, eps)
     gn = F.batch_norm(gate, rme, rve, we, be, training, momentum, eps)
@@ -218,8 +230,8 @@ def eggc(h: torch.Tensor, *, e: torch.Tensor, plan: EdgePlan, node_linear: nn.Li
               *_norm_args(bn_edges), training, bn_nodes.momentum, bn_nodes.eps)
     with torch.autocast(h.device.type, enabled=False):
         if compiled:
-            return _compiled(eggc_math)(h, e, plan.gather, plan.dst, *params)
-        return _EGGCFunction.apply(h, e, *plan.rows, plan.dst, *params)
+            return _compiled(eggc_math)(h, e, plan.pairs, plan.rows[1], plan.dst, *params)
+        return _EGGCFunction.apply(h, e, *plan.rows, plan.pairs, plan.offsets, plan.dst, *params)
 
 
 def use_compiled(model: nn.Module, enabled: bool = True) -> int:
