@@ -13,6 +13,10 @@ forward as they were before the fused kernels, copied verbatim) with the same we
 - Compiled: the same with the edge-gated convolutions through `torch.compile` (train.compile true);
   its one-off compile happens in the warm-up step and is not timed.
 
+The process lets glibc keep freed memory (`crys_pipeline.devices.keep_cpu_memory`), as `crys-pipeline
+train` does on a CPU: the comparison is of the model code, under the trainer's allocator settings, for
+every path alike.
+
 Measured, in one run: aten operations per step (forward, backward, optimizer; every aten event
 torch.profiler records, nested ones included, and the top-level ones alone), ms per step on the CPU
 at width 16 (paper depth 4 + 4) and at the offline default (config.yaml train.hidden_features,
@@ -42,6 +46,7 @@ from torch.nn import functional as F
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
+from crys_pipeline.devices import keep_cpu_memory
 from crys_pipeline.models import build_model, param_groups
 from crys_pipeline.models.alignn import NODE_BLOCKS, EdgeGatedGraphConv
 from crys_pipeline.models.layers import readout
@@ -302,9 +307,10 @@ def main() -> None:
     parser.add_argument("--batch-file", type=Path, default=TINY, help="JSON lines of JARVIS records")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_cpu_memory()  # as `crys-pipeline train` does on a CPU; applies to every path alike
     batch = real_batch(64, args.batch_file)
     print(f"batch: {batch.num_graphs} crystals, {batch.num_nodes} atoms, {batch.edge_index.shape[1]} bonds; "
-          f"torch {torch.__version__}, {args.threads} threads")
+          f"torch {torch.__version__}, {args.threads} threads, glibc keeps freed memory: {kept}")
     checks = {name: same_numbers(batch, name == "compiled") for name in ("fused", "compiled")}
     for name, (_, detail) in checks.items():
         print(f"numerics {name} vs reference (width 16, 4 + 4 layers, float32): {detail}", flush=True)

@@ -9,9 +9,10 @@ with head truncation to `max_length` tokens ([CLS]/[SEP] included), the last hid
 (`pooling="cls"`, the paper) or the attention-masked mean (`pooling="mean"`).
 
 Speed: texts are length-sorted and batched under a padded-token budget, run under
-`torch.inference_mode`, with bf16/fp16 autocast on CUDA and fp32 on CPU. Rows are written in chunks
-to `<out>.partial` (see `io.open_embeddings_partial`), so a killed job resumes after its last
-finished chunk; the file is renamed to its final name when every row of every variant is written.
+`torch.inference_mode`, with fp16 autocast on CUDA and fp32 on CPU unless `embed.precision` says otherwise
+(bf16 autocast pays on CPUs with native bf16). Rows are written in chunks to `<out>.partial` (see
+`io.open_embeddings_partial`), so a killed job resumes after its last finished chunk; the file is
+renamed to its final name when every row of every variant is written.
 
 Failed or empty texts get a defined embedding, the encoder's output for the empty string, and the
 `{variant}_empty` flag: every row of the sections table is present.
@@ -226,14 +227,20 @@ class TextEncoder:
         self.model = model.to(self.device)
         self.dim = int(model.config.hidden_size)
         self.token_budget = settings.token_budget or TOKEN_BUDGETS.get(self.device.type, TOKEN_BUDGETS["cpu"])
+        if self.device.type == "cpu" and settings.precision == "float16":
+            raise ValueError("embed.precision float16 needs a CUDA device; on a CPU use bfloat16 or float32")
 
     @property
     def compute_dtype(self) -> str:
-        """`float32` on CPU; `float16` autocast on CUDA.
+        """The forward's precision: `embed.precision`, where auto is float32 on CPU and float16 autocast on CUDA.
 
-        fp16 rather than bf16: inference of a BERT encoder stays well inside the fp16 range, and fp16's
-        3 extra mantissa bits keep the pooled vector closer to the fp32 reference than bf16 does.
+        fp16 rather than bf16 on CUDA: inference of a BERT encoder stays well inside the fp16 range, and fp16's
+        3 extra mantissa bits keep the pooled vector closer to the fp32 reference than bf16 does. On a CPU with
+        native bf16 (AVX512-BF16, AMX) bfloat16 autocast is the fast choice; it stays opt-in so that the
+        default embeddings do not depend on the CPU model.
         """
+        if self.settings.precision != "auto":
+            return self.settings.precision
         return "float16" if self.device.type == "cuda" else "float32"
 
     def tokenize(self, texts: Sequence[str | None], slice_size: int = 2048) -> Tokenized:
@@ -286,7 +293,7 @@ class TextEncoder:
             ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq), dtype=torch.long)
             mask[row, : len(seq)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        use_amp = self.device.type == "cuda"
+        use_amp = self.compute_dtype != "float32"
         amp_dtype = getattr(torch, self.compute_dtype)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, D]

@@ -32,6 +32,7 @@ JOB = "job"
 WORKFLOW = "workflow"
 INTERNAL = "internal"
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 NONE_WORDS = ("none", "null", "")
 
 
@@ -126,6 +127,9 @@ class EmbedSettings(Settings):
     chunk_rows: int = setting(256, "Rows written per chunk; a killed job resumes after the last finished chunk",
                               minimum=1)
     device: str = setting("auto", "Compute device: auto (cuda when available) | cpu | cuda", choices=DEVICES)
+    precision: str = setting("auto", "Forward precision: auto (float32 on CPU, float16 autocast on CUDA) | float32 | "
+                             "bfloat16 (autocast; pays on CPUs with AVX512-BF16 or AMX) | float16 (CUDA only)",
+                             choices=PRECISIONS)
 
 
 #: EmbedSettings fields that decide what the encoder computes for one text (the attention analysis uses these).

@@ -329,3 +329,25 @@ def test_token_budget_defaults_per_device(encoder: embed.TextEncoder) -> None:
     auto = embed.TextEncoder(EmbedSettings(max_length=128, device="cpu"))
     assert EmbedSettings().token_budget is None and auto.token_budget == embed.TOKEN_BUDGETS["cpu"] == 2048
     assert auto.info()["token_budget"] == 2048 and embed.TOKEN_BUDGETS["cuda"] == 32768
+
+
+def test_bfloat16_precision_is_close_to_float32_and_keyed(encoder: embed.TextEncoder, texts: list[str]) -> None:
+    """`embed.precision: bfloat16` runs the forward under bf16 autocast on the CPU: rows stay within cosine 0.9999
+    of the float32 ones, and the precision is part of the cache key (a float32 file is not reused for it)."""
+    import dataclasses
+
+    fast = embed.TextEncoder(dataclasses.replace(SETTINGS, precision="bfloat16"))
+    assert (encoder.compute_dtype, fast.compute_dtype) == ("float32", "bfloat16")
+    exact, _, _ = encoder.encode(texts)
+    approx, _, _ = fast.encode(texts)
+    assert approx.dtype == np.float32 and not np.array_equal(approx, exact)  # bf16 arithmetic did run
+    assert _cosine(approx, exact).min() > 0.9999
+    assert fast.params()["compute_dtype"] == "bfloat16" != encoder.params()["compute_dtype"]
+    assert fast.info()["compute_dtype"] == "bfloat16"
+
+
+def test_float16_precision_needs_cuda() -> None:
+    with pytest.raises(ValueError, match=r"embed\.precision float16 needs a CUDA device"):
+        embed.TextEncoder(EmbedSettings(max_length=128, device="cpu", precision="float16"))
+    with pytest.raises(ValueError, match="precision"):
+        EmbedSettings(precision="int8")

@@ -301,8 +301,12 @@ def test_variant_inputs_are_checked(jarvis40, split30, tmp_path: Path) -> None:
                     out_dir=tmp_path, cfg=_cfg(variant="schnet"))
 
 
-def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> None:
+def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crys_pipeline import devices
     from crys_pipeline.cli import main
+
+    kept = []  # a CPU job asks glibc to keep freed memory (devices.keep_cpu_memory, tested in test_devices)
+    monkeypatch.setattr(devices, "keep_cpu_memory", lambda: kept.append(True) or True)
 
     out = tmp_path / "seed1"
     argv = ["train", "--structures", str(jarvis40["structures"]), "--split", str(split30),
@@ -312,6 +316,7 @@ def test_cli_runs_the_rule_command_line(jarvis40, split30, tmp_path: Path) -> No
             "--gcn-layers", "1", "--early-stopping-patience", "none", "--num-workers", "0", "--device", "cpu",
             "--threads", "1", "--eval-batch-size", "4", "--no-test-each-epoch", "--out-dir", str(out)]
     assert main(argv) == 0
+    assert kept == [True]
     summary = io.read_json(out / "summary.json")
     assert summary["seed"] == 1 and summary["epochs_run"] == 2 and math.isfinite(summary["test_mae"])
     assert io.read_json(out / "model.json")["train_config"]["test_each_epoch"] is False

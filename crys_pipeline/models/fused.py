@@ -2,16 +2,21 @@
 
 The reference EGGC runs five separate Linear layers, three gathers, two scatters, two BatchNorms
 and two SiLUs per call, each with its own autograd node: about 250 aten operations per call
-(forward + backward), most of them on small tensors. Here one call is one ``autograd.Function``
-whose forward and hand-written backward use a few large operations:
+(forward + backward), most of them on small tensors, and its gathers are advanced indexing (``x[idx]``,
+several times slower on the CPU than ``index_select``, and scattered back with ``index_put_``). Here one
+call is one ``autograd.Function`` whose forward and hand-written backward use a few large operations:
 
 - the four node-side maps (A = src_gate, V = dst_update, B = dst_gate, U = src_update) are one
-  ``addmm`` into [N, 4H]; viewed as [4N, H], the rows A[src], V[src] and B[dst] are gathered with
-  index tensors ``4 src``, ``4 src + 1``, ``4 dst + 2`` built once per graph (``EdgePlan``);
+  ``addmm`` into [N, 4H]; viewed as [4N, H], the gate's A h_s + B h_t is one ``embedding_bag`` (bags of
+  the rows ``4 src`` and ``4 dst + 2``, summed in the reference's order) and V h_s one ``index_select``
+  of the rows ``4 src + 1``, with index tensors built once per graph (``EdgePlan``);
 - BatchNorm is ``native_batch_norm`` (running statistics updated exactly as ``nn.BatchNorm1d``);
 - the backward pass scatters each node-side gradient block with one ``index_add_`` into the [4N, H]
   view and forms weight and input gradients with one ``mm`` / ``addmm`` each; no autograd graph of
-  its own.
+  its own;
+- an [E, H] buffer whose value is dead is written again (the edge projection becomes sigma, the
+  messages become the edge output, the SiLU gradient becomes a gathered term): on the CPU every fresh
+  block of that size costs page faults (see ``devices.keep_cpu_memory``).
 
 Gathers and scatters stay [E, H]-sized on purpose: concatenating them ([3E, H], [E, 2H]) saves a few
 dispatches, but on the CPU such tensors exceed glibc's mmap threshold at width 64 and are mapped and
@@ -104,7 +109,7 @@ class _EGGCFunction(torch.autograd.Function):
         messages = torch.mul(sigma, v_src)
         like = {"dtype": h.dtype, "device": h.device}
         num = torch.zeros(n, width, **like).index_add_(0, dst, messages)  # [E, H] -> [N, H]
-        inv = torch.zeros(n, width, **like).index_add_(0, dst, sigma).add_(GATE_EPS).reciprocal_()  # 1 / (sum + eps)
+        inv = torch.full((n, width), GATE_EPS, **like).index_add_(0, dst, sigma).reciprocal_()  # 1 / (eps + sum)
         mean_msg = num.mul_(inv)  # [N, H]
         x = proj[:, 3 * width:] + mean_msg
         xn, mean_n, invstd_n = torch.native_batch_norm(x, wn, bn, rmn, rvn, training, momentum, eps)

@@ -119,7 +119,7 @@ def train(
         ValueError: the inputs do not fit the variant, or nothing is left to train on.
         RuntimeError: the run diverged (non-finite loss); the outputs are written first, for inspection.
     """
-    from crys_pipeline.devices import resolve_device, set_threads
+    from crys_pipeline.devices import keep_cpu_memory, resolve_device, set_threads
 
     spec = variant(cfg.variant)
     if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_variant is None):
@@ -127,6 +127,8 @@ def train(
                          f"embeddings={spec.text_variant is not None}; got graphs={graphs}, embeddings={embeddings}")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_cpu_memory()
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = load_training_data(structures, split=split, target=cfg.target, graphs=graphs,
