@@ -102,7 +102,7 @@ def short_training(tdata, device: torch.device, size: dict, out: Path) -> dict:
     """Fit the graph-only ALIGNN (new code) for a few epochs; val-selected val/test MAE and s/epoch."""
     from crys_pipeline import train
 
-    cfg = train.TrainConfig(target=TARGET, variant="alignn", epochs=size["epochs"], batch_size=size["batch"],
+    cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=size["epochs"], batch_size=size["batch"],
                             hidden_features=size["width"], alignn_layers=size["layers"], gcn_layers=size["layers"],
                             device=device.type, test_each_epoch=False)
     out.mkdir(parents=True, exist_ok=True)
