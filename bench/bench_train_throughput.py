@@ -15,7 +15,9 @@ forward as they were before the fused kernels, copied verbatim) with the same we
 
 The process lets glibc keep freed memory (`crys_pipeline.devices.keep_cpu_memory`), as `crys-pipeline
 train` does on a CPU: the comparison is of the model code, under the trainer's allocator settings, for
-every path alike.
+every path alike. One more comparison runs each path at the offline default in a fresh process of its
+own, as its trainer runs it: the reference under glibc's defaults, the fused path with kept memory
+(processes alternating, three each).
 
 Measured, in one run: aten operations per step (forward, backward, optimizer; every aten event
 torch.profiler records, nested ones included, and the top-level ones alone), ms per step on the CPU
@@ -35,6 +37,8 @@ import argparse
 import copy
 import json
 import statistics
+import subprocess
+import sys
 import time
 import types
 from collections.abc import Callable
@@ -299,14 +303,48 @@ def offline_default_sizes() -> dict[str, int]:
     return {k: int(cfg[k]) for k in PAPER}
 
 
+def one_path(path: str, batch_file: Path, repeats: int) -> dict[str, float]:
+    """Median seconds per step of one path at the offline default in this process, under its trainer's allocator.
+
+    The reference runs under glibc's defaults (the trainer before this work), the fused path after
+    ``keep_cpu_memory`` (``crys-pipeline train`` on a CPU).
+    """
+    if path == "fused":
+        keep_cpu_memory()
+    batch = real_batch(64, batch_file)
+    new, ref = new_pair(batch, **offline_default_sizes())
+    return median_seconds({path: new if path == "fused" else ref}, batch, repeats)
+
+
+def as_trainers_run(args: argparse.Namespace, rounds: int = 3) -> float:
+    """Print ms per step of reference and fused at the offline default, each in a fresh process of its own
+    (``one_path``), the processes alternating; returns reference / fused of the medians."""
+    times: dict[str, list[float]] = {"reference": [], "fused": []}
+    for _ in range(rounds):
+        for path, seconds in times.items():
+            child = subprocess.run([sys.executable, __file__, "--one-path", path, "--threads", str(args.threads),
+                                    "--repeats", str(args.repeats), "--batch-file", str(args.batch_file)],
+                                   capture_output=True, text=True, check=True)
+            seconds.append(json.loads(child.stdout.strip().splitlines()[-1])[path])
+    ref, fused = (statistics.median(times[k]) for k in ("reference", "fused"))
+    print(f"CPU offline default, each path in its own process as its trainer runs it (reference: glibc defaults; "
+          f"fused: keep_cpu_memory), {rounds} processes each: reference {1e3 * ref:.1f} ms/step, "
+          f"fused {1e3 * fused:.1f} ms/step ({ref / fused:.2f}x)", flush=True)
+    return ref / fused
+
+
 def main() -> None:
     """Measure and print; the last line is the kernel-count ratio and the numerical check."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per path (after one warm-up)")
     parser.add_argument("--batch-file", type=Path, default=TINY, help="JSON lines of JARVIS records")
+    parser.add_argument("--one-path", choices=("reference", "fused"), help=argparse.SUPPRESS)  # as_trainers_run
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.one_path:
+        print(json.dumps(one_path(args.one_path, args.batch_file, args.repeats)))
+        return
     kept = keep_cpu_memory()  # as `crys-pipeline train` does on a CPU; applies to every path alike
     batch = real_batch(64, args.batch_file)
     print(f"batch: {batch.num_graphs} crystals, {batch.num_nodes} atoms, {batch.edge_index.shape[1]} bonds; "
@@ -331,6 +369,7 @@ def main() -> None:
     sizes = offline_default_sizes()
     timed(batch, args.repeats, f"CPU offline default (width {sizes['hidden_features']}, "
           f"{sizes['alignn_layers']} + {sizes['gcn_layers']} layers)", **sizes)
+    as_trainers_run(args)
     if torch.cuda.is_available():
         timed(batch.to("cuda"), args.repeats, f"CUDA {torch.cuda.get_device_name()} paper width", **PAPER)
     print(f"train kernels (fused, eager): {fb['reference'] / fb['fused']:.2f}x fewer forward+backward ops "
