@@ -67,9 +67,9 @@ def edge_plan(edge_index: torch.Tensor, num_nodes: int) -> EdgePlan:
     src4, dst4 = 4 * edge_index  # rows of A h / B h of each edge's source / target, minus their block offset
     b_rows = dst4 + 2
     pairs = torch.stack([src4, b_rows], 1).view(-1)  # [2E]: 4 src, 4 dst + 2 of edge 0, of edge 1, ...
-    bags = torch.arange(0, pairs.shape[0], 2, device=edge_index.device)
+    offsets = torch.arange(0, pairs.shape[0], 2, device=edge_index.device)
     u_rows = torch.arange(3, 4 * num_nodes, 4, device=edge_index.device)
-    return EdgePlan(edge_index[1], (src4, src4 + 1, b_rows, u_rows), pairs, bags)
+    return EdgePlan(edge_index[1], (src4, src4 + 1, b_rows, u_rows), pairs, offsets)
 
 
 def _check_batch(x: torch.Tensor, training: bool) -> None:
@@ -92,7 +92,7 @@ class _EGGCFunction(torch.autograd.Function):
     """Forward and backward of one EGGC call (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, h, e, a_rows, v_rows, b_rows, u_rows, pairs, bags, dst, node_w, node_b, edge_w, edge_b,
+    def forward(ctx, h, e, a_rows, v_rows, b_rows, u_rows, pairs, offsets, dst, node_w, node_b, edge_w, edge_b,
                 wn, bn, rmn, rvn, we, be, rme, rve, training: bool, momentum: float, eps: float):
         n, width = h.shape
         proj = torch.addmm(node_b, h, node_w.t())  # [N, 4H] = [A h | V h | B h | U h]
@@ -103,7 +103,7 @@ class _EGGCFunction(torch.autograd.Function):
         v_src = rows.index_select(0, v_rows)  # [E, H]
         # g = (A h_s + B h_t) + C e, summed in the reference's order; the gather-add is one embedding_bag
         edge_c = torch.addmm(edge_b, e, edge_w.t())
-        gate = torch.embedding_bag(rows, pairs, bags, False, 0)[0].add_(edge_c)
+        gate = torch.embedding_bag(rows, pairs, offsets, False, 0)[0].add_(edge_c)
         # [E, H] buffers are reused where a value dies: every fresh one costs page faults on the CPU
         sigma = torch.sigmoid(gate, out=edge_c)
         messages = torch.mul(sigma, v_src)
