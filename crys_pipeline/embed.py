@@ -223,12 +223,12 @@ class TextEncoder:
         self.settings = settings
         self.normalize = get_normalizer(settings.normalizer)
         self.device = resolve_device(settings.device)
+        if self.device.type == "cpu" and settings.precision == "float16":
+            raise ValueError("embed.precision float16 needs a CUDA device; on a CPU use bfloat16 or float32")
         self.tokenizer, model, self.provenance = load_pretrained(settings.model, settings.revision)
         self.model = model.to(self.device)
         self.dim = int(model.config.hidden_size)
         self.token_budget = settings.token_budget or TOKEN_BUDGETS.get(self.device.type, TOKEN_BUDGETS["cpu"])
-        if self.device.type == "cpu" and settings.precision == "float16":
-            raise ValueError("embed.precision float16 needs a CUDA device; on a CPU use bfloat16 or float32")
 
     @property
     def compute_dtype(self) -> str:
