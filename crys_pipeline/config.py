@@ -97,8 +97,8 @@ def check_config(cfg: dict[str, Any]) -> None:
     errors = []
     for name, src in cfg["sources"].items():
         errors.extend(check_provider_keys(name, src))
-        if src.get("stratify_target") and src["stratify_target"] not in src["targets"]:
-            errors.append(unknown(f"sources.{name}.stratify_target", src["stratify_target"], src["targets"]))
+        if src.get("stratify_target") not in (None, "", "all", *src["targets"]):
+            errors.append(unknown(f"sources.{name}.stratify_target", src["stratify_target"], [*src["targets"], "all"]))
         folder = src.get("snapshot_dir")
         if folder and not Path(folder).is_dir():
             errors.append(ValueError(

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 MIN_DISTANCE = 0.5  # Angstrom; closer atoms are a broken structure
 MIN_VOLUME = 1e-3  # Angstrom^3; a smaller |det(lattice)| is a degenerate cell
 SPLIT_LABELS = ("train", "val", "test")
+#: `stratify_target` value that applies the subset counts to the official split of every target.
+ALL_TARGETS = "all"
 
 #: jarvis-leaderboard benchmark files holding the official split of each canonical field.
 LEADERBOARD_BENCHMARKS = {
@@ -239,14 +241,17 @@ def _hash_key(material_id: str) -> str:
 
 
 def select_subset(
-    records: list[RawRecord], subset: dict[str, int] | None, stratify_field: str, fields: list[str]
+    records: list[RawRecord], subset: dict[str, int] | None, stratify_fields: list[str], fields: list[str]
 ) -> list[RawRecord]:
-    """Keep `subset[label]` records per official split label of `stratify_field`.
+    """Keep at least `subset[label]` records per official split label of every field in `stratify_fields`.
 
-    Deterministic and stable: within each split, records carrying more of the target `fields` come
-    first (so a small subset still gives every property a usable train/val/test set), ties broken by
-    the smallest sha256(id). The snapshot order is preserved in the output; records without an
-    official label are dropped by a subset.
+    Deterministic and stable: candidates are ranked once, records carrying more of the target `fields`
+    first (so a small subset still gives every property a usable train/val/test set), ties broken by the
+    smallest sha256(id). Labels are filled in the order val, test, train, and field by field; a record
+    already kept counts towards every field whose label it carries, so the quotas share records. With one
+    field this keeps the first `subset[label]` ranked records of each label (a duplicate labelled
+    `train|test` counts as its first label, as in the splits). The snapshot order is
+    preserved in the output; records without an official label of any stratify field are dropped.
     """
     if subset is None:
         return records
@@ -260,10 +265,21 @@ def select_subset(
     def rank(rec: RawRecord) -> tuple[int, str]:
         return -sum(usable(rec.values.get(f)) for f in fields), _hash_key(rec.material_id)
 
+    def label(rec: RawRecord, name: str) -> str | None:
+        text = rec.splits.get(name)
+        return text.split("|")[0] if text and usable(rec.values.get(name)) else None
+
+    ranked = sorted(records, key=rank)
     chosen: set[str] = set()
-    for label in SPLIT_LABELS:
-        pool = [r for r in records if r.splits.get(stratify_field) == label]
-        chosen.update(r.material_id for r in sorted(pool, key=rank)[: subset.get(label, 0)])
+    for wanted in ("val", "test", "train"):
+        for name in stratify_fields:
+            have = sum(1 for r in ranked if r.material_id in chosen and label(r, name) == wanted)
+            for rec in ranked:
+                if have >= subset.get(wanted, 0):
+                    break
+                if rec.material_id not in chosen and label(rec, name) == wanted:
+                    chosen.add(rec.material_id)
+                    have += 1
     return [r for r in records if r.material_id in chosen]
 
 
@@ -380,7 +396,8 @@ def ingest(
         manifest_path: the `download` manifest.
         targets: target name -> {field, unit, transform, split} (config).
         subset: per-split counts of materials to keep, or None for all.
-        stratify_target: target whose official split the subset is drawn within.
+        stratify_target: target whose official split the subset is drawn within, or `all`: every target's
+            official split gets the subset's counts (targets without official labels are skipped).
         out: structures Parquet.
         rejected_out: rejected Parquet (material_id, reason).
 
@@ -392,8 +409,9 @@ def ingest(
         ValueError: a target field the snapshot lacks, duplicate ids, or a changed snapshot file.
     """
     manifest = read_json(manifest_path)
-    if stratify_target not in targets:
-        raise ValueError(f"stratify_target {stratify_target!r} is not one of the targets {sorted(targets)}")
+    if stratify_target != ALL_TARGETS and stratify_target not in targets:
+        raise ValueError(f"stratify_target {stratify_target!r} is not {ALL_TARGETS!r} or one of the targets "
+                         f"{sorted(targets)}")
     records, unreadable = _readable(list(read_snapshot(manifest)), manifest["source"])
     n_input = len(records)
     dupes = n_input - len({r.material_id for r in records})
@@ -401,7 +419,8 @@ def ingest(
         raise ValueError(f"snapshot has {dupes} duplicate material ids")
     check_fields(records, targets, manifest["files"]["structures"]["path"])
     fields = [spec["field"] for spec in targets.values()]
-    records = select_subset(records, subset, targets[stratify_target]["field"], fields)
+    stratify = [targets[t]["field"] for t in (targets if stratify_target == ALL_TARGETS else [stratify_target])]
+    records = select_subset(records, subset, stratify, fields)
     good, bad = [], [(r.material_id, r.problem) for r in unreadable]
     for rec in tqdm(records, desc=f"validate {manifest['source']}", unit="structure", disable=None):
         reason = validate(rec)
