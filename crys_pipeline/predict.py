@@ -115,8 +115,23 @@ def load_run(run_dir: Path) -> Run:
     meta = read_model_json(run_dir)
     model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
     model.load_state_dict(read_torch(run_dir / "model.pt"))
+    check_target_scale(model, meta["config"], run_dir)
     model.eval()
     return Run(run_dir=run_dir, model=model, meta=meta)
+
+
+def check_target_scale(model: Any, config: dict[str, Any], run_dir: Path) -> None:
+    """Raise ValueError unless model.pt's target scaling is the one model.json records.
+
+    A model trained with `standardize` predicts (y - mean) / std inside and maps back with the buffers in
+    model.pt; a model.json that lost or changed its `target_scaling` would silently predict on another scale.
+    """
+    recorded = config.get("target_scaling")
+    stored = {"shift": float(model.target_scale.shift), "scale": float(model.target_scale.scale)}
+    if recorded is None or any(float(recorded.get(k, math.nan)) != v for k, v in stored.items()):
+        raise ValueError(f"{run_dir}: model.pt holds the target scaling shift {stored['shift']:.6g}, scale "
+                         f"{stored['scale']:.6g}, but model.json records {recorded!r}; the two files do not belong "
+                         "together: retrain the run (delete the folder and rerun its training job)")
 
 
 def _only_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,9 @@ import pyarrow as pa
 #: 2: Parquet page checksums, per-dataset sha256 of the embeddings (`digests`), structures lineage.
 #: 3: declared summary.json / model.json layouts (stamped with kind and schema_version); model.json holds the
 #: graph params once (`graph_params`; `graph_meta` without them).
-SCHEMA_VERSION = "3"
+#: 4: summary.json carries the constant baseline (value, MAEs, `underfit`) and the target scaling; model.json's
+#: `config` holds the target scaling (model.pt carries it as buffers).
+SCHEMA_VERSION = "4"
 
 #: Key under which every artifact stores its JSON metadata (Parquet schema metadata / HDF5 attrs).
 META_KEY = "crys_pipeline"
@@ -308,10 +310,13 @@ class JsonLayout:
 RUN_SUMMARY = JsonLayout(
     kind="run_summary",
     description="summary.json of a training run: the val-selected model's MAEs (null for an empty set or a "
-    "non-finite value), split sizes and drops, encoder, stop reason and the sha256 of the run's other files",
+    "non-finite value) beside the constant baseline's (the training median) and whether the model underfits, "
+    "the target scaling, split sizes and drops, encoder, stop reason and the sha256 of the run's other files",
     keys={
         "source": "str", "target": "str", "variant": "str", "regime": "str", "seed": "int",
         "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",
+        "baseline": "str", "baseline_value": "number?", "baseline_train_mae": "number?",
+        "baseline_val_mae": "number?", "baseline_test_mae": "number?", "underfit": "bool", "target_scaling": "str",
         "last_test_mae": "number?", "min_test_mae": "number?",
         "best_epoch": "int", "epochs_run": "int", "epochs": "int", "stop_reason": "str",
         "n_train": "int", "n_val": "int", "n_test": "int", "dropped": "list",

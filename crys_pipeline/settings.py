@@ -33,6 +33,7 @@ WORKFLOW = "workflow"
 INTERNAL = "internal"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+TARGET_SCALINGS = ("none", "standardize")
 NONE_WORDS = ("none", "null", "")
 
 
@@ -176,6 +177,9 @@ class TrainSettings(Settings):
                                      scope=WORKFLOW)
     head: str = setting("code", "code: the released code's projection heads (reference) | paper: the paper's "
                         "equations", choices=("code", "paper"))
+    target_scaling: str = setting("none", "none: MSE on the raw targets (the released code's recipe) | standardize: "
+                                  "the model learns (y - mean) / std of the training split; predictions, metrics "
+                                  "and files stay in the target's unit", choices=TARGET_SCALINGS)
     hidden_features: int = setting(256, "ALIGNN width (paper: 256)", minimum=1)
     alignn_layers: int = setting(4, "ALIGNN layers (paper: 4)", minimum=0)
     gcn_layers: int = setting(4, "Edge-gated GCN layers (paper: 4)", minimum=0)

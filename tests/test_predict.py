@@ -158,3 +158,55 @@ def test_damaged_run_files_are_named(alignn_runs: dict, tmp_path: Path, edit, me
     edit(run)
     with pytest.raises(io.ArtifactError, match=message):
         predict.load_run(run)
+
+
+@pytest.fixture(scope="module")
+def standardized_run(alignn_runs: dict) -> Path:
+    """A small ALIGNN trained with `target_scaling: standardize` on the fixture's split."""
+    work = alignn_runs["work"]
+    out = work / "standardized" / "seed0"
+    train.train(alignn_runs["structures"], split=work / "split.json", graphs=work / "graphs", embeddings=None,
+                out_dir=out, cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=0,
+                                                   target_scaling="standardize", **SMALL))
+    return out
+
+
+def test_standardized_run_round_trips_in_the_targets_unit(alignn_runs: dict, standardized_run: Path) -> None:
+    """Trained on (y - mean) / std, stored with its scaling, predicted in eV/atom by the run and by `predict`."""
+    import numpy as np
+
+    meta = io.read_json(standardized_run / "model.json")
+    rows = io.read_parquet(standardized_run / "predictions.parquet", "predictions").to_pylist()
+    y_train = np.array([r["target"] for r in rows if r["split"] == "train"])
+    scaling = meta["config"]["target_scaling"]
+    assert scaling == {"method": "standardize", "shift": float(np.float32(y_train.mean())),
+                       "scale": float(np.float32(y_train.std(ddof=1)))}
+    assert meta["train_config"]["target_scaling"] == "standardize"
+    state = io.read_torch(standardized_run / "model.pt")
+    assert (float(state["target_scale.shift"]), float(state["target_scale.scale"])) == (scaling["shift"],
+                                                                                        scaling["scale"])
+    # predictions in the unit: their mean is the targets' to within one std, not the standardized scale's 0
+    preds = np.array([r["prediction"] for r in rows if r["split"] == "train"])
+    assert abs(preds.mean() - y_train.mean()) < y_train.std() and abs(preds.mean()) > 0.5
+    summary = io.read_json(standardized_run / "summary.json")
+    assert summary["target_scaling"] == "standardize"
+    assert summary["train_mae"] == pytest.approx(np.mean(np.abs(preds - y_train)))
+    folder = alignn_runs["work"] / "standardized_inputs"
+    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
+    crystals, _ = predict.run_predict([standardized_run], paths=[folder])
+    own = {r["material_id"]: r["prediction"] for r in rows}
+    for crystal in crystals:
+        assert crystal.predictions["alignn/full/seed0"] == pytest.approx(
+            own[crystal.material_id.removeprefix("POSCAR-")], abs=1e-4)
+
+
+@pytest.mark.parametrize("config_edit", [
+    lambda config: {k: v for k, v in config.items() if k != "target_scaling"},
+    lambda config: {**config, "target_scaling": {"method": "none", "shift": 0.0, "scale": 1.0}},
+])
+def test_model_json_without_its_scaling_is_refused(standardized_run: Path, tmp_path: Path, config_edit) -> None:
+    meta = io.read_json(standardized_run / "model.json")
+    run = _copy_run(standardized_run, tmp_path / "seed0", config=config_edit(meta["config"]))
+    with pytest.raises(ValueError, match=rf"{run}: model.pt holds the target scaling shift -?\d.*, scale .*, but "
+                       "model.json records .*; the two files do not belong together"):
+        predict.load_run(run)

@@ -25,7 +25,7 @@ from torch import nn
 
 from crys_pipeline.models.alignn import ALIGNNEncoder
 from crys_pipeline.models.cgcnn import CGCNNEncoder
-from crys_pipeline.models.crysmmnet import PropertyModel
+from crys_pipeline.models.crysmmnet import PropertyModel, TargetScale
 from crys_pipeline.models.gatgnn import GATGNNEncoder
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
 from crys_pipeline.models.megnet import MEGNetEncoder
@@ -35,6 +35,8 @@ from crys_pipeline.variants import variant as lookup_variant
 
 #: Width of the graph and text projections and of the fusion MLP's hidden layer.
 PROJECTION_DIM = 64
+#: The target scaling `none`: the head predicts the target's unit directly (the released code's recipe).
+NO_SCALING = {"method": "none", "shift": 0.0, "scale": 1.0}
 #: The recipe's defaults (the paper's model), declared once in crys_pipeline.settings.
 PAPER = TrainSettings()
 
@@ -109,18 +111,19 @@ def _text_projection(head: str, text_dim: int) -> nn.Module:
 
 def _assemble(config: dict, spec: Variant, encoder: nn.Module | None) -> PropertyModel:
     head, text_dim = config["head"], config["text_dim"]
+    scale = TargetScale(config["target_scaling"]["shift"], config["target_scaling"]["scale"])
     if encoder is None:
-        return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM))
+        return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM), scale)
     width = encoder.out_features
     if spec.text_variant is None:
-        return PropertyModel(config, encoder, nn.Identity(), None, nn.Linear(width, 1))
+        return PropertyModel(config, encoder, nn.Identity(), None, nn.Linear(width, 1), scale)
     if head == "code":
         graph_proj: nn.Module = ProjectionHead(width, PROJECTION_DIM)
         fused = 2 * PROJECTION_DIM
     else:
         graph_proj = nn.Identity()
         fused = width + PROJECTION_DIM
-    return PropertyModel(config, encoder, graph_proj, _text_projection(head, text_dim), FusionMLP(fused))
+    return PropertyModel(config, encoder, graph_proj, _text_projection(head, text_dim), FusionMLP(fused), scale)
 
 
 def build_model(
@@ -133,6 +136,7 @@ def build_model(
     gcn_layers: int = PAPER.gcn_layers,
     head: str = PAPER.head,
     readout: str = "mean",
+    target_scaling: dict[str, Any] | None = None,
 ) -> PropertyModel:
     """Build a model variant by name.
 
@@ -146,6 +150,7 @@ def build_model(
         gcn_layers: EGGC layers after them.
         head: "code" (released code, reference) or "paper" (the paper's equations), docs/method.md §4.5.
         readout: per-crystal pooling, "mean" (reference) or "sum" (paper Eq. 5).
+        target_scaling: {"method", "shift", "scale"} of the target scaling (``TargetScale``); None = `none`.
 
     Returns:
         A ``PropertyModel`` whose ``.config`` (these arguments minus atom_table) rebuilds it.
@@ -160,6 +165,7 @@ def build_model(
         "gcn_layers": gcn_layers,
         "head": head,
         "readout": readout,
+        "target_scaling": dict(target_scaling or NO_SCALING),
     }
     encoder = None
     if spec.graph_encoder is not None:

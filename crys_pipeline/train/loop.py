@@ -2,8 +2,9 @@
 
 The reference recipe: AdamW (lr 1e-3, weight decay 1e-5, no decay for bias/bn/norm parameters),
 OneCycleLR stepped every iteration over `epochs * len(train_loader)` (train drops its last partial
-batch), MSE on the raw (ingest-transformed) targets, batch 64. The val-best state is kept in
-`RunState` after every epoch. Nothing here reads or writes files (`checkpoint`, `outputs` do).
+batch), MSE on the raw (ingest-transformed) targets, batch 64; `target_scaling: standardize` computes the MSE
+on (y - mean) / std of the training split instead (the model's `TargetScale` maps back to the unit). The
+val-best state is kept in `RunState` after every epoch. Nothing here reads or writes files (`checkpoint`, `outputs` do).
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> tu
         lr = optimizer.param_groups[0]["lr"]
         batch = batch.to(device, non_blocking=True)
         with _autocast(device):
-            pred = model(batch)
-        loss = torch.nn.functional.mse_loss(pred.float(), batch.y)
+            pred = model.standardized(batch)
+        loss = torch.nn.functional.mse_loss(pred.float(), model.target_scale.normalize(batch.y))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -175,8 +176,22 @@ def make_loaders(data: TrainingData, cfg: TrainConfig, device: torch.device) -> 
     )
 
 
+def target_scaling(method: str, y_train: np.ndarray) -> dict[str, Any]:
+    """The target scaling {method, shift, scale} fitted on the training targets (``models.TargetScale``).
+
+    `standardize`: the mean and the sample standard deviation (1 where it is 0 or undefined, so that a
+    constant target still trains); `none`: the identity. Values are rounded to float32, the precision of the
+    model's buffers, so that model.json and model.pt hold the same numbers.
+    """
+    if method == "none":
+        return {"method": method, "shift": 0.0, "scale": 1.0}
+    std = float(np.std(y_train, ddof=1)) if y_train.size > 1 else 0.0
+    shift, scale = np.float32(np.mean(y_train)), np.float32(std if std > 0 else 1.0)
+    return {"method": method, "shift": float(shift), "scale": float(scale)}
+
+
 def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
-    """The variant's model, with the CGCNN atom table for graph encoders and the embeddings' width."""
+    """The variant's model, with the CGCNN atom table for graph encoders, the embeddings' width and the scaling."""
     from crys_pipeline.models import build_model
 
     spec = variant(cfg.variant)
@@ -189,7 +204,7 @@ def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
     return build_model(
         cfg.variant, atom_table=atom_table, text_dim=int(text.shape[1]) if text is not None else 768,
         hidden_features=cfg.hidden_features, alignn_layers=cfg.alignn_layers, gcn_layers=cfg.gcn_layers,
-        head=cfg.head,
+        head=cfg.head, target_scaling=target_scaling(cfg.target_scaling, data.splits["train"].y),
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crys_pipeline import __version__, io
+from crys_pipeline import __version__, evidence, io
 from crys_pipeline.data import SPLITS, TrainingData
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.settings import stamp
@@ -97,13 +97,29 @@ def _encoder_name(attrs: dict[str, Any]) -> str | None:
     return None
 
 
+def baseline_summary(preds: dict[str, tuple[list[str], np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The constant baseline's value and MAEs beside the model's, and whether the model underfits.
+
+    The run is `underfit` unless the paired interval of its training errors against the baseline's lies
+    below 0 (``evidence``): its training MAE is not clearly below the constant's.
+    """
+    y_train = preds["train"][1]
+    value = evidence.constant_baseline(y_train)
+    fit = evidence.below(preds["train"][2] - y_train, value - y_train)
+    return {"baseline": evidence.BASELINE, "baseline_value": value if np.isfinite(value) else None,
+            **{f"baseline_{name}_mae": mae(preds[name][1], np.full_like(preds[name][1], value))
+               for name in SPLITS},
+            "underfit": fit.verdict != evidence.LOWER}
+
+
 def _summary(cfg: TrainConfig, data: TrainingData, state: RunState, preds: dict, wall: float) -> dict:
     tests = [h["test_mae"] for h in state.history if h["test_mae"] is not None]
     last = state.history[-1] if state.history else {}
     return {
         "source": data.source, "target": cfg.target, "variant": cfg.variant, "regime": data.split_meta["regime"],
         "seed": cfg.seed, "test_mae": mae(*preds["test"][1:]), "val_mae": mae(*preds["val"][1:]),
-        "train_mae": mae(*preds["train"][1:]), "last_test_mae": last.get("test_mae"),
+        "train_mae": mae(*preds["train"][1:]), **baseline_summary(preds), "target_scaling": cfg.target_scaling,
+        "last_test_mae": last.get("test_mae"),
         "min_test_mae": min(tests) if tests else None, "best_epoch": state.best_epoch,
         "epochs_run": state.epoch, "epochs": cfg.epochs, "stop_reason": state.stop_reason,
         **{f"n_{name}": len(data.splits[name].ids) for name in SPLITS},
