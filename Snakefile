@@ -47,6 +47,7 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/graphs.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/comparisons.smk"
 include: "workflow/rules/attention.smk"
 
 

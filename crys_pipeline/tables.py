@@ -29,8 +29,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline import __version__
+import numpy as np
+
+from crys_pipeline import __version__, evidence
 from crys_pipeline.io import read_json, write_text
+from crys_pipeline.run_results import RunResult, aligned_errors, common_test_ids, load_run_result
 from crys_pipeline.schemas import RUN_SUMMARY
 
 log = logging.getLogger(__name__)
@@ -38,13 +41,26 @@ log = logging.getLogger(__name__)
 #: Columns of a table CSV, in order.
 COLUMNS = [
     "table", "source", "regime", "property", "unit", "variant", "encoder", "n_train", "n_val", "n_test",
-    "n_dropped", "n_seeds", "seeds", "mae_mean", "mae_std", "last_mae_mean", "min_test_mae_mean",
-    "paper_mae", "ratio_to_paper", "paper_label", "paper_ref", "paper_origin", "split_hash",
+    "n_dropped", "n_seeds", "seeds", "mae_mean", "mae_std", "baseline", "baseline_value", "baseline_mae",
+    "skill", "skill_low", "skill_high", "vs_baseline", "train_mae_mean", "baseline_train_mae", "n_underfit",
+    "marks", "last_mae_mean", "min_test_mae_mean", "paper_mae", "ratio_to_paper", "paper_label", "paper_ref",
+    "paper_origin", "split_hash",
 ]
 #: Keys that must agree between the seeds of one cell.
-SHARED_KEYS = ("split_hash", "n_train", "n_val", "n_test", "encoder")
-_INT_COLUMNS = {"n_train", "n_val", "n_test", "n_dropped", "n_seeds"}
-_FLOAT_COLUMNS = {"mae_mean", "mae_std", "last_mae_mean", "min_test_mae_mean", "paper_mae", "ratio_to_paper"}
+SHARED_KEYS = ("split_hash", "n_train", "n_val", "n_test", "encoder", "baseline", "baseline_value",
+               "baseline_test_mae", "baseline_train_mae")
+_INT_COLUMNS = {"n_train", "n_val", "n_test", "n_dropped", "n_seeds", "n_underfit"}
+_FLOAT_COLUMNS = {"mae_mean", "mae_std", "baseline_value", "baseline_mae", "skill", "skill_low", "skill_high",
+                  "train_mae_mean", "baseline_train_mae", "last_mae_mean", "min_test_mae_mean", "paper_mae",
+                  "ratio_to_paper"}
+#: Marks of a cell in every place it appears (Markdown tables, report, plots), with their footnotes.
+MARKS = {
+    "§": "not clearly below the constant baseline: the 95 % interval of its MAE minus the baseline's, over seeds "
+         "and test materials, does not lie below 0",
+    "¶": "underfit: in at least one seed the training MAE is not clearly below the baseline's on the training "
+         "materials (the model did not learn the target's scale)",
+    "‡": "diverged: a seed's loss became non-finite",
+}
 
 CellKey = tuple[str, str, str, str, str]  # (table, source, target, variant, regime)
 
@@ -123,25 +139,25 @@ def _check_run(path: Path, summary: dict[str, Any], spec: dict[str, Any], target
 
 def group_runs(
     runs: list[Path], spec: dict[str, Any], targets: list[str]
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Load and check every run summary; returns {(target, variant): summaries sorted by seed}.
+) -> dict[tuple[str, str], list[RunResult]]:
+    """Load and check every run (summary and test predictions); returns {(target, variant): runs sorted by seed}.
 
     Raises:
         TableSpecError: a run outside the spec, a duplicated seed, or a cell without runs.
     """
-    cells: dict[tuple[str, str], list[dict[str, Any]]] = {(t, v): [] for t in targets for v in spec["variants"]}
+    cells: dict[tuple[str, str], list[RunResult]] = {(t, v): [] for t in targets for v in spec["variants"]}
     for path in map(Path, runs):
         summary = read_json(path, layout=RUN_SUMMARY)
         _check_run(path, summary, spec, targets)
         cell = cells[(summary["target"], summary["variant"])]
-        if any(s["seed"] == summary["seed"] for s in cell):
+        if any(r.summary["seed"] == summary["seed"] for r in cell):
             raise TableSpecError(f"{path}: seed {summary['seed']} of {summary['target']}/{summary['variant']} "
                                  "given twice")
-        cell.append({**summary, "_path": str(path)})
+        cell.append(load_run_result(path))
     empty = [f"{t}/{v}" for (t, v), cell in cells.items() if not cell]
     if empty:
         raise TableSpecError(f"no runs given for table cells {empty}")
-    return {key: sorted(cell, key=lambda s: s["seed"]) for key, cell in cells.items()}
+    return {key: sorted(cell, key=lambda r: r.summary["seed"]) for key, cell in cells.items()}
 
 
 def _num(value: Any) -> float:
@@ -158,39 +174,66 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 and not any(map(math.isnan, values)) else math.nan
 
 
-def _shared(cell: list[dict[str, Any]]) -> dict[str, Any]:
-    first = cell[0]
-    for summary in cell[1:]:
+def _shared(cell: list[RunResult]) -> dict[str, Any]:
+    first = cell[0].summary
+    for run in cell[1:]:
         for key in SHARED_KEYS:
-            if summary[key] != first[key]:
+            if run.summary[key] != first[key]:
                 raise TableSpecError(
                     f"seeds of {first['target']}/{first['variant']} disagree on {key}: "
-                    f"{first['_path']} has {first[key]!r}, {summary['_path']} has {summary[key]!r}"
+                    f"{cell[0].path} has {first[key]!r}, {run.path} has {run.summary[key]!r}"
                 )
     return {key: first[key] for key in SHARED_KEYS}
 
 
+def baseline_evidence(cell: list[RunResult]) -> dict[str, Any]:
+    """The cell against its constant baseline: skill (MAE / baseline MAE) with its interval, verdict, marks.
+
+    The interval is ``evidence.below`` of the seeds' test errors against the baseline's on the test
+    materials every seed predicted; as the baseline MAE is one number, skill = 1 + difference / baseline MAE.
+    """
+    ids = common_test_ids(cell)
+    errors, y = aligned_errors(cell, ids)
+    base = cell[0].baseline
+    base_mae = float(np.mean(np.abs(base - y))) if y.size else math.nan
+    interval = evidence.below(errors, np.broadcast_to(base - y, errors.shape))
+    n_underfit = sum(bool(r.summary["underfit"]) for r in cell)
+    marks = ("§" if interval.verdict != evidence.LOWER else "") + ("¶" if n_underfit else "")
+    marks += "‡" if any(r.summary["stop_reason"].startswith("diverged") for r in cell) else ""
+
+    def skill(difference: float) -> float:
+        return 1 + difference / base_mae if base_mae > 0 else math.nan
+
+    return {"baseline": cell[0].summary["baseline"], "baseline_value": base, "baseline_mae": base_mae,
+            "skill": skill(interval.mean), "skill_low": skill(interval.low), "skill_high": skill(interval.high),
+            "vs_baseline": interval.verdict, "n_underfit": n_underfit, "marks": marks}
+
+
 def cell_row(
-    table: str, *, spec: dict[str, Any], unit: str, cell: list[dict[str, Any]], paper: PaperValue | None
+    table: str, *, spec: dict[str, Any], unit: str, cell: list[RunResult], paper: PaperValue | None
 ) -> dict[str, Any]:
-    """One table row from the summaries of one (target, variant) cell."""
+    """One table row from the runs of one (target, variant) cell."""
     shared = _shared(cell)
-    maes = [_num(s["test_mae"]) for s in cell]
+    summaries = [r.summary for r in cell]
+    maes = [_num(s["test_mae"]) for s in summaries]
     mae_mean = _mean(maes)
     return {
-        "table": table, "source": spec["source"], "regime": spec["regime"], "property": cell[0]["target"],
-        "unit": unit, "variant": cell[0]["variant"], "encoder": shared["encoder"] or "",
+        "table": table, "source": spec["source"], "regime": spec["regime"], "property": summaries[0]["target"],
+        "unit": unit, "variant": summaries[0]["variant"], "encoder": shared["encoder"] or "",
         "n_train": shared["n_train"], "n_val": shared["n_val"], "n_test": shared["n_test"],
-        "n_dropped": len(cell[0]["dropped"]), "n_seeds": len(cell), "seeds": " ".join(str(s["seed"]) for s in cell),
-        "mae_mean": mae_mean, "mae_std": _std(maes),
-        "last_mae_mean": _mean([_num(s["last_test_mae"]) for s in cell]),
-        "min_test_mae_mean": _mean([_num(s["min_test_mae"]) for s in cell]),
+        "n_dropped": len(summaries[0]["dropped"]), "n_seeds": len(cell),
+        "seeds": " ".join(str(s["seed"]) for s in summaries),
+        "mae_mean": mae_mean, "mae_std": _std(maes), **baseline_evidence(cell),
+        "train_mae_mean": _mean([_num(s["train_mae"]) for s in summaries]),
+        "baseline_train_mae": _num(shared["baseline_train_mae"]),
+        "last_mae_mean": _mean([_num(s["last_test_mae"]) for s in summaries]),
+        "min_test_mae_mean": _mean([_num(s["min_test_mae"]) for s in summaries]),
         "paper_mae": paper.mae if paper else math.nan,
         "ratio_to_paper": mae_mean / paper.mae if paper else math.nan,
         "paper_label": paper.label if paper else "", "paper_ref": paper.reference if paper else "",
         "paper_origin": paper.origin if paper else "",
         "split_hash": shared["split_hash"],
-        "notes": [f"seed {s['seed']}: {s['stop_reason']}" for s in cell
+        "notes": [f"seed {s['seed']}: {s['stop_reason']}" for s in summaries
                   if s["stop_reason"].startswith("diverged")],
     }
 
@@ -282,39 +325,64 @@ def other_paper_columns(table: str, rows: list[dict[str, Any]],
     return [*lines, ""]
 
 
+def skill_text(row: dict[str, Any]) -> str:
+    """Skill with its interval, e.g. `0.62 [0.55, 0.70]`; an en dash without a baseline MAE."""
+    if math.isnan(row["skill"]):
+        return "–"
+    if math.isnan(row["skill_low"]):
+        return f"{row['skill']:.2f}"
+    return f"{row['skill']:.2f} [{row['skill_low']:.2f}, {row['skill_high']:.2f}]"
+
+
+def mae_text(row: dict[str, Any]) -> str:
+    """Mean ± std over seeds with the cell's marks, e.g. `0.328 ± 0.012 §`."""
+    text = fmt(row["mae_mean"]) + ("" if math.isnan(row["mae_std"]) else f" ± {fmt(row['mae_std'], 2)}")
+    return text + (f" {row['marks']}" if row["marks"] else "")
+
+
 def _md_row(row: dict[str, Any]) -> str:
-    mae = fmt(row["mae_mean"]) + ("" if math.isnan(row["mae_std"]) else f" ± {fmt(row['mae_std'], 2)}")
-    mae += " ‡" if row.get("notes") else ""
     ratio = "–" if math.isnan(row["ratio_to_paper"]) else f"{row['ratio_to_paper']:.2f}×"
     cells = [
         row["property"], row["unit"], row["variant"], row["encoder"] or "–",
-        f"{row['n_train']} / {row['n_val']} / {row['n_test']}", mae, str(row["n_seeds"]),
-        fmt(row["last_mae_mean"]), _paper_cell(row["paper_mae"], row["paper_origin"]), ratio,
-        f"`{row['split_hash'][:12]}`",
+        f"{row['n_train']} / {row['n_val']} / {row['n_test']}", mae_text(row), str(row["n_seeds"]),
+        fmt(row["baseline_mae"]), skill_text(row), fmt(row["last_mae_mean"]),
+        _paper_cell(row["paper_mae"], row["paper_origin"]), ratio, f"`{row['split_hash'][:12]}`",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def mark_footnotes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per mark used in `rows`, saying what it means (Markdown)."""
+    used = "".join(row["marks"] for row in rows)
+    return [f"{mark} {meaning}." for mark, meaning in MARKS.items() if mark in used]
 
 
 def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """A readable Markdown rendering of a table with a legend."""
     head = ["property", "unit", "variant", "text encoder", "n train / val / test", "test MAE (mean ± std)",
-            "seeds", "last-epoch MAE", "paper MAE", "ours / paper", "split"]
+            "seeds", "baseline MAE", "skill [95 % interval]", "last-epoch MAE", "paper MAE", "ours / paper", "split"]
+    baseline = rows[0]["baseline"] if rows else evidence.BASELINE
     lines = [
         f"## {table}: {spec['source']}, regime `{spec['regime']}`",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---"] + ["---:"] * 6 + ["---"]) + "|",
+        "|" + "|".join(["---"] * 4 + ["---:"] * 8 + ["---"]) + "|",
         *(_md_row(row) for row in rows),
         "",
         (
-            "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed); "
-            "last-epoch MAE is the final epoch's test MAE. Paper MAE: the paper's value for the same cell "
-            "(– where the paper gives none; † copied by the paper from the baseline's own paper, other splits and "
-            "data versions); see the CSV `paper_ref` and `paper_origin` columns. split: first 12 hex digits of the "
-            f"split hash. crys_pipeline {__version__}."
+            "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed). "
+            f"Baseline: the constant {baseline} (the constant with the lowest training MAE), its test MAE on the "
+            "same materials; skill = MAE / baseline MAE, below 1 is better than the constant, with the 95 % "
+            "interval over seeds and test materials (docs/method.md §8). Last-epoch MAE is the final epoch's test "
+            "MAE. Paper MAE: the paper's value for the same cell (– where the paper gives none; † copied by the "
+            "paper from the baseline's own paper, other splits and data versions); see the CSV `paper_ref` and "
+            "`paper_origin` columns. split: first 12 hex digits of the split hash. "
+            f"crys_pipeline {__version__}."
         ),
         "",
+        *mark_footnotes(rows),
         *(f"‡ {row['property']} / {row['variant']}, {note}" for row in rows for note in row.get("notes", [])),
+        "",
         *other_paper_columns(table, rows),
     ]
     return "\n".join(lines)

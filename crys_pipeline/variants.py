@@ -48,6 +48,39 @@ VARIANTS: dict[str, Variant] = {
     "crysmmnet_gatgnn": Variant("gatgnn", "full"),
 }
 
+@dataclass(frozen=True)
+class Comparison:
+    """A pair of variants the paper draws a conclusion from, and the question it answers.
+
+    Attributes:
+        variant: the model under test.
+        reference: the model it is compared with (same source, target, regime and test materials).
+        question: what a `lower` verdict (the variant's MAE is lower) says, in words.
+    """
+
+    variant: str
+    reference: str
+    question: str
+
+
+#: Every comparison a table can support: a table compares each pair whose two variants it runs.
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison("crysmmnet", "alignn", "text added to ALIGNN"),
+    Comparison("crysmmnet_cgcnn", "cgcnn", "text added to CGCNN"),
+    Comparison("crysmmnet_megnet", "megnet", "text added to MEGNet"),
+    Comparison("crysmmnet_gatgnn", "gatgnn", "text added to GATGNN"),
+    Comparison("crystextnet", "alignn", "text alone instead of the ALIGNN graph"),
+    Comparison("crysmmnet", "crystextnet", "the ALIGNN graph added to text"),
+    Comparison("crysmmnet_global", "crysmmnet", "global text instead of the full text"),
+    Comparison("crysmmnet_local", "crysmmnet", "local text instead of the full text"),
+)
+
+
+def comparisons_of(variants: list[str]) -> list[Comparison]:
+    """The comparisons whose two variants are both in `variants`, in ``COMPARISONS`` order."""
+    return [c for c in COMPARISONS if c.variant in variants and c.reference in variants]
+
+
 def variant(name: str) -> Variant:
     """The variant called `name`, or an error listing the known ones."""
     if name not in VARIANTS:

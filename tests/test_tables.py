@@ -8,6 +8,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import SHARED_DATA, tiny_records
@@ -18,10 +19,12 @@ from crys_pipeline.tables import (
     TableSpecError,
     assemble_table,
     build_table,
+    fmt,
     load_paper_values,
     read_table_csv,
     table_markdown,
 )
+from crys_pipeline.train.outputs import baseline_summary
 
 JARVIS = "jarvis_dft_3d_2021"
 UNITS = {"formation_energy_peratom": "eV/atom", "optb88vdw_bandgap": "eV", "mbj_bandgap": "eV",
@@ -34,11 +37,15 @@ EPOCH_SHAPE = [3.0, 2.0, 1.4, 1.0, 1.1]  # val/test MAE per epoch as multiples o
 
 
 def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, *, source: str = JARVIS,
-             regime: str = "full", split_hash: str = SPLIT_HASH) -> Path:
+             regime: str = "full", split_hash: str = SPLIT_HASH, constant: bool = False,
+             errors: list[float] | None = None) -> Path:
     """A run folder as `crys-pipeline train` writes it, on real JARVIS tiny materials; returns summary.json.
 
     Predictions are the real DFT value +/- `test_mae` (alternating sign), so the test MAE of the
     predictions equals `test_mae`; metrics.jsonl follows EPOCH_SHAPE with the best val MAE at epoch 3.
+    `constant`: the model predicts the training median for every material instead (it learnt nothing);
+    `errors`: prediction - target of each of the 24 materials instead.
+    The baseline keys of the summary are computed by the training stage's own code.
     """
     run_dir = root / "results/train" / source / target / variant / regime / f"seed{seed}"
     run_dir.mkdir(parents=True)
@@ -46,6 +53,10 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
     splits = ["train"] * 16 + ["val"] * 4 + ["test"] * 4
     y = [float(r[target]) for r in recs]
     pred = [v + (test_mae if i % 2 else -test_mae) for i, v in enumerate(y)]
+    if constant:
+        pred = [statistics.median(y[:16])] * len(y)
+    if errors is not None:
+        pred = [v + e for v, e in zip(y, errors, strict=True)]
     table = pa.table({"material_id": [r["jid"] for r in recs], "split": splits, "target": y, "prediction": pred})
     meta = {"source": source, "target": target, "variant": variant, "regime": regime, "seed": seed,
             "split_hash": split_hash}
@@ -54,8 +65,10 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
     metrics = [{"epoch": e, "train_loss": 4 * k * test_mae, "val_mae": 1.05 * k * test_mae, "test_mae": k * test_mae,
                 "lr": 1e-3, "seconds": 0.5} for e, k in enumerate(EPOCH_SHAPE, start=1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    preds = {name: ([], np.array(y[a:b]), np.array(pred[a:b])) for name, a, b in SPLIT_ROWS}
     summary = {
         **meta, "test_mae": test_mae, "val_mae": test_mae, "train_mae": test_mae,
+        **baseline_summary(preds), "target_scaling": "standardize",
         "last_test_mae": EPOCH_SHAPE[-1] * test_mae, "min_test_mae": test_mae, "best_epoch": 4, "epochs_run": 5,
         "epochs": 5, "stop_reason": "completed", "n_train": 16, "n_val": 4, "n_test": 4, "dropped": [],
         "encoder": ENCODER if variant != "alignn" else None, "text_variant": "full" if variant != "alignn" else None,
@@ -63,6 +76,10 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
     }
     io.write_json(summary, run_dir / "summary.json", layout=RUN_SUMMARY)
     return run_dir / "summary.json"
+
+
+#: (split, first row, end row) of make_run's 24 materials.
+SPLIT_ROWS = (("train", 0, 16), ("val", 16, 20), ("test", 20, 24))
 
 
 def run_files(run_dir: Path) -> dict[str, str]:
@@ -168,7 +185,10 @@ def test_single_seed_leaves_std_blank(tmp_path: Path) -> None:
                 out_md=tmp_path / "t.md")
     raw = next(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
     assert raw["mae_std"] == "" and float(raw["mae_mean"]) == 0.05 and raw["n_seeds"] == "1"
-    assert "| 16 / 4 / 4 | 0.05 | 1 | 0.055 | 0.028 | 1.79× |" in (tmp_path / "t.md").read_text()
+    # Four test materials and one seed cannot resolve the difference to the baseline: the cell is marked.
+    md = (tmp_path / "t.md").read_text()
+    assert "| 16 / 4 / 4 | 0.05 § | 1 | 1.002 | 0.05 [-0.98, 1.08] | 0.055 | 0.028 | 1.79× |" in md
+    assert "§ not clearly below the constant baseline" in md
 
 
 def test_targets_all_expands_to_every_source_target(tmp_path: Path) -> None:
@@ -244,3 +264,23 @@ def test_summary_in_another_runs_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TableSpecError, match=r"summary of run jarvis_dft_3d_2021/formation_energy_peratom/alignn/"
                        "full/seed0 lies in the folder of .*/crysmmnet/full/seed0"):
         assemble_table("table1", spec=TABLE1, units=UNITS, runs=runs)
+
+
+def test_a_model_that_predicts_a_constant_is_marked_in_csv_and_markdown(tmp_path: Path) -> None:
+    """A cell whose model predicts one number for every material is neither below its baseline nor fitted."""
+    spec = {**TABLE1, "targets": ["mbj_bandgap"]}
+    runs = [make_run(tmp_path, "mbj_bandgap", "crysmmnet", s, 0.0, constant=True) for s in (0, 1)]
+    runs += [make_run(tmp_path, "mbj_bandgap", "alignn", s, 0.01) for s in (0, 1)]
+    build_table("table1", spec=spec, units=UNITS, runs=runs, out_csv=tmp_path / "t.csv", out_md=tmp_path / "t.md")
+    flat, good = read_table_csv(tmp_path / "t.csv")
+    y = np.array([float(r["mbj_bandgap"]) for r in tiny_records("jarvis")
+                  if r.get("mbj_bandgap") is not None][:24])
+    assert flat["baseline"] == "train median" and flat["baseline_value"] == pytest.approx(np.median(y[:16]))
+    assert flat["baseline_mae"] == pytest.approx(np.mean(np.abs(y[20:] - np.median(y[:16]))))
+    assert (flat["vs_baseline"], flat["n_underfit"], flat["marks"]) == ("not resolved", 2, "§¶")
+    assert (flat["skill"], flat["skill_low"], flat["skill_high"]) == (1.0, 1.0, 1.0)
+    assert (good["vs_baseline"], good["n_underfit"], good["marks"]) == ("lower", 0, "")
+    assert good["skill_high"] < 1 and good["skill"] == pytest.approx(0.01 / good["baseline_mae"])
+    md = (tmp_path / "t.md").read_text()
+    assert f"| {fmt(flat['mae_mean'])} ± 0 §¶ |" in md
+    assert "§ not clearly below the constant baseline" in md and "¶ underfit: in at least one seed" in md

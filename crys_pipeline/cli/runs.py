@@ -105,6 +105,30 @@ def _run_tables(a: argparse.Namespace) -> None:
     tables.build_table(a.table, spec=a.spec, units=a.units, runs=a.runs, out_csv=a.out_csv, out_md=a.out_md)
 
 
+# --- comparisons ----------------------------------------------------------------------------------
+def _add_comparisons(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "comparisons",
+        help="results/comparisons.csv: each pair of variants a table concludes from, by a paired interval",
+        description="For each table and each pair of variants it runs (CrysMMNet vs ALIGNN, an encoder with and "
+        "without text, text alone vs graph, global/local vs full text), one row per property: both MAEs, the mean "
+        "paired difference of absolute test errors, its relative size, a 95 % interval over seeds and test "
+        "materials and the verdict (lower, higher, not resolved) read from the interval alone.",
+    )
+    p.add_argument("--specs", type=json.loads, required=True,
+                   help="JSON {table: {source, targets, variants, regime}} of the tables compared")
+    p.add_argument("--units", type=json.loads, required=True, help="JSON {source: {target: unit}}")
+    p.add_argument("--out-csv", type=Path, required=True)
+    p.add_argument("runs", type=Path, nargs="+", help="summary.json of every run (every seed) of those tables")
+    p.set_defaults(handler=_run_comparisons)
+
+
+def _run_comparisons(a: argparse.Namespace) -> None:
+    from crys_pipeline import comparisons
+
+    comparisons.build_comparisons(a.specs, units=a.units, runs=a.runs, out_csv=a.out_csv)
+
+
 # --- report ---------------------------------------------------------------------------------------
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -115,6 +139,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--table", dest="tables", type=Path, action="append", required=True, metavar="CSV",
                    help="a table CSV written by `crys-pipeline tables` (repeat per table)")
+    p.add_argument("--comparisons", type=Path, required=True, help="results/comparisons.csv of those tables")
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--fig-dir", type=Path, required=True, help="folder for the PNGs")
     p.add_argument("runs", type=Path, nargs="+", help="summary.json of every run of the tables")
@@ -124,7 +149,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(a: argparse.Namespace) -> None:
     from crys_pipeline import report
 
-    report.build_report(a.tables, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir)
+    report.build_report(a.tables, comparisons=a.comparisons, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir)
 
 
 # --- export-leaderboard ---------------------------------------------------------------------------
@@ -151,4 +176,4 @@ def _run_export_leaderboard(a: argparse.Namespace) -> None:
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.
-SUBCOMMANDS = [_add_train, _add_predict, _add_tables, _add_report, _add_export_leaderboard]
+SUBCOMMANDS = [_add_train, _add_predict, _add_tables, _add_comparisons, _add_report, _add_export_leaderboard]

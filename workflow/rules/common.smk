@@ -45,6 +45,13 @@ def table_runs(wildcards):
             for s in config["train"]["seeds"]]
 
 
+def report_runs(wildcards):
+    """summary.json of every run of the report's tables (each once, sorted)."""
+    from types import SimpleNamespace
+
+    return sorted({run for t in config["report"]["tables"] for run in table_runs(SimpleNamespace(table=t))})
+
+
 def train_inputs(wildcards):
     """Exactly the artifacts one training job reads: graphs only for graph variants, embeddings only with text."""
     inputs = {

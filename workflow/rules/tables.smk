@@ -1,7 +1,5 @@
 # Stage `tables`: paper tables (CSV + Markdown) assembled from run summaries, and the report.
 
-from types import SimpleNamespace
-
 
 rule tables:
     input:
@@ -24,7 +22,8 @@ rule tables:
 rule report:
     input:
         tables=expand("results/{table}.csv", table=config["report"]["tables"]),
-        runs=lambda w: sorted({run for t in config["report"]["tables"] for run in table_runs(SimpleNamespace(table=t))}),
+        comparisons="results/comparisons.csv",
+        runs=report_runs,
     output:
         md="results/report.md",
         figs=directory("results/report"),
@@ -35,4 +34,5 @@ rule report:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "crys-pipeline report {params.tables} --out-md {output.md} --fig-dir {output.figs} {input.runs} 2> {log}"
+        "crys-pipeline report {params.tables} --comparisons {input.comparisons} --out-md {output.md}"
+        " --fig-dir {output.figs} {input.runs} 2> {log}"
