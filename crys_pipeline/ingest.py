@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +84,22 @@ def _open_text(path: Path):
     return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
 
 
+def _named_lines(path: Path, handle: Any) -> Iterator[str]:
+    """The lines of an open snapshot; a truncated or damaged gzip stream is an error naming the file and line."""
+    number = 0
+    try:
+        for line in handle:
+            number += 1
+            yield line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: truncated or damaged after line {number} ({type(exc).__name__}: {exc}); replace "
+                         "it with a complete copy and rerun download") from exc
+
+
 def _offline_records(path: Path, provider: str) -> Iterator[RawRecord]:
     id_key = "jid" if provider == "jarvis" else "material_id"
     with _open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in enumerate(_named_lines(path, handle), 1):
             if not line.strip():
                 continue
             try:
