@@ -12,9 +12,11 @@ A `folder` source (provider `folder`: your own structure files and an id_prop ta
 written by `crys_pipeline.folder.fetch_folder` instead (sha256 of the table and of every listed file).
 
 Snapshots are never edited: the manifest records their path, format and sha256, and `ingest`
-refuses a file whose hash changed. A snapshot is read through once before it is recorded: a
-truncated or damaged gzip or zip (a copy or download cut short) stops here, naming the file. Offline
-with no local snapshot, `SnapshotUnavailable` names both ways out.
+refuses a file whose hash changed. Paths are recorded as configured (relative to the working
+directory when `snapshot_dir` is), so a moved project folder keeps its manifests valid. A snapshot is
+read through once before it is recorded: a truncated or damaged gzip or zip (a copy or download cut
+short) stops here, naming the file. Offline with no local snapshot, `SnapshotUnavailable` names both
+ways out.
 """
 
 from __future__ import annotations
@@ -159,9 +161,9 @@ def check_complete(source: str, path: Path) -> None:
 
 
 def _file_entry(source: str, path: Path, fmt: str) -> dict[str, Any]:
-    """A manifest entry of a complete snapshot file: path, format, sha256, size."""
+    """A manifest entry: the path as given (relative to the working directory when it is), format, sha256, size."""
     check_complete(source, path)
-    return {"path": str(path.resolve()), "format": fmt, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"path": str(path), "format": fmt, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _fetch_online(source: str, provider: str, jarvis_key: str, download_dir: Path, tried: str) -> dict[str, Any]:

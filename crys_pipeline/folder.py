@@ -12,11 +12,12 @@ Every listed path is resolved (symlinks and `..` followed, nothing opened) and o
 `root_dir` is refused: never opened, hashed or made a rule input; its row is rejected with the reason.
 
 `download` (`fetch_folder`) records the sha256 of the table and of every listed file, and the names of
-files in the folder the table does not list (counted and reported, never used). `ingest` reads the
-listed files through `folder_records`; each table row becomes a structure or a rejected row whose
-reason names the table line, the file and the field: a path outside the folder, missing file,
-unreadable file, disordered structure, a target that is not a finite number, a bad split label, a
-duplicate filename. An empty (or `na`) target or split cell is a missing value, not a rejection.
+files in the folder the table does not list (counted and reported, never used). Paths are recorded as
+configured (relative to the working directory when `root_dir` is), so moving the project keeps them valid.
+`ingest` reads the listed files through `folder_records`; each table row becomes a structure or a
+rejected row whose reason names the table line, the file and the field: a path outside the folder,
+missing file, unreadable file, disordered structure, a target that is not a finite number, a bad split
+label, a duplicate filename. An empty (or `na`) target or split cell is a missing value, not a rejection.
 Overlapping atoms are caught by the common `ingest.validate`. The material id is the file name as the
 table writes it, as in ALIGNN.
 """
@@ -191,6 +192,8 @@ def fetch_folder(
 ) -> dict[str, Any]:
     """Write the manifest of a folder source: sha256 of the table and each listed file, unlisted files.
 
+    Paths are recorded as given (relative to the working directory when `root_dir` is relative).
+
     Raises:
         FileNotFoundError: `root_dir` is not a folder or holds no `id_prop` table.
     """
@@ -212,9 +215,9 @@ def fetch_folder(
                     len(unlisted), root_dir, id_prop, ", ".join(unlisted[:5]))
     manifest = {
         "source": source, "provider": "folder", "origin": "local",
-        "files": {"structures": {"path": str(table.resolve()), "format": FORMAT_FOLDER,
+        "files": {"structures": {"path": str(table), "format": FORMAT_FOLDER,
                                  "sha256": sha256_file(table), "bytes": table.stat().st_size}},
-        "folder": {"root_dir": str(root_dir.resolve()), "file_format": file_format, "split_ids": split_ids,
+        "folder": {"root_dir": str(root_dir), "file_format": file_format, "split_ids": split_ids,
                    "listed": listed, "unlisted": unlisted},
     }
     write_json(manifest, out)
