@@ -15,13 +15,15 @@ Snapshots are never edited: the manifest records their path, format and sha256, 
 refuses a file whose hash changed. Paths are recorded as configured (relative to the working
 directory when `snapshot_dir` is), so a moved project folder keeps its manifests valid. A snapshot is
 read through once before it is recorded: a truncated or damaged gzip or zip (a copy or download cut
-short) stops here, naming the file. Offline with no local snapshot, `SnapshotUnavailable` names both
-ways out.
+short) stops here, naming the file. `snapshot_digest` is the `download` rule's checksum param, so an
+edit that keeps the file's modification time still reruns download. Offline with no local snapshot,
+`SnapshotUnavailable` names both ways out.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import zipfile
@@ -158,6 +160,14 @@ def check_complete(source: str, path: Path) -> None:
         raise ValueError(f"source {source!r}: snapshot {path} is truncated or damaged ({type(exc).__name__}: {exc}); "
                          f"replace it with a complete copy (it has {path.stat().st_size} bytes now), then rerun"
                          ) from exc
+
+
+def snapshot_digest(paths: list[str]) -> str:
+    """One sha256 over the names and contents of a source's snapshot files (the `download` rule's rerun key)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()
 
 
 def _file_entry(source: str, path: Path, fmt: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import logging
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -364,3 +365,24 @@ def test_an_empty_split_cell_is_a_missing_label_and_the_counts_add_up(example, t
     write_table(root, [["file", "target", "split"], *[[n, v, ""] for n, v in rows]])
     assert not folder.has_split_labels(root, "id_prop.csv", None)  # so split: auto is random123
 
+
+def test_an_edit_that_keeps_the_modification_time_reruns_download(example, tmp_path: Path) -> None:
+    """Issue 23 case 14: `touch -r` after an edit hides it from Snakemake's mtime check; the checksum does not."""
+    from conftest import default_config, snakemake_in
+    from test_workflow import job_counts
+
+    root, rows = _copy(example, tmp_path)
+    cfg = default_config()
+    cfg["sources"]["mine"] = {"provider": "folder", "root_dir": str(root),
+                              "targets": {"e": {"field": "target", "unit": "eV"}}}
+    work, out = tmp_path / "work", "results/structures/mine.parquet"
+    assert snakemake_in(work, "--cores", "1", out, config=cfg).returncode == 0
+    table = root / "id_prop.csv"
+    shutil.copy2(table, tmp_path / "reference")
+    write_table(root, [[rows[0][0], "-9.5"], *rows[1:]])  # a corrected value, then the old time put back
+    subprocess.run(["touch", "-r", str(tmp_path / "reference"), str(table)], check=True)
+    plan = snakemake_in(work, "-n", out)
+    assert job_counts(plan.stdout) == {"download": 1, "ingest": 1}, plan.stdout[-3000:]
+    assert "Params have changed since last execution" in plan.stdout
+    assert snakemake_in(work, "--cores", "1", out).returncode == 0
+    assert read_parquet(work / out, "structures").to_pylist()[0]["e"] == -9.5

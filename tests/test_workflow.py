@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def _tiny_sources(cfg: dict, snapshot: Path, subset: dict | None = None) -> dict
 
 
 def test_edited_snapshot_reruns_download_and_ingest(tmp_path: Path) -> None:
+    """Also when the edit keeps the file's modification time (issue 23 case 14): the checksum is a param."""
     import gzip
     import json
 
@@ -169,8 +171,10 @@ def test_edited_snapshot_reruns_download_and_ingest(tmp_path: Path) -> None:
     for rec in records:
         if rec["jid"] == first["material_id"]:
             rec["formation_energy_peratom"] = 123.5
+    before = path.stat()
     with gzip.open(path, "wt") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` or a restored backup leave it
     plan = snakemake_in(work, "-n", out)
     assert job_counts(plan.stdout) == {"download": 1, "ingest": 1}, plan.stdout[-2000:]
     assert snakemake_in(work, "--cores", "1", out).returncode == 0
