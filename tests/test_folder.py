@@ -228,7 +228,7 @@ def test_config_errors_name_the_source_and_key(tmp_path: Path) -> None:
     assert f"config: sources.no_table: {tmp_path / 'empty' / 'id_prop.csv'} does not exist" in out
     assert "config: sources.jarvis_dft_3d_2021.split_ids does not apply to provider jarvis" in out
     assert (f"config: sources.unlabelled.targets.e.split is official, but {tmp_path / 'unlabelled' / 'id_prop.csv'} "
-            "has no `split` column and no split_ids are given; use split: random123") in out
+            "has no `split` column with a label and no split_ids are given; use split: random123") in out
 
 
 @pytest.mark.parametrize(("labelled", "method"), [(False, "random123"), (True, "official")])
@@ -329,13 +329,19 @@ def test_an_excel_csv_utf8_table_keeps_its_first_row(example, tmp_path: Path, he
     assert [(r["material_id"], r["fe"]) for r in kept] == [(n, float(v)) for n, v in rows]
 
 
-def test_a_table_that_is_not_utf8_is_named_with_the_fix(example, tmp_path: Path) -> None:
+def test_a_table_that_is_not_utf8_stops_the_config_check_with_the_fix(example, tmp_path: Path) -> None:
+    from conftest import default_config, snakemake_in
+
     root, rows = _copy(example, tmp_path)
     (root / "id_prop.csv").write_bytes("".join(f"{a},{b}\r\n" for a, b in rows).encode() + "é.cif,1\r\n"
-                                       .encode("cp1252"))
-    with pytest.raises(ValueError, match=r"id_prop.csv is not UTF-8 text \(byte 0xe9 on line 7\); save it as "
-                                         "\"CSV UTF-8\""):
-        folder.read_id_prop(root / "id_prop.csv")
+                                       .encode("cp1252"))  # Excel's plain "CSV (Comma delimited)" on Windows
+    cfg = default_config()
+    cfg["sources"]["mine"] = {"provider": "folder", "root_dir": str(root),
+                              "targets": {"e": {"field": "target", "unit": "eV"}}}
+    result = snakemake_in(tmp_path / "work", "-n", "results/structures/mine.parquet", config=cfg)
+    assert result.returncode != 0
+    assert (f"config: sources.mine: {root}/id_prop.csv is not UTF-8 text (byte 0xe9 on line 7); save it as "
+            "\"CSV UTF-8\" (Excel: File > Save As > CSV UTF-8)") in result.stdout + result.stderr
 
 
 def test_an_empty_split_cell_is_a_missing_label_and_the_counts_add_up(example, tmp_path: Path, caplog) -> None:
