@@ -84,10 +84,14 @@ def check_folder(name: str, src: dict[str, Any]) -> list[ValueError]:
     if not table.is_file():
         return [ValueError(f"config: sources.{name}: {table} does not exist (relative to {Path.cwd()}); root_dir must "
                            "hold the id_prop table of `filename,target` rows")]
-    if has_split_labels(Path(src["root_dir"]), src.get("id_prop", "id_prop.csv"), src.get("split_ids")):
-        return []
+    try:
+        if has_split_labels(Path(src["root_dir"]), src.get("id_prop", "id_prop.csv"), src.get("split_ids")):
+            return []
+    except ValueError as exc:  # a table that cannot be read (not UTF-8, no target column)
+        return [ValueError(f"config: sources.{name}: {exc}")]
     return [ValueError(f"config: sources.{name}.targets.{target}.split is official, but {table} has no `split` "
-                       "column and no split_ids are given; use split: random123 (ALIGNN's seed-123 split) or auto")
+                       "column with a label and no split_ids are given; use split: random123 (ALIGNN's seed-123 "
+                       "split) or auto")
             for target, spec in src["targets"].items() if spec.get("split") == "official"]
 
 

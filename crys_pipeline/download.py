@@ -12,14 +12,22 @@ A `folder` source (provider `folder`: your own structure files and an id_prop ta
 written by `crys_pipeline.folder.fetch_folder` instead (sha256 of the table and of every listed file).
 
 Snapshots are never edited: the manifest records their path, format and sha256, and `ingest`
-refuses a file whose hash changed. Offline with no local snapshot, `SnapshotUnavailable` names
-both ways out.
+refuses a file whose hash changed. Paths are recorded as configured (relative to the working
+directory when `snapshot_dir` is), so a moved project folder keeps its manifests valid. A snapshot is
+read through once before it is recorded: a truncated or damaged gzip or zip (a copy or download cut
+short) stops here, naming the file. `snapshot_digest` is the `download` rule's checksum param, so an
+edit that keeps the file's modification time still reruns download. Offline with no local snapshot,
+`SnapshotUnavailable` names both ways out.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +86,11 @@ def find_local_snapshot(snapshot_dir: Path, provider: str, jarvis_key: str) -> t
 
 
 def _http_download(url: str, dest: Path) -> None:
-    """Stream `url` to `dest` (atomically), with a progress bar."""
+    """Stream `url` to `dest` (atomically), with a progress bar.
+
+    Raises:
+        OSError: the connection failed, or ended before the announced content length.
+    """
     import requests
     from tqdm import tqdm
 
@@ -90,6 +102,8 @@ def _http_download(url: str, dest: Path) -> None:
                 for block in response.iter_content(1 << 20):
                     handle.write(block)
                     bar.update(len(block))
+        if total and tmp.stat().st_size != total:
+            raise OSError(f"the download of {url} ended after {tmp.stat().st_size} of {total} bytes")
 
     write_atomic(dest, stream)
 
@@ -124,17 +138,51 @@ def download_mp_elasticity(download_dir: Path) -> Path | None:
     return dest
 
 
-def _file_entry(path: Path, fmt: str) -> dict[str, Any]:
-    return {"path": str(path.resolve()), "format": fmt, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+def check_complete(source: str, path: Path) -> None:
+    """Read a gzip or zip snapshot through once (checksums included): a truncated or damaged one is an error.
+
+    Raises:
+        ValueError: the compressed stream ends early or fails its CRC, naming the file and the fix.
+    """
+    with open(path, "rb") as probe:
+        magic = probe.read(4)
+    try:
+        if magic[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as handle:
+                while handle.read(1 << 24):
+                    pass
+        elif magic == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged:
+                raise zipfile.BadZipFile(f"member {damaged} fails its CRC check")
+    except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"source {source!r}: snapshot {path} is truncated or damaged ({type(exc).__name__}: {exc}); "
+                         f"replace it with a complete copy (it has {path.stat().st_size} bytes now), then rerun"
+                         ) from exc
+
+
+def snapshot_digest(paths: list[str]) -> str:
+    """One sha256 over the names and contents of a source's snapshot files (the `download` rule's rerun key)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def _file_entry(source: str, path: Path, fmt: str) -> dict[str, Any]:
+    """A manifest entry: the path as given (relative to the working directory when it is), format, sha256, size."""
+    check_complete(source, path)
+    return {"path": str(path), "format": fmt, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _fetch_online(source: str, provider: str, jarvis_key: str, download_dir: Path, tried: str) -> dict[str, Any]:
     try:
-        files = {"structures": _file_entry(download_figshare(jarvis_key, download_dir), FORMAT_FIGSHARE)}
+        files = {"structures": _file_entry(source, download_figshare(jarvis_key, download_dir), FORMAT_FIGSHARE)}
         if provider == "mp":
             moduli = download_mp_elasticity(download_dir)
             if moduli is not None:
-                files["moduli"] = _file_entry(moduli, FORMAT_MP_ELASTICITY)
+                files["moduli"] = _file_entry(source, moduli, FORMAT_MP_ELASTICITY)
     except OSError as exc:  # requests' ConnectionError/Timeout are OSErrors
         raise SnapshotUnavailable(
             f"source {source!r}: no local snapshot ({tried}) and the download failed ({type(exc).__name__}: "
@@ -165,6 +213,7 @@ def fetch(
 
     Raises:
         SnapshotUnavailable: no local snapshot and the download failed.
+        ValueError: the snapshot is truncated or damaged.
     """
     if provider not in OFFLINE_FILES:
         raise ValueError(f"unknown provider {provider!r}; expected one of {sorted(OFFLINE_FILES)}")
@@ -176,7 +225,7 @@ def fetch(
     if found:
         path, fmt = found
         log.info("source %s: local snapshot %s (%s)", source, path, fmt)
-        body = {"origin": "local", "files": {"structures": _file_entry(path, fmt)}}
+        body = {"origin": "local", "files": {"structures": _file_entry(source, path, fmt)}}
     else:
         tried = f"looked in {snapshot_dir}" if snapshot_dir else "no snapshot_dir configured"
         body = _fetch_online(source, provider, jarvis_key, download_dir, tried)

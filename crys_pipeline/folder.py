@@ -4,21 +4,32 @@ The convention is ALIGNN's `train_alignn.py --root_dir DIR --file_format poscar|
 holds the structure files and a table of `filename,target` rows without a header. A table whose first
 row has a non-numeric second cell is read as having a header instead: its first column is the file
 name, a column named `split` holds train/val/test labels, every other column is a target field (a first
-row whose first cell names a file in the folder is data, so a bad first value is a rejected row).
+row whose first cell names a file in the folder is data, so a bad first value is a rejected row). The
+table is read as spreadsheets write it: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"),
+any line ending. A file name may name a file in a subfolder (`s/x.vasp`).
+
+Every listed path is resolved (symlinks and `..` followed, nothing opened) and one that lies outside
+`root_dir` is refused: never opened, hashed or made a rule input; its row is rejected with the reason.
 
 `download` (`fetch_folder`) records the sha256 of the table and of every listed file, and the names of
-files in the folder the table does not list (counted and reported, never used). `ingest` reads the
-listed files through `folder_records`; each table row becomes a structure or a rejected row whose
-reason names the table line, the file and the field: missing file, unreadable file, disordered
-structure, a target that is not a finite number, a bad split label, a duplicate filename. Overlapping
-atoms are caught by the common `ingest.validate`. The material id is the file name, as in ALIGNN.
+files in the folder the table does not list (counted and reported, never used). Paths are recorded as
+configured (relative to the working directory when `root_dir` is), so moving the project keeps them valid.
+`ingest` reads the listed files through `folder_records`; each table row becomes a structure or a
+rejected row whose reason names the table line, the file and the field: a path outside the folder,
+missing file, unreadable file, disordered structure, a target that is not a finite number, a bad split
+label, a duplicate filename. An empty (or `na`) target or split cell is a missing value, not a rejection.
+Overlapping atoms are caught by the common `ingest.validate`. The material id is the file name as the
+table writes it, as in ALIGNN.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +46,11 @@ SUFFIX_FORMATS = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".xyz":
 SPLIT_COLUMN = "split"
 HEADERLESS_FIELD = "target"  # the field name of the one target column of a headerless table
 LABELS = ("train", "val", "test")
+MISSING = ("", "na", "nan")  # cells that are a missing value (lower case), in a target or the split column
+
+
+class OutsideFolder(ValueError):
+    """A listed path that resolves (through a symlink, `..` or an absolute path) outside `root_dir`."""
 
 
 @dataclass
@@ -55,14 +71,30 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of the non-empty lines of a table (UTF-8, a byte-order mark dropped).
+
+    Raises:
+        ValueError: the file is not UTF-8 text.
+    """
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text (byte {raw[exc.start]:#x} on line {line}); save it as "
+                         "\"CSV UTF-8\" (Excel: File > Save As > CSV UTF-8)") from exc
+    rows = csv.reader(io.StringIO(text, newline=""))
+    return [(n, [c.strip() for c in row]) for n, row in enumerate(rows, 1) if any(row)]
+
+
 def read_id_prop(path: Path) -> tuple[list[str], list[IdPropRow]]:
     """(target fields, rows) of an id_prop table; headerless tables have the one field `target`.
 
     Raises:
-        ValueError: an empty table, or a header without a target column.
+        ValueError: an empty table, a header without a target column, or a file that is not UTF-8.
     """
-    with open(path, newline="") as handle:
-        lines = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(handle), 1) if any(row)]
+    lines = _table_lines(path)
     if not lines:
         raise ValueError(f"{path}: the id_prop table is empty; expected rows `filename,target`")
     first = lines[0][1]  # a header unless its second cell is a number or its first cell names a file in the folder
@@ -75,23 +107,83 @@ def read_id_prop(path: Path) -> tuple[list[str], list[IdPropRow]]:
     for number, cells in lines[1:] if header else lines:
         values = dict(zip(names, cells[1:] + [""] * (len(names) + 1 - len(cells)), strict=False))
         split = values.pop(SPLIT_COLUMN, None) if SPLIT_COLUMN in names else None
-        rows.append(IdPropRow(number, cells[0], values, split))
+        rows.append(IdPropRow(number, cells[0], values, None if split is None or split.lower() in MISSING else split))
     return fields, rows
 
 
+def locate(root_dir: Path, name: str) -> Path:
+    """`root_dir / name`, checked to stay inside `root_dir` once symlinks and `..` are resolved (nothing is opened).
+
+    Raises:
+        OutsideFolder: the path resolves outside `root_dir` (or cannot be resolved: a symlink loop).
+    """
+    path = root_dir / name
+    try:
+        resolved, root = path.resolve(), root_dir.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise OutsideFolder(f"refused: the path cannot be resolved ({exc}), so it is not read") from exc
+    if not resolved.is_relative_to(root):
+        raise OutsideFolder(f"refused: resolves to {resolved}, which is outside the folder {root}; only files "
+                            "inside root_dir are read")
+    return path
+
+
+def _inside(root_dir: Path, name: str) -> Path | None:
+    """`locate`, or None for a path outside the folder."""
+    try:
+        return locate(root_dir, name)
+    except OutsideFolder:
+        return None
+
+
+def _table(root_dir: Path, id_prop: str) -> Path | None:
+    """The id_prop table when it is a file inside `root_dir`, else None."""
+    table = _inside(root_dir, id_prop)
+    return table if table is not None and table.is_file() else None
+
+
 def listed_files(root_dir: Path, id_prop: str) -> list[Path]:
-    """The id_prop table and the existing files it lists (the `download` rule's inputs; cheap, no parsing)."""
-    table = root_dir / id_prop
-    if not table.is_file():
+    """The id_prop table and the existing files it lists inside the folder (the `download` rule's inputs).
+
+    Cheap (no parsing of structures): a path that resolves outside `root_dir` is never an input.
+    """
+    table = _table(root_dir, id_prop)
+    if table is None:
         return []
     _, rows = read_id_prop(table)
-    return [table, *sorted({root_dir / r.filename for r in rows if r.filename and (root_dir / r.filename).is_file()})]
+    files = {p for p in (_inside(root_dir, r.filename) for r in rows if r.filename) if p is not None and p.is_file()}
+    return [table, *sorted(files)]
 
 
 def has_split_labels(root_dir: Path, id_prop: str, split_ids: dict[str, list[str]] | None) -> bool:
-    """Whether a folder gives its own split: fixed `split_ids` lists or a `split` column in the table."""
-    table = root_dir / id_prop
-    return bool(split_ids) or (table.is_file() and any(r.split is not None for r in read_id_prop(table)[1]))
+    """Whether a folder gives its own split: fixed `split_ids` lists or at least one label in a `split` column."""
+    table = _table(root_dir, id_prop)
+    return bool(split_ids) or (table is not None and any(r.split is not None for r in read_id_prop(table)[1]))
+
+
+def _unlisted(root_dir: Path, table: Path, rows: list[IdPropRow]) -> list[str]:
+    """Files under `root_dir` (subfolders included, hidden ones not) that the table does not list."""
+    names = {os.path.normpath(r.filename) for r in rows if r.filename} | {os.path.relpath(table, root_dir)}
+    found = []
+    for folder, subfolders, files in os.walk(root_dir):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [os.path.relpath(os.path.join(folder, f), root_dir) for f in files if not f.startswith(".")]
+    return sorted(f for f in found if f not in names)
+
+
+def _listed(source: str, root_dir: Path, table: Path, rows: list[IdPropRow]) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every existing file the rows name inside the folder, by the name the table writes."""
+    listed, outside = {}, []
+    for name in dict.fromkeys(r.filename for r in rows if r.filename):
+        path = _inside(root_dir, name)
+        if path is None:
+            outside.append(name)
+        elif path.is_file():
+            listed[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if outside:
+        log.warning("source %s: %d rows of %s name files outside %s, which are refused and never read (e.g. %s)",
+                    source, len(outside), table.name, root_dir, ", ".join(outside[:5]))
+    return listed
 
 
 def fetch_folder(
@@ -100,33 +192,36 @@ def fetch_folder(
 ) -> dict[str, Any]:
     """Write the manifest of a folder source: sha256 of the table and each listed file, unlisted files.
 
+    Paths are recorded as given (relative to the working directory when `root_dir` is relative).
+
     Raises:
         FileNotFoundError: `root_dir` is not a folder or holds no `id_prop` table.
     """
-    table = root_dir / id_prop
     if not root_dir.is_dir():
         raise FileNotFoundError(f"source {source!r}: root_dir {root_dir} is not a folder; point "
                                 f"sources.{source}.root_dir at the folder holding {id_prop} and the structure files")
+    try:
+        table = locate(root_dir, id_prop)
+    except OutsideFolder as exc:
+        raise ValueError(f"source {source!r}: the id_prop table {root_dir / id_prop}: {exc}") from exc
     if not table.is_file():
         raise FileNotFoundError(f"source {source!r}: {table} does not exist; the folder needs an id_prop table "
-                                "of `filename,target` rows (set sources.{source}.id_prop to its name)")
-    listed = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-              for p in listed_files(root_dir, id_prop)[1:]}
-    names = {r.filename for r in read_id_prop(table)[1]}
-    unlisted = sorted(p.name for p in root_dir.iterdir()
-                      if p.is_file() and p.name != id_prop and not p.name.startswith(".") and p.name not in names)
+                                f"of `filename,target` rows (set sources.{source}.id_prop to its name)")
+    rows = read_id_prop(table)[1]
+    listed = _listed(source, root_dir, table, rows)
+    unlisted = _unlisted(root_dir, table, rows)
     if unlisted:
         log.warning("source %s: %d files in %s are not listed in %s and are not used (e.g. %s)", source,
                     len(unlisted), root_dir, id_prop, ", ".join(unlisted[:5]))
     manifest = {
         "source": source, "provider": "folder", "origin": "local",
-        "files": {"structures": {"path": str(table.resolve()), "format": FORMAT_FOLDER,
+        "files": {"structures": {"path": str(table), "format": FORMAT_FOLDER,
                                  "sha256": sha256_file(table), "bytes": table.stat().st_size}},
-        "folder": {"root_dir": str(root_dir.resolve()), "file_format": file_format, "split_ids": split_ids,
+        "folder": {"root_dir": str(root_dir), "file_format": file_format, "split_ids": split_ids,
                    "listed": listed, "unlisted": unlisted},
     }
     write_json(manifest, out)
-    log.info("source %s: %s lists %d files (%d present), %d unlisted files", source, table, len(names),
+    log.info("source %s: %s lists %d files (%d present), %d unlisted files", source, table, len(rows),
              len(listed), len(unlisted))
     return manifest
 
@@ -179,7 +274,7 @@ def _target_values(row: IdPropRow, fields: list[str], single: bool) -> tuple[dic
     out: dict[str, float | None] = {}
     for name in fields:
         text = row.values.get(name, "")
-        if not single and text.lower() in ("", "na", "nan"):
+        if not single and text.lower() in MISSING:
             out[name] = None
             continue
         number = float(text) if _is_number(text) else math.nan
@@ -205,6 +300,14 @@ def _split_labels(rows: list[IdPropRow], split_ids: dict[str, list[str]] | None,
     return labels
 
 
+def _format(path: Path, file_format: str) -> tuple[str | None, str | None]:
+    """(reader, None) for one file, or (None, the problem) when `auto` cannot tell it from the suffix."""
+    try:
+        return file_format_of(path, file_format), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
 def _row_record(
     row: IdPropRow, where: str, folder: dict[str, Any], fields: list[str], label: str | None
 ) -> RawRecord:
@@ -212,26 +315,42 @@ def _row_record(
     def rejected(problem: str) -> RawRecord:
         return RawRecord(row.filename, None, None, None, problem=f"{where}: {row.filename}: {problem}")
 
+    try:
+        path = locate(Path(folder["root_dir"]), row.filename)
+    except OutsideFolder as exc:
+        return rejected(str(exc))
     values, problem = _target_values(row, fields, single=fields == [HEADERLESS_FIELD])
     if problem:
         return rejected(problem)
     if label is not None and label not in LABELS:
         return rejected(f"split {label!r} is not one of {list(LABELS)}")
-    path = Path(folder["root_dir"]) / row.filename
     entry = folder["listed"].get(row.filename)
     if entry is None or not path.is_file():
         return rejected(f"missing file: {path} does not exist")
     if sha256_file(path) != entry["sha256"]:
         raise ValueError(f"{path} changed since download (sha256 mismatch); rerun download")
+    fmt, problem = _format(path, folder["file_format"])
+    if problem:
+        return rejected(problem)
     try:
-        structure = read_structure(path, folder["file_format"])
+        structure = read_structure(path, fmt)
     except Exception as exc:  # any parser failure of a user file is a rejected row, not a crash
-        return rejected(f"unreadable {folder['file_format']} file: {type(exc).__name__}: {exc}")
+        return rejected(f"unreadable {fmt} file: {type(exc).__name__}: {exc}")
     if not structure.is_ordered:
         return rejected(f"disordered structure (partial occupancies, composition {structure.composition}); "
                         "only ordered structures can be graphs")
     return RawRecord(row.filename, structure.lattice.matrix.tolist(), [s.specie.symbol for s in structure],
                      structure.frac_coords.tolist(), values, {f: label for f in fields})
+
+
+def _log_unlabelled(source: str, table: Path, rows: list[IdPropRow]) -> None:
+    """Say how many rows of a table with a `split` column have no label (they are kept, in no official split)."""
+    unlabelled = [r for r in rows if r.filename and r.split is None]
+    if unlabelled and any(r.split is not None for r in rows):
+        first = unlabelled[0]
+        log.warning("%s: %d of %d rows of %s have no split label (an empty or `na` cell, e.g. line %d: %s); a target "
+                    "with split official leaves them out of train, val and test", source, len(unlabelled),
+                    len(rows), table.name, first.line, first.filename)
 
 
 def folder_records(manifest: dict[str, Any]) -> Iterator[RawRecord]:
@@ -243,12 +362,14 @@ def folder_records(manifest: dict[str, Any]) -> Iterator[RawRecord]:
     first_line: dict[str, int] = {}
     for row in rows:
         where = f"{table.name} line {row.line}"
+        key = os.path.normpath(row.filename)  # `./s/x.vasp` and `s/x.vasp` are one file
         if not row.filename:
             yield RawRecord(f"{table.name}:{row.line}", None, None, None, problem=f"{where}: no filename")
-        elif row.filename in first_line:
+        elif key in first_line:
             yield RawRecord(f"{table.name}:{row.line}", None, None, None,
                             problem=f"{where}: duplicate filename {row.filename!r} (first listed on line "
-                                    f"{first_line[row.filename]}); this row is not used")
+                                    f"{first_line[key]}); this row is not used")
         else:
-            first_line[row.filename] = row.line
+            first_line[key] = row.line
             yield _row_record(row, where, folder, fields, labels.get(row.filename))
+    _log_unlabelled(manifest["source"], table, rows)

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,22 @@ def _open_text(path: Path):
     return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
 
 
+def _named_lines(path: Path, handle: Any) -> Iterator[str]:
+    """The lines of an open snapshot; a truncated or damaged gzip stream is an error naming the file and line."""
+    number = 0
+    try:
+        for line in handle:
+            number += 1
+            yield line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: truncated or damaged after line {number} ({type(exc).__name__}: {exc}); replace "
+                         "it with a complete copy and rerun download") from exc
+
+
 def _offline_records(path: Path, provider: str) -> Iterator[RawRecord]:
     id_key = "jid" if provider == "jarvis" else "material_id"
     with _open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in enumerate(_named_lines(path, handle), 1):
             if not line.strip():
                 continue
             try:
@@ -351,8 +364,11 @@ def check_fields(records: list[RawRecord], targets: dict[str, dict[str, Any]], s
 
 
 def _log_bad_values(source: str, bad: list[dict[str, Any]], unreadable: list[RawRecord]) -> None:
-    for rec in unreadable:
-        log.warning("%s: rejected unreadable snapshot entry %s", source, rec.problem)
+    for rec in unreadable[:20]:
+        log.warning("%s: rejected %s", source, rec.problem)
+    if len(unreadable) > 20:
+        log.warning("%s: %d entries were rejected before validation (all listed with their reason in the rejected "
+                    "table)", source, len(unreadable))
     for item in bad[:20]:
         log.warning("%s: %s field %r: %s set to null", source, item["material_id"], item["field"], item["problem"])
     if bad:
@@ -402,8 +418,8 @@ def ingest(
         rejected_out: rejected Parquet (material_id, reason).
 
     Returns:
-        (kept, rejected) row counts; kept + rejected equals the number of selected input records plus the
-        unreadable snapshot lines.
+        (kept, rejected) row counts; kept + rejected equals the selected entries (`n_selected` in the metadata):
+        the records a subset keeps plus the entries rejected before validation.
 
     Raises:
         ValueError: a target field the snapshot lacks, duplicate ids, or a changed snapshot file.
@@ -429,10 +445,10 @@ def ingest(
     table = _structure_rows(good, targets, bad_values)
     _check_not_logged(table, targets)
     _log_bad_values(manifest["source"], bad_values, unreadable)
+    n_entries, n_selected = n_input + len(unreadable), len(records) + len(unreadable)  # selected = kept + rejected
     meta = {"source": manifest["source"], "targets": list(targets), "snapshot_sha256": manifest["files"]
-            ["structures"]["sha256"], "n_snapshot": n_input, "n_selected": len(records), "units":
-            {k: v.get("unit", "") for k, v in targets.items()}, "n_unreadable": len(unreadable),
-            "bad_values": bad_values}
+            ["structures"]["sha256"], "n_snapshot": n_entries, "n_selected": n_selected, "units":
+            {k: v.get("unit", "") for k, v in targets.items()}, "n_rejected": len(bad), "bad_values": bad_values}
     meta.update(_unlisted_meta(manifest))
     params = {"targets": targets, "subset": subset, "stratify_target": stratify_target}
     write_parquet(table, out, kind="structures", params=params, extra=meta)
@@ -440,6 +456,6 @@ def ingest(
                         schema=pa.schema([("material_id", pa.string()), ("reason", pa.string())]))
     write_parquet(rejected, rejected_out, kind="rejected", params=params,
                   extra={"source": manifest["source"]})
-    log.info("%s: %d snapshot records, %d selected, %d kept, %d rejected", manifest["source"], n_input,
-             len(records), len(good), len(bad))
+    log.info("%s: %d entries, %d selected, %d kept, %d rejected", manifest["source"], n_entries, n_selected,
+             len(good), len(bad))
     return len(good), len(bad)

@@ -1,14 +1,18 @@
-"""End to end: the shipped example folder (ALIGNN's id_prop.csv convention) through every stage.
+"""End to end: the README's "Your own data" followed word for word on a hard folder, through every stage.
 
-24 real JARVIS structures written by examples/make_example_folder.py (POSCAR and CIF), the shipped
-config/example_folder.yaml overlay merged over config.yaml with `--configfile` exactly as the README
-documents, shrunk to 1 epoch of a 16-wide model and 1 describe shard. Checks the table, the report, a
-prediction with the trained runs on files of the folder, that the leaderboard export says it does not
-apply, and that a changed structure file reruns download and what follows.
+The 24 real JARVIS structures of examples/make_example_folder.py, rewritten as a user's own folder
+at its hardest (issue 23): POSCAR files at the top, CIF files in `cif/`, extended XYZ in `xyz/`, and an
+id_prop.csv as Excel's "CSV UTF-8" writes it (byte-order mark, CRLF line ends) with a header, a
+`split` column with empty cells and one empty value. The shipped config/example_folder.yaml is copied
+with `root_dir` (relative to the working directory) and the targets changed, as the README says, merged
+over config.yaml with `--configfile`, shrunk to 1 epoch of a 16-wide model and 1 describe shard.
+Checks the table, the report, a prediction with the trained runs on the folder, that the leaderboard
+export says it does not apply, and that a changed structure file reruns download and what follows.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 import subprocess
@@ -20,7 +24,7 @@ import yaml
 from conftest import REPO, snakemake_in
 from test_folder import make_example
 
-from crys_pipeline import io
+from crys_pipeline import folder, io
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +37,34 @@ EXTRA_TABLES = {
 }
 
 
+LABELS = ("train",) * 5 + ("val", "test", "")  # cycled over the rows: 15 train, 3 val, 3 test, 3 without a label
+EMPTY_VALUE = 8  # the row whose value cell is empty (a train row)
+
+
+def make_own_data(root: Path) -> list[list[str]]:
+    """The hard folder of the module docstring; returns its table rows (file, value, split)."""
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    writers = (("{}.vasp", lambda s, path: s.to(filename=str(path), fmt="poscar")),
+               ("cif/{}.cif", lambda s, path: CifWriter(s).write_file(path)),
+               ("xyz/{}.xyz", lambda s, path: ase.io.write(path, AseAtomsAdaptor.get_atoms(s), format="extxyz")))
+    (root / "cif").mkdir(parents=True)
+    (root / "xyz").mkdir()
+    rows = []
+    for index, (name, value) in enumerate(make_example(root, 24)):
+        structure = folder.read_structure(root / name, "auto")
+        (root / name).unlink()
+        pattern, write = writers[index % len(writers)]
+        rows.append([pattern.format(Path(name).stem), "" if index == EMPTY_VALUE else repr(value),
+                     LABELS[index % len(LABELS)]])
+        write(structure, root / rows[-1][0])
+    text = "".join(",".join(r) + "\r\n" for r in [["file", "formation_energy_peratom", "split"], *rows])
+    (root / "id_prop.csv").write_bytes(codecs.BOM_UTF8 + text.encode())
+    return rows
+
+
 def crys_pipeline(work: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run([str(Path(sys.executable).parent / "crys-pipeline"), *args], cwd=work, env=env,
@@ -41,11 +73,12 @@ def crys_pipeline(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A working directory after table1, table5, table6 and the report on the example folder."""
+    """A working directory after table1, table5, table6 and the report on the hard folder."""
     work = tmp_path_factory.mktemp("folder_e2e")
-    make_example(work / "my_crystals", 24)
+    make_own_data(work / "my_crystals")
     overlay = yaml.safe_load((REPO / "config" / "example_folder.yaml").read_text())
-    overlay["sources"]["my_crystals"]["root_dir"] = str(work / "my_crystals")
+    overlay["sources"]["my_crystals"].update(root_dir="my_crystals", targets={  # the README: change these two
+        "formation_energy_peratom": {"field": "formation_energy_peratom", "unit": "eV/atom"}})
     overlay["tables"].update(EXTRA_TABLES)
     overlay.update(describe={"shards": 1}, graphs={"shard_size": 8},
                    train={"epochs": 1, "batch_size": 8, "hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1})
@@ -61,6 +94,15 @@ def test_every_row_of_the_folder_reaches_the_tables_and_report(finished_run: Pat
     structures = io.read_parquet(res / "structures/my_crystals.parquet", "structures")
     rejected = io.read_parquet(res / "structures/my_crystals.rejected.parquet", "rejected")
     assert structures.num_rows == 24 and rejected.num_rows == 0
+    lines = (finished_run / "my_crystals" / "id_prop.csv").read_text("utf-8-sig").splitlines()[1:]
+    names = [line.split(",")[0] for line in lines]  # table order, subfolder names as written
+    assert structures.column("material_id").to_pylist() == names
+    assert {Path(n).suffix for n in names} == {".vasp", ".cif", ".xyz"} and lines[0].endswith(",train")
+    split = io.read_json(res / "splits/my_crystals/formation_energy_peratom/full.json")
+    assert (split["n_train"], split["n_val"], split["n_test"]) == (14, 3, 3)  # no label: in none; no value: left out
+    log = (finished_run / "logs/ingest/my_crystals.log").read_text()
+    assert "my_crystals: 24 entries, 24 selected, 24 kept, 0 rejected" in log
+    assert "my_crystals: 3 of 24 rows of id_prop.csv have no split label" in log
     ids = sorted(structures.column("material_id").to_pylist())
     graphs = io.read_graph_dir(res / "graphs/my_crystals")
     assert sorted(graphs.column("material_id").to_pylist()) == ids
@@ -78,14 +120,12 @@ def test_every_row_of_the_folder_reaches_the_tables_and_report(finished_run: Pat
 
 
 def test_predict_with_runs_trained_on_the_folder(finished_run: Path) -> None:
-    files = sorted((finished_run / "my_crystals").glob("*.cif"))[:1] + sorted((finished_run / "my_crystals")
-                                                                               .glob("*.vasp"))[:1]
-    result = crys_pipeline(finished_run, "predict", "--model", RUN.format(variant="crysmmnet"), *map(str, files),
-                           "--out", "pred.csv")
+    runs = RUN.format(variant="crysmmnet")
+    result = crys_pipeline(finished_run, "predict", "--model", runs, "my_crystals/", "--out", "pred.csv")  # README
     assert result.returncode == 0, result.stdout + result.stderr
     with open(finished_run / "pred.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 and all(r["mean"] not in ("", "nan") for r in rows), rows
+    assert len(rows) >= 8 and all(r["mean"] not in ("", "nan") for r in rows), rows  # the 8 POSCARs at the top
 
 
 def test_leaderboard_export_says_it_does_not_apply(finished_run: Path) -> None:

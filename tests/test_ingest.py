@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import SOURCES, default_config, tiny_records
+from conftest import SOURCES, default_config, tiny_records, tiny_snapshot_dir
 
 from crys_pipeline import download, ingest
-from crys_pipeline.io import ArtifactError, read_meta, read_parquet
+from crys_pipeline.io import ArtifactError, read_meta, read_parquet, sha256_file, write_json
 
 
 def test_every_tiny_id_is_kept_with_structure_and_targets(jarvis_structures: Path) -> None:
@@ -244,3 +244,39 @@ def test_missing_snapshot_dir_is_an_error_not_a_download(tmp_path: Path) -> None
     code = main(["download", "--source", "j", "--provider", "jarvis", "--jarvis-key", "dft_3d_2021",
                  "--snapshot-dir", str(missing), "--download-dir", str(tmp_path / "dl"), "--out", str(tmp_path / "m")])
     assert code == 1 and not (tmp_path / "dl").exists()
+
+
+def test_a_truncated_gz_snapshot_is_refused_by_download_and_named_by_ingest(tmp_path: Path) -> None:
+    """Issue 23 case 9: a copy or download cut short must not end in a bare EOFError."""
+    path = tiny_snapshot_dir(tmp_path / "snap") / download.OFFLINE_FILES["jarvis"]
+    path.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(ValueError, match=f"source 'j': snapshot {path} is truncated or damaged \\(EOFError: "
+                                         "Compressed file ended before the end-of-stream marker was reached\\); "
+                                         "replace it with a complete copy"):
+        download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=path.parent,
+                       download_dir=tmp_path / "dl", out=tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+    # a manifest written before download checked (same sha256): ingest names the file, the line and the fix
+    write_json({"source": "j", "provider": "jarvis", "jarvis_key": "dft_3d_2021", "origin": "local",
+                "files": {"structures": {"path": str(path), "format": download.FORMAT_OFFLINE,
+                                         "sha256": sha256_file(path), "bytes": path.stat().st_size}}},
+               tmp_path / "old.json")
+    cfg = default_config()["sources"][SOURCES["jarvis"]]
+    with pytest.raises(ValueError, match=f"{path}: truncated or damaged after line \\d+ \\(EOFError: .*\\); "
+                                         "replace it with a complete copy and rerun download"):
+        ingest.ingest(tmp_path / "old.json", targets=cfg["targets"], subset=None,
+                      stratify_target=cfg["stratify_target"], out=tmp_path / "s.parquet",
+                      rejected_out=tmp_path / "r.parquet")
+
+
+def test_a_truncated_figshare_zip_is_refused_by_download(tmp_path: Path) -> None:
+    import zipfile
+
+    records = [{"jid": r["jid"]} for r in tiny_records("jarvis")[:40]]
+    path = tmp_path / "jdft_3d-8-18-2021.json.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("jdft_3d-8-18-2021.json", json.dumps(records))
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ValueError, match=f"source 'j': snapshot {path} is truncated or damaged \\(BadZipFile"):
+        download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=tmp_path,
+                       download_dir=tmp_path / "dl", out=tmp_path / "m.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def _tiny_sources(cfg: dict, snapshot: Path, subset: dict | None = None) -> dict
 
 
 def test_edited_snapshot_reruns_download_and_ingest(tmp_path: Path) -> None:
+    """Also when the edit keeps the file's modification time (issue 23 case 14): the checksum is a param."""
     import gzip
     import json
 
@@ -169,12 +171,41 @@ def test_edited_snapshot_reruns_download_and_ingest(tmp_path: Path) -> None:
     for rec in records:
         if rec["jid"] == first["material_id"]:
             rec["formation_energy_peratom"] = 123.5
+    before = path.stat()
     with gzip.open(path, "wt") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` or a restored backup leave it
     plan = snakemake_in(work, "-n", out)
     assert job_counts(plan.stdout) == {"download": 1, "ingest": 1}, plan.stdout[-2000:]
     assert snakemake_in(work, "--cores", "1", out).returncode == 0
     assert read_parquet(work / out, "structures").to_pylist()[0]["formation_energy_peratom"] == 123.5
+
+
+def test_moving_the_project_folder_keeps_ingest_working(tmp_path: Path) -> None:
+    """Issue 23 case 12: manifests name snapshots relative to the working directory, as the config does."""
+    from test_folder import make_example
+
+    project = tmp_path / "old"
+    tiny_snapshot_dir(project / "shared" / "data")
+    work = project / "work"
+    make_example(work / "crystals", 4)
+    cfg = _tiny_sources(yaml.safe_load((REPO / "config.yaml").read_text()), Path("../shared/data"))
+    cfg["sources"]["mine"] = {"provider": "folder", "root_dir": "crystals",
+                              "targets": {"e": {"field": "target", "unit": "eV"}}}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))  # relative paths, as a user writes them
+    outs = ["results/structures/jarvis_dft_3d_2021.parquet", "results/structures/mine.parquet"]
+    first = snakemake_in(work, "--cores", "1", *outs)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for manifest in ("jarvis_dft_3d_2021", "mine"):
+        assert str(project) not in (work / f"resources/snapshots/{manifest}.json").read_text()
+    project.rename(tmp_path / "moved")
+    work = tmp_path / "moved" / "work"
+    for out in outs:
+        (work / out).unlink()
+    plan = snakemake_in(work, "-n", *outs)
+    assert job_counts(plan.stdout) == {"ingest": 2}, plan.stdout[-3000:]
+    again = snakemake_in(work, "--cores", "1", *outs)
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("edit", "message"), [
