@@ -8,7 +8,7 @@ metrics.jsonl, predictions.parquet) and each fault (truncate to half, flip 16 by
 delete, replace with B's file or the other seed's), it restores a clean copy, injects the fault and
 runs what the next stages run on it: training-data loading for the data artifacts (descriptions and
 sections go through the sections and embed stages first), `predict.load_run`, `tables` and
-`report.load_run` for run outputs. A fault counts as detected when that raises an error whose
+`run_results.load_run_result` for run outputs. A fault counts as detected when that raises an error whose
 message names the damaged file. Prints one line per fault and `faults detected N/N`; exit 1 when
 any fault went unnoticed.
 
@@ -96,7 +96,7 @@ def load_data(art: dict[str, Path]) -> None:
 
 def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[str, Callable[[], None]]:
     """Per artifact kind, what the next stages run on it."""
-    from crys_pipeline import embed, predict, report, sections, tables
+    from crys_pipeline import embed, predict, run_results, sections, tables
 
     def via_sections() -> None:
         sections.build_sections(art["descriptions"], global_header=False, out=scratch / "sections.parquet",
@@ -117,8 +117,8 @@ def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[s
         "summary.json": lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
                                                       runs=[run / "summary.json"]),
         "model.json": lambda: predict.load_run(run), "model.pt": lambda: predict.load_run(run),
-        "metrics.jsonl": lambda: report.load_run(run / "summary.json"),
-        "predictions.parquet": lambda: report.load_run(run / "summary.json"),
+        "metrics.jsonl": lambda: run_results.load_run_result(run / "summary.json"),
+        "predictions.parquet": lambda: run_results.load_run_result(run / "summary.json"),
     }
 
 

@@ -36,7 +36,7 @@ COLUMNS = [
     "mae_variant", "mae_reference", "diff", "rel_diff", "ci_low", "ci_high", "rel_ci_low", "rel_ci_high",
     "verdict", "interval",
 ]
-#: How the interval is computed (the `interval` column; docs/method.md §8).
+#: How the interval is computed (the `interval` column; docs/method.md §7.6).
 INTERVAL = "95 % t interval, variance over test materials + over seeds (Welch-Satterthwaite df)"
 
 RunKey = tuple[str, str, str, str]  # (source, regime, target, variant)

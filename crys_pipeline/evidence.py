@@ -1,7 +1,7 @@
 """What makes an MAE evidence: the constant baseline, paired intervals over seeds and test materials, verdicts.
 
 Torch-free; the training job, the tables, the comparisons and the report all judge with these functions
-(docs/method.md §8).
+(docs/method.md §7.6).
 
 * The **constant baseline** of a (source, target, regime) is the median of its training targets: among all
   constant predictions the median minimises the training MAE. Its test MAE stands beside every model's.

@@ -373,7 +373,7 @@ def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]])
             "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed). "
             f"Baseline: the constant {baseline} (the constant with the lowest training MAE), its test MAE on the "
             "same materials; skill = MAE / baseline MAE, below 1 is better than the constant, with the 95 % "
-            "interval over seeds and test materials (docs/method.md §8). Last-epoch MAE is the final epoch's test "
+            "interval over seeds and test materials (docs/method.md §7.6). Last-epoch MAE is the final epoch's test "
             "MAE. Paper MAE: the paper's value for the same cell (– where the paper gives none; † copied by the "
             "paper from the baseline's own paper, other splits and data versions); see the CSV `paper_ref` and "
             "`paper_origin` columns. split: first 12 hex digits of the split hash. "

@@ -79,11 +79,11 @@ def test_a_setting_change_changes_only_its_stage_params() -> None:
     cfg = default_config()
     validate_config(cfg, SCHEMA)
     before = {block: settings.cli_args(cls, cfg[block]) for block, cls in settings.STAGES.items()}
-    cfg["train"]["hidden_features"] = 32
+    cfg["train"]["hidden_features"] = 48
     cfg["train"]["jobs_per_gpu"] = 4  # a workflow setting: reaches no job
     after = {block: settings.cli_args(cls, cfg[block]) for block, cls in settings.STAGES.items()}
     assert [b for b in before if before[b] != after[b]] == ["train"]
-    assert "--hidden-features 32" in after["train"] and "jobs-per-gpu" not in after["train"]
+    assert "--hidden-features 48" in after["train"] and "jobs-per-gpu" not in after["train"]
 
 
 def test_bad_values_name_the_class_field_and_rule() -> None:

@@ -145,19 +145,19 @@ def _copied_run(run3: Path, dest: Path, name: str, edit) -> Path:
      "key 'split_hash' is NoneType, the run_summary layout needs str"),
     (lambda s: {**s, "unit": "eV"}, "key 'unit' is not in the run_summary layout"),
     (lambda s: {k: v for k, v in s.items() if k not in ("kind", "schema_version")},
-     "key 'schema_version' is None, this crys_pipeline reads run_summary files of schema version '3' only"),
+     "key 'schema_version' is None, this crys_pipeline reads run_summary files of schema version '4' only"),
 ])
 def test_summary_breaking_its_layout_is_refused_by_every_reader(run3: Path, tmp_path: Path, edit,
                                                                 message: str) -> None:
     """tables, report and the leaderboard export read summary.json through its layout: the error names the
     file and the key."""
-    from crys_pipeline import leaderboard, report, tables
+    from crys_pipeline import leaderboard, run_results, tables
 
     run = _copied_run(run3, tmp_path / "run", "summary.json", edit)
     spec = {"source": "jarvis_dft_3d_2021", "targets": [TARGET], "variants": ["alignn"], "regime": "full"}
     readers = [lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
                                              runs=[run / "summary.json"]),
-               lambda: report.load_run(run / "summary.json"),
+               lambda: run_results.load_run_result(run / "summary.json"),
                lambda: leaderboard.export_leaderboard(run, out_dir=tmp_path / "lb")]
     for read in readers:
         with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'summary.json'}: {message}")):
@@ -175,7 +175,7 @@ def test_model_json_of_the_old_layout_is_refused(run3: Path, tmp_path: Path) -> 
 
     run = _copied_run(run3, tmp_path / "run", "model.json", old_layout)
     with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'model.json'}: key 'schema_version' is None, this "
-                                                         "crys_pipeline reads run_model files of schema version '3'")):
+                                                         "crys_pipeline reads run_model files of schema version '4'")):
         predict.load_run(run)
 
 
