@@ -9,7 +9,7 @@ rule comparisons:
         csv="results/comparisons.csv",
     params:
         specs=lambda w: json.dumps({t: config["tables"][t] for t in config["report"]["tables"]}, sort_keys=True),
-        units=lambda w: json.dumps({s: {t: d["unit"] for t, d in src["targets"].items()} for s, src in config["sources"].items()}, sort_keys=True),
+        units=lambda w: json.dumps({s: {t: d["unit"] for t, d in src["targets"].items()} for s, src in config["sources"].items()}),
     log:
         "logs/comparisons.log",
     conda:
