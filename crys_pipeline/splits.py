@@ -116,6 +116,23 @@ def compute_splits(
     return full, low
 
 
+def check_trainable(full: dict[str, Any], low: dict[str, Any], *, where: str, method: str) -> None:
+    """Stop when the full regime has no training material; warn about other empty lists.
+
+    Raises:
+        ValueError: no train id; the message names `where` (file and target), the method and the counts.
+    """
+    counts = {name: len(full[f"id_{name}"]) for name in ("train", "val", "test")}
+    text = f"{method} split {counts['train']} train, {counts['val']} val, {counts['test']} test"
+    if not counts["train"]:
+        raise ValueError(f"{where} has no training values: {text} of the {sum(counts.values())} materials with a "
+                         "value; no model can be trained on it. Check the target's values and split labels in the "
+                         "source, or leave the target out of the config")
+    empty = [name for name, n in counts.items() if not n] + (["low20 train"] if not low["id_train"] else [])
+    if empty:
+        log.warning("%s: %s: no %s materials", where, text, " / ".join(empty))
+
+
 def make_splits(
     structures: Path, *, target: str, method: str, settings: SplitSettings, out_full: Path, out_low20: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -136,6 +153,7 @@ def make_splits(
     labels = [all_labels[i] for i in keep]
     full, low = compute_splits(ids, labels=labels, method=method, seed=seed, ratios=ratios,
                                low20_ratio=settings.low20_train_ratio)
+    check_trainable(full, low, where=f"{structures}: target {target!r}", method=method)
     for regime, split, out in (("full", full, out_full), ("low20", low, out_low20)):
         record = {**split, "target": target, "method": method, "seed": seed, "regime": regime,
                   "params": stamp(settings),
