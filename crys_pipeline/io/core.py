@@ -13,7 +13,6 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,12 @@ def corrupt(path: str | Path, exc: BaseException | str) -> ArtifactError:
 
 
 def stamp(kind: str, params: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The metadata every Parquet/HDF5 artifact carries: kind, versions, creation time, params, `extra`."""
-    meta = {
-        "kind": kind,
-        "schema_version": SCHEMA_VERSION,
-        "package_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "params": params,
-    }
+    """The metadata every Parquet/HDF5 artifact carries: kind, versions, params, `extra`.
+
+    No build time: the same content gives the same bytes (and sha256) on every rebuild; a stage that
+    wants to record when it ran writes the time into a sidecar (the graph folder's manifest.json).
+    """
+    meta = {"kind": kind, "schema_version": SCHEMA_VERSION, "package_version": __version__, "params": params}
     meta.update(extra or {})
     return meta
 
