@@ -220,7 +220,7 @@ def test_reader_refuses_other_params_and_mixed_builds(jarvis_structures: Path, t
     with pytest.raises(io.ArtifactError, match="cutoff"):
         io.read_graph_dir(plain, expect={**graph_meta(PARAMS), "cutoff": 6.0})
     shutil.copy(dedup / "shard-00001.parquet", plain / "shard-00001.parquet")  # a valid shard of another build
-    with pytest.raises(io.ArtifactError, match=r"shard-00001.parquet: .*sha256 differs .* delete it and rerun"):
+    with pytest.raises(io.ArtifactError, match=rf"shard-00001.parquet: .*sha256 differs .* delete the folder {plain} "):
         io.read_graph_dir(plain)
     (plain / "shard-00001.parquet").unlink()
     with pytest.raises(io.ArtifactError, match=r"shards missing \['shard-00001.parquet'\]"):
