@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from crys_pipeline.io import read_model_json, read_torch
+from crys_pipeline.io import ArtifactError, read_model_json, read_torch
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,78 @@ def load_run(run_dir: Path) -> Run:
 
     meta = read_model_json(run_dir)
     model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
-    model.load_state_dict(read_torch(run_dir / "model.pt"))
+    state = read_torch(run_dir / "model.pt")
+    check_weights_fit(run_dir, meta["config"], model.state_dict(), state)
+    model.load_state_dict(state)
     model.eval()
     return Run(run_dir=run_dir, model=model, meta=meta)
+
+
+def _shapes(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def _shapes_of(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """Parameter shapes of the model `config` builds (on the meta device: no memory), None when it cannot build."""
+    import torch
+
+    from crys_pipeline.models import build_model
+    from crys_pipeline.models.layers import ATOM_TABLE_SHAPE
+
+    try:
+        with torch.device("meta"):
+            return _shapes(build_model(**config, atom_table=torch.zeros(ATOM_TABLE_SHAPE)).state_dict())
+    except Exception:  # a candidate setting a model cannot be built with is no candidate
+        return None
+
+
+def _candidates(key: str, value: Any, state: dict[str, tuple[int, ...]]) -> list[Any]:
+    """Other values a model setting could have had: ints seen in the weights' shapes, a string setting's choices."""
+    from crys_pipeline.settings import TrainSettings
+    from crys_pipeline.variants import VARIANTS
+
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return sorted(({n for shape in state.values() for n in shape} | set(range(1, 13))) - {value})
+    choices = {f.name: f.metadata.get("choices") for f in fields(TrainSettings)}
+    options = list(VARIANTS) if key == "variant" else list(choices.get(key) or ("mean", "sum"))
+    return [option for option in options if option != value]
+
+
+def first_mismatching_setting(config: dict[str, Any], state: dict[str, tuple[int, ...]]) -> tuple[str, Any] | None:
+    """(setting, trained value) of the first setting of `config` that alone explains the weights `state`.
+
+    Its trained value is the one that gives the model exactly the parameter shapes of `state`; None when no
+    change of a single setting does.
+    """
+    for key, value in config.items():
+        for candidate in _candidates(key, value, state):
+            if _shapes_of({**config, key: candidate}) == state:
+                return key, candidate
+    return None
+
+
+def check_weights_fit(run_dir: Path, config: dict[str, Any], model_state: dict[str, Any],
+                      state: dict[str, Any]) -> None:
+    """Raise one ArtifactError when model.json's `config` builds a model whose parameters are not model.pt's.
+
+    The error names the run folder and the first setting that differs from the one the weights were
+    trained with (or, when no single setting explains it, the first parameter that differs).
+    """
+    want, got = _shapes(state), _shapes(model_state)
+    if want == got:
+        return
+    found = first_mismatching_setting(config, want)
+    if found:
+        what = f"model.json says {found[0]}={config[found[0]]!r} but the weights were trained with {found[0]}=" \
+               f"{found[1]!r}"
+    else:
+        name = next(k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k))
+        what = f"parameter {name} is {got.get(name, 'absent')} for model.json's settings, {want.get(name, 'absent')} " \
+               "in model.pt"
+    raise ArtifactError(f"{run_dir}: model.json does not fit model.pt: {what}; restore the run's model.json, or "
+                        "delete the run folder and retrain it")
 
 
 def _only_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -119,6 +119,22 @@ def test_runs_of_other_models_or_twice_the_same_seed_are_refused(alignn_runs: di
         predict.run_predict([seed0, twin], paths=[tmp_path])
 
 
+@pytest.mark.parametrize(("key", "value", "trained"), [("hidden_features", 32, 16), ("alignn_layers", 3, 1),
+                                                     ("variant", "cgcnn", "alignn")])
+def test_model_json_not_fitting_the_weights_is_one_line_naming_the_run_and_setting(
+        alignn_runs: dict, tmp_path: Path, key: str, value, trained, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 23 case 10: an edited, re-signed model.json; one line, not one per mismatching tensor."""
+    run = tmp_path / "seed0"
+    _copy_run(alignn_runs["runs"][0], run)
+    meta = io.read_json(run / "model.json")
+    io.write_json({**meta, "config": {**meta["config"], key: value}}, run / "model.json")
+    assert main(["predict", "--model", str(run), str(tmp_path)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{run}: model.json does not fit model.pt: model.json says {key}={value!r} but the weights "
+                      f"were trained with {key}={trained!r}; restore the run's model.json, or delete the run folder "
+                      "and retrain it"]
+
+
 class _Marker:
     """Unpickling this writes a marker file: what a crafted model.pt would do."""
 
@@ -158,3 +174,4 @@ def test_damaged_run_files_are_named(alignn_runs: dict, tmp_path: Path, edit, me
     edit(run)
     with pytest.raises(io.ArtifactError, match=message):
         predict.load_run(run)
+
