@@ -346,16 +346,19 @@ def has_failures(crystals: list[Crystal]) -> bool:
 
 
 def write_csv(crystals: list[Crystal], path: Path) -> None:
-    """The prediction table as CSV: id, file, one column per run, mean, std, notes."""
+    """The prediction table as CSV (written atomically): id, file, one column per run, mean, std, notes."""
     import csv
+    import io as text_io
+
+    from crys_pipeline.io import write_text
 
     names = sorted({n for c in crystals for n in c.predictions})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "file", *names, "mean", "std", "notes"])
-        for c in crystals:
-            good = [v for v in (c.predictions.get(n) for n in names) if v is not None]
-            writer.writerow([c.material_id, str(c.path), *(c.predictions.get(n, "") for n in names),
-                             np.mean(good) if good else "", np.std(good, ddof=1) if len(good) > 1 else "",
-                             c.error or "; ".join(dict.fromkeys(c.flags))])
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "file", *names, "mean", "std", "notes"])
+    for c in crystals:
+        good = [v for v in (c.predictions.get(n) for n in names) if v is not None]
+        writer.writerow([c.material_id, str(c.path), *(c.predictions.get(n, "") for n in names),
+                         np.mean(good) if good else "", np.std(good, ddof=1) if len(good) > 1 else "",
+                         c.error or "; ".join(dict.fromkeys(c.flags))])
+    write_text(buffer.getvalue(), path)
