@@ -38,6 +38,7 @@ from crys_pipeline.io.hdf5 import (
     partial_path,
     read_embedding_flags,
     read_embeddings,
+    verify_embeddings,
 )
 from crys_pipeline.io.parquet import (
     check_meta,
@@ -53,5 +54,6 @@ __all__ = [
     "check_lineage", "check_meta", "corrupt", "decode_graphs", "encode_graphs", "h5_summary", "naming_a_full_disk",
     "np_dtype", "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags", "read_embeddings",
     "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_torch",
-    "sha256_file", "verify_files", "write_atomic", "write_json", "write_parquet", "write_text", "write_torch",
+    "sha256_file", "verify_embeddings", "verify_files", "write_atomic", "write_json", "write_parquet", "write_text",
+    "write_torch",
 ]

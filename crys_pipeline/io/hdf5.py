@@ -334,6 +334,23 @@ def read_embeddings(
     return ids, matrix, attrs
 
 
+def verify_embeddings(path: str | Path) -> int:
+    """Check a whole embeddings file: kind, version, layout and every dataset against its recorded sha256.
+
+    Returns:
+        the number of datasets verified.
+
+    Raises:
+        ArtifactError: damaged, edited, of another kind or layout; the message names the path and the fix.
+    """
+    from crys_pipeline.schemas import EMBEDDINGS
+
+    names = list(EMBEDDINGS.datasets())
+    with _open_embeddings(path, EMBEDDINGS.variants[0], None) as handle:
+        _read_verified(handle, names, Path(path))
+    return len(names)
+
+
 def read_embedding_flags(path: str | Path, variant: str) -> dict[str, Any]:
     """Per-row arrays of one variant.
 
