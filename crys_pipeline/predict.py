@@ -166,8 +166,8 @@ def _candidates(key: str, value: Any, state: dict[str, tuple[int, ...]]) -> list
     if isinstance(value, int):
         return sorted(({n for shape in state.values() for n in shape} | set(range(1, 13))) - {value})
     choices = {f.name: f.metadata.get("choices") for f in fields(TrainSettings)}
-    options = list(VARIANTS) if key == "variant" else list(choices.get(key) or ("mean", "sum"))
-    return [option for option in options if option != value]
+    choices.update(variant=tuple(VARIANTS), readout=("mean", "sum"))
+    return [option for option in choices.get(key) or () if option != value]
 
 
 def first_mismatching_setting(config: dict[str, Any], state: dict[str, tuple[int, ...]]) -> tuple[str, Any] | None:
