@@ -1,18 +1,28 @@
 """crys_pipeline: CrysMMNet (graph + Robocrystallographer text) as a cached Snakemake DAG.
 
-Only configuration, validation and includes live here (the schema of the settings blocks and the variant
-names come from crys_pipeline/settings.py and crys_pipeline/variants.py); every stage is one rule file in
-workflow/rules/ calling one `crys-pipeline` subcommand.
+Only configuration, validation, the live-run guard of `--unlock` and includes live here (the schema of
+the settings blocks and the variant names come from crys_pipeline/settings.py and crys_pipeline/variants.py);
+every stage is one rule file in workflow/rules/ calling one `crys-pipeline` subcommand.
 """
 
+import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 from crys_pipeline.config import validate_config
+from crys_pipeline.lifecycle import lock_notice, unlock_refusal
 from crys_pipeline.variants import wildcard_pattern
 
 min_version("9.0")
+
+
+if refusal := unlock_refusal(sys.argv, Path.cwd()):  # --unlock during a live run would free its lock
+    raise WorkflowError(refusal)
+if notice := lock_notice(sys.argv, Path.cwd()):
+    logger.warning(notice)
 
 
 configfile: "config.yaml"

@@ -21,6 +21,8 @@ import numpy as np
 
 #: Rows of the table: Z = 0 (padding) .. 103.
 N_ROWS = 104
+#: Largest atomic number any model can featurise (Lr): ingest and predict refuse heavier elements.
+MAX_Z = N_ROWS - 1
 #: Width of the CGCNN descriptor.
 N_FEATURES = 92
 #: Largest atomic number with its own descriptor; heavier elements fall back to it.

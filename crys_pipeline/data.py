@@ -56,7 +56,7 @@ class TrainingData:
     Attributes:
         splits: SplitData per split name (train / val / test).
         dropped: one {material_id, split, reason} per split member that cannot be used.
-        split_meta: the split file's target, method, regime, seed and hash.
+        split_meta: the split file's target, unit, method, regime, seed, hash and training domain.
         source: the structures table's source name.
         graph_meta: metadata of the graph shards ({} when not used).
         embed_attrs: attributes of the embeddings file ({} when not used).
@@ -222,7 +222,7 @@ def load_training_data(
         )
     if dropped:
         log.warning("dropped %d split members after the split (reasons in the run summary)", len(dropped))
-    split_meta = {k: split_rec.get(k) for k in ("target", "method", "regime", "seed", "hash")}
+    split_meta = {k: split_rec.get(k) for k in ("target", "unit", "method", "regime", "seed", "hash", "train_domain")}
     return TrainingData(splits, dropped, split_meta, source, graph_meta, embed_attrs, hashes)
 
 

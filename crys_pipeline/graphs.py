@@ -25,7 +25,8 @@ different OpenBLAS kernels (up to ~1e-14 A in near-zero components), ours is the
 
 The stage writes ``shard-NNNNN.parquet`` files (layout ``graphs`` in schemas.py, encoded by
 ``io.encode_graphs``: one row per input structure, failures with status/error) plus ``manifest.json``
-(counts and the sha256 of every shard, verified by the reader). The graph parameters are stamped in
+(counts, the build time and the sha256 of every shard, verified by the reader). A shard holds no build
+time, so two builds of the same graphs are the same bytes. The graph parameters are stamped in
 every shard and checked by ``io.read_graph_dir(expect=...)``. Line graphs are not stored: the
 model builds them per batch (``crys_pipeline.models.line_graph``).
 """
@@ -39,6 +40,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -368,6 +370,7 @@ def _write_manifest(out_dir: Path, params: GraphSettings, shards: list[dict], ex
     manifest = {
         "kind": "graphs_manifest",
         "package_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
         "params": graph_meta(params),
         **extra,
         "shards": shards,

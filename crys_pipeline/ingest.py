@@ -3,11 +3,11 @@
 Reads the snapshot named in the `download` manifest (after checking its sha256), maps each record to
 canonical fields, optionally keeps a deterministic subset inside each official split, and validates
 every structure. Records that cannot become a sound structure (unparseable, degenerate cell,
-atoms closer than `MIN_DISTANCE` Angstrom, NaN coordinates, unknown element) go to the rejected
-table with a reason; every selected input id lands in exactly one of the two files. Snapshot lines
-that cannot be read at all (bad JSON, no id field) are rejected too, under the id `file:line`. A
-left-handed cell (negative lattice determinant) is a valid structure. Row order is the snapshot's
-order, which ALIGNN's seed-123 split depends on.
+atoms closer than `MIN_DISTANCE` Angstrom, NaN coordinates, unknown element, an element heavier than
+the atom-feature table covers, Z > 103) go to the rejected table with a reason; every selected input
+id lands in exactly one of the two files. Snapshot lines that cannot be read at all (bad JSON, no id
+field) are rejected too, under the id `file:line`. A left-handed cell (negative lattice determinant)
+is a valid structure. Row order is the snapshot's order, which ALIGNN's seed-123 split depends on.
 
 Missing targets (None, the string 'na', NaN) become null, as in ALIGNN's filter. A target value that
 is not a number ('abc') or is infinite also becomes null, with a warning, and is listed (id, field,
@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from crys_pipeline.atom_features import MAX_Z
 from crys_pipeline.io import read_json, sha256_file, write_parquet
 from crys_pipeline.schemas import split_column
 
@@ -220,6 +221,19 @@ def row_to_structure(row: dict[str, Any]):
     return Structure(Lattice(row["lattice"]), row["species"], row["frac_coords"], coords_are_cartesian=False)
 
 
+def beyond_feature_table(species: list[str]) -> str | None:
+    """Why elements of `species` cannot be featurised (Z above the atom-feature table), or None."""
+    from pymatgen.core import Element
+
+    heavy = sorted({(Element(str(el)).Z, str(el)) for el in species if Element(str(el)).Z > MAX_Z})
+    if not heavy:
+        return None
+    names = ", ".join(f"{el} (Z={z})" for z, el in heavy)
+    verb = "is" if len(heavy) == 1 else "are"
+    return (f"element{'s' if len(heavy) > 1 else ''} {names} {verb} beyond the atom-feature table of the graph "
+            f"models (Z <= {MAX_Z}, H to {Element.from_Z(MAX_Z).symbol})")
+
+
 def validate(rec: RawRecord) -> str | None:
     """Why a record is not a sound structure, or None when it is."""
     from pymatgen.core import Element
@@ -236,6 +250,9 @@ def validate(rec: RawRecord) -> str | None:
         unknown = sorted({str(el) for el in rec.species if not Element.is_valid_symbol(str(el))})
         if unknown:
             return f"unknown element(s) {', '.join(unknown)}"
+        beyond = beyond_feature_table(rec.species)
+        if beyond:
+            return beyond
         volume = abs(float(np.linalg.det(lattice)))  # a left-handed cell (negative determinant) is valid
         if volume < MIN_VOLUME:
             return f"degenerate cell: volume {volume:.4g} A^3 (lattice vectors (nearly) coplanar)"

@@ -9,6 +9,11 @@ second copy of the same job beside the orphan. Two guards:
   the stage logs why and terminates itself (SIGTERM).
 * `die_with_parent` (worker pool initialisers): `prctl(PR_SET_PDEATHSIG, SIGTERM)`, so a worker
   process ends when the process that started it ends, however that one ended.
+
+`snakemake --unlock` during a live run removes the lock the run holds, so a second run can start writing
+the same files. `unlock_refusal` (called by the Snakefile, which snakemake parses for `--unlock` too) finds a
+live snakemake working in the same folder and refuses; `lock_notice` says, whenever a lock is left, whether a
+run holds it (wait) or none on this machine does (`--unlock` is safe).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+#: Where snakemake keeps the lock files of a working directory.
+LOCK_DIR = Path(".snakemake") / "locks"
 #: How far up the process tree `watch_workflow` looks for snakemake (stage <- bash <- snakemake ...).
 MAX_DEPTH = 6
 
@@ -95,10 +102,70 @@ def watch_workflow(poll_s: float = 2.0) -> threading.Thread | None:
         while not stop.wait(poll_s):
             if not _alive(pid, start):
                 log.error("snakemake (pid %d), which started this job, is gone: stopping; after a kill, run "
-                          "`snakemake --unlock` and then the same command again", pid)
+                          "`snakemake --unlock` (only when no snakemake is running in this folder: it removes a "
+                          "live run's lock) and then the same command again", pid)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
     thread = threading.Thread(target=watch, name="watch-snakemake", daemon=True)
     thread.start()
     return thread
+
+
+def _ancestors() -> set[int]:
+    """This process and every ancestor's pid."""
+    pids, pid = {os.getpid()}, os.getpid()
+    while (info := _stat(pid)) is not None and info[0] > 1:
+        pid = info[0]
+        pids.add(pid)
+    return pids
+
+
+def live_runs(workdir: Path) -> dict[int, str]:
+    """{pid: command line} of snakemake processes on this machine working in `workdir` (this one excluded).
+
+    Linux only (reads /proc); empty elsewhere.
+    """
+    proc, mine, found = Path("/proc"), _ancestors(), {}
+    if not proc.is_dir():
+        return found
+    workdir = workdir.resolve()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine or not _is_snakemake(int(entry.name)):
+            continue
+        try:
+            if Path(os.readlink(entry / "cwd")) == workdir:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                found[int(entry.name)] = " ".join(argv[1:] if Path(argv[0]).name.startswith("python") else argv)
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    return found
+
+
+def _runs_text(runs: dict[int, str]) -> str:
+    return ", ".join(f"pid {pid} (`{cmd.strip()[:400]}`)" for pid, cmd in sorted(runs.items()))
+
+
+def unlock_refusal(argv: list[str], workdir: Path) -> str | None:
+    """Why `snakemake --unlock` must not run now (a live run in `workdir`), or None (not an unlock, or safe)."""
+    if "--unlock" not in argv:
+        return None
+    runs = live_runs(workdir)
+    if not runs:
+        return None
+    return (f"not unlocking {workdir}: snakemake is running in it ({_runs_text(runs)}); --unlock would remove "
+            "that run's lock and let a second run write the same files. Wait for it to finish, or stop it "
+            "(kill PID, then --unlock)")
+
+
+def lock_notice(argv: list[str], workdir: Path) -> str | None:
+    """Who holds the lock left in `workdir`: a live run (wait) or, on this machine, none (unlock is safe)."""
+    locks = workdir / LOCK_DIR
+    if "--nolock" in argv or "--unlock" in argv or not locks.is_dir() or not any(locks.iterdir()):
+        return None
+    runs = live_runs(workdir)
+    if runs:
+        return (f"{workdir} is locked by a live run: {_runs_text(runs)}. Wait for it to finish; do not use "
+                "--unlock while it runs")
+    return (f"{workdir} holds a lock ({locks}) but no snakemake on this machine is running in it: it was left by "
+            "a killed run. If none runs from another machine, `snakemake --unlock` is safe, then rerun")

@@ -2,10 +2,12 @@
 
 Each run directory (`results/train/.../seed{seed}/`) holds `model.pt` and `model.json`. The json
 records everything needed to featurise a new crystal exactly as in training: the graph parameters,
-the robocrys and section settings (carried through the embeddings file) and the text encoder. Files
-(CIF, POSCAR/CONTCAR, *.vasp, or folders of them) are read with pymatgen; a file that cannot be read
-or validated gets a per-file error and does not stop the others. With several runs (seeds) the
-table shows every run's prediction and their mean and standard deviation.
+the robocrys and section settings (carried through the embeddings file) and the text encoder, and the
+target's unit and training domain (from the split). Files (CIF, POSCAR/CONTCAR, *.vasp, extended XYZ,
+or folders of them) are read as the folder source reads them and named as it names them (the file
+name is the id); a file that cannot be read or validated gets a per-file error and does not stop the
+others. With several runs (seeds) the table shows every run's prediction and their mean and standard
+deviation; a crystal far from the training data or with a non-physical prediction carries a note.
 """
 
 from __future__ import annotations
@@ -18,13 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from crys_pipeline.io import read_model_json, read_torch
+from crys_pipeline.io import ArtifactError, read_model_json, read_torch
 
 log = logging.getLogger(__name__)
-
-STRUCTURE_SUFFIXES = {".cif", ".vasp", ".poscar"}
-STRUCTURE_PREFIXES = ("POSCAR", "CONTCAR")
-
 
 @dataclass
 class Crystal:
@@ -32,10 +30,11 @@ class Crystal:
 
     Attributes:
         path: the file it came from.
-        material_id: its id in the output (the file name without a structure suffix).
+        material_id: its id in the output: the file name, as the folder source names a material (so
+            predictions join with an `id_prop.csv` and a run's predictions.parquet).
         structure: the pymatgen Structure, or None when the file could not be used.
         error: why the file could not be used ("" when fine).
-        flags: per-run warnings (description failed or truncated).
+        flags: notes (description failed or truncated, far from the training data, a non-physical value).
         predictions: run directory name -> prediction (None when the run could not predict it).
     """
 
@@ -62,40 +61,58 @@ class Run:
 
 
 def collect_files(paths: list[Path]) -> list[Path]:
-    """The structure files named by `paths`, folders expanded (sorted); unknown paths are kept to fail clearly."""
+    """The structure files named by `paths`, folders expanded (sorted); unknown paths are kept to fail clearly.
+
+    A folder's files are taken by name as the folder source takes them (`folder.file_format_of`: POSCAR /
+    CONTCAR / *.vasp / *.poscar, *.cif, *.xyz / *.extxyz); the others are named in the log, never silently
+    dropped.
+
+    Raises:
+        ValueError: a folder without any structure file.
+    """
+    from crys_pipeline.folder import file_format_of
+
     out: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            out += sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
-        else:
+        if not path.is_dir():
             out.append(path)
+            continue
+        found, other = [], []
+        for item in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+            try:
+                file_format_of(item, "auto")
+                found.append(item)
+            except ValueError:
+                other.append(item.name)
+        if other:
+            log.warning("%s: not read, not structure files by their name: %s", path, ", ".join(other[:10])
+                        + (f" and {len(other) - 10} more" if len(other) > 10 else ""))
+        if not found:
+            raise ValueError(f"{path}: no structure files in the folder (POSCAR*, CONTCAR*, *.vasp, *.poscar, "
+                             "*.cif, *.xyz, *.extxyz)")
+        out += found
     return out
 
 
-def _is_structure_file(path: Path) -> bool:
-    return path.suffix.lower() in STRUCTURE_SUFFIXES or path.name.upper().startswith(STRUCTURE_PREFIXES)
-
-
 def read_crystal(path: Path) -> Crystal:
-    """Read and validate one structure file; problems become `Crystal.error`, never an exception."""
-    from pymatgen.core import Structure
-
+    """Read and validate one structure file as the folder source does; problems become `Crystal.error`."""
+    from crys_pipeline.folder import read_structure
     from crys_pipeline.ingest import RawRecord, validate
 
-    name = path.stem if path.suffix.lower() in STRUCTURE_SUFFIXES else path.name
-    crystal = Crystal(path=path, material_id=name)
+    crystal = Crystal(path=path, material_id=path.name)
     if not path.is_file():
         crystal.error = "no such file"
         return crystal
     try:
-        structure = Structure.from_file(path)
-    except Exception as exc:  # pymatgen raises many types for malformed files
+        structure = read_structure(path, "auto")
+    except Exception as exc:  # pymatgen / ase raise many types for malformed files
         crystal.error = f"unreadable structure file: {type(exc).__name__}: {exc}".strip()
         return crystal
     if not structure.is_ordered:
         crystal.error = "disordered structure (partial occupancies) is not supported"
         return crystal
-    record = RawRecord(name, structure.lattice.matrix, [s.specie.symbol for s in structure], structure.frac_coords)
+    record = RawRecord(crystal.material_id, structure.lattice.matrix, [s.specie.symbol for s in structure],
+                       structure.frac_coords)
     crystal.error = validate(record) or ""
     crystal.structure = None if crystal.error else structure
     return crystal
@@ -114,7 +131,9 @@ def load_run(run_dir: Path) -> Run:
 
     meta = read_model_json(run_dir)
     model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
-    model.load_state_dict(read_torch(run_dir / "model.pt"))
+    state = read_torch(run_dir / "model.pt")
+    check_weights_fit(run_dir, meta["config"], model.state_dict(), state)
+    model.load_state_dict(state)
     check_target_scale(model, meta["config"], run_dir)
     model.eval()
     return Run(run_dir=run_dir, model=model, meta=meta)
@@ -132,6 +151,73 @@ def check_target_scale(model: Any, config: dict[str, Any], run_dir: Path) -> Non
         raise ValueError(f"{run_dir}: model.pt holds the target scaling shift {stored['shift']:.6g}, scale "
                          f"{stored['scale']:.6g}, but model.json records {recorded!r}; the two files do not belong "
                          "together: retrain the run (delete the folder and rerun its training job)")
+
+
+def _shapes(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def _shapes_of(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """Parameter shapes of the model `config` builds (on the meta device: no memory), None when it cannot build."""
+    import torch
+
+    from crys_pipeline.models import build_model
+    from crys_pipeline.models.layers import ATOM_TABLE_SHAPE
+
+    try:
+        with torch.device("meta"):
+            return _shapes(build_model(**config, atom_table=torch.zeros(ATOM_TABLE_SHAPE)).state_dict())
+    except Exception:  # a candidate setting a model cannot be built with is no candidate
+        return None
+
+
+def _candidates(key: str, value: Any, state: dict[str, tuple[int, ...]]) -> list[Any]:
+    """Other values a model setting could have had: ints seen in the weights' shapes, a string setting's choices."""
+    from crys_pipeline.settings import TrainSettings
+    from crys_pipeline.variants import VARIANTS
+
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return sorted(({n for shape in state.values() for n in shape} | set(range(1, 13))) - {value})
+    choices = {f.name: f.metadata.get("choices") for f in fields(TrainSettings)}
+    choices.update(variant=tuple(VARIANTS), readout=("mean", "sum"))
+    return [option for option in choices.get(key) or () if option != value]
+
+
+def first_mismatching_setting(config: dict[str, Any], state: dict[str, tuple[int, ...]]) -> tuple[str, Any] | None:
+    """(setting, trained value) of the first setting of `config` that alone explains the weights `state`.
+
+    Its trained value is the one that gives the model exactly the parameter shapes of `state`; None when no
+    change of a single setting does.
+    """
+    for key, value in config.items():
+        for candidate in _candidates(key, value, state):
+            if _shapes_of({**config, key: candidate}) == state:
+                return key, candidate
+    return None
+
+
+def check_weights_fit(run_dir: Path, config: dict[str, Any], model_state: dict[str, Any],
+                      state: dict[str, Any]) -> None:
+    """Raise one ArtifactError when model.json's `config` builds a model whose parameters are not model.pt's.
+
+    The error names the run folder and the first setting that differs from the one the weights were
+    trained with (or, when no single setting explains it, the first parameter that differs).
+    """
+    want, got = _shapes(state), _shapes(model_state)
+    if want == got:
+        return
+    found = first_mismatching_setting(config, want)
+    if found:
+        what = f"model.json says {found[0]}={config[found[0]]!r} but the weights were trained with {found[0]}=" \
+               f"{found[1]!r}"
+    else:
+        name = next(k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k))
+        what = f"parameter {name} is {got.get(name, 'absent')} for model.json's settings, {want.get(name, 'absent')} " \
+               "in model.pt"
+    raise ArtifactError(f"{run_dir}: model.json does not fit model.pt: {what}; restore the run's model.json, or "
+                        "delete the run folder and retrain it")
 
 
 def _only_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -230,9 +316,9 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
 
 
 def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
-    """A plain-text table: id, one column per run, mean, std, flags/errors."""
+    """A plain-text table: id, one column per run, mean (with the target's unit when known), std, notes/errors."""
     names = [r.name for r in runs]
-    header = ["id", *names, f"mean [{unit}]", "std", "notes"]
+    header = ["id", *names, f"mean [{unit}]" if unit else "mean", "std", "notes"]
     lines = [header]
     for c in crystals:
         values = [c.predictions.get(n) for n in names]
@@ -283,7 +369,25 @@ def run_predict(run_dirs: list[Path], *, paths: list[Path]) -> tuple[list[Crysta
     cache: dict = {}
     for run in runs:
         predict_run(run, crystals, cache)
-    return crystals, format_table(crystals, runs, runs[0].meta["target"])
+    split = runs[0].meta.get("split") or {}
+    note_domain(crystals, split.get("train_domain") or {}, runs[0].meta["target"])
+    return crystals, format_table(crystals, runs, split.get("unit") or "")
+
+
+def note_domain(crystals: list[Crystal], domain: dict[str, Any], target: str) -> None:
+    """Add `domain.domain_notes` to every predicted crystal (nothing when the runs record no training domain)."""
+    from crys_pipeline.domain import domain_notes, volume_per_atom
+
+    if not domain:
+        log.info("the runs record no training domain (trained before it was recorded): no far-from-training notes")
+        return
+    for c in crystals:
+        good = [v for v in c.predictions.values() if v is not None]
+        if c.structure is None or not good:
+            continue
+        elements = {site.specie.symbol for site in c.structure}
+        c.flags += domain_notes(elements, volume_per_atom(c.structure.lattice.matrix, len(c.structure)),
+                                float(np.mean(good)), domain, target)
 
 
 def has_failures(crystals: list[Crystal]) -> bool:
@@ -292,16 +396,19 @@ def has_failures(crystals: list[Crystal]) -> bool:
 
 
 def write_csv(crystals: list[Crystal], path: Path) -> None:
-    """The prediction table as CSV: id, file, one column per run, mean, std, notes."""
+    """The prediction table as CSV (written atomically): id, file, one column per run, mean, std, notes."""
     import csv
+    import io as text_io
+
+    from crys_pipeline.io import write_text
 
     names = sorted({n for c in crystals for n in c.predictions})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "file", *names, "mean", "std", "notes"])
-        for c in crystals:
-            good = [v for v in (c.predictions.get(n) for n in names) if v is not None]
-            writer.writerow([c.material_id, str(c.path), *(c.predictions.get(n, "") for n in names),
-                             np.mean(good) if good else "", np.std(good, ddof=1) if len(good) > 1 else "",
-                             c.error or "; ".join(dict.fromkeys(c.flags))])
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "file", *names, "mean", "std", "notes"])
+    for c in crystals:
+        good = [v for v in (c.predictions.get(n) for n in names) if v is not None]
+        writer.writerow([c.material_id, str(c.path), *(c.predictions.get(n, "") for n in names),
+                         np.mean(good) if good else "", np.std(good, ddof=1) if len(good) > 1 else "",
+                         c.error or "; ".join(dict.fromkeys(c.flags))])
+    write_text(buffer.getvalue(), path)

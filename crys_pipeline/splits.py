@@ -24,7 +24,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline.io import read_parquet, sha256_file, write_json
+from crys_pipeline.domain import train_domain
+from crys_pipeline.io import read_meta, read_parquet, sha256_file, write_json
 from crys_pipeline.schemas import split_column
 from crys_pipeline.settings import SplitSettings, stamp
 
@@ -116,13 +117,40 @@ def compute_splits(
     return full, low
 
 
+def check_trainable(full: dict[str, Any], low: dict[str, Any], *, where: str, method: str) -> None:
+    """Stop when the full regime has no training material; warn about other empty lists.
+
+    Raises:
+        ValueError: no train id; the message names `where` (file and target), the method and the counts.
+    """
+    counts = {name: len(full[f"id_{name}"]) for name in ("train", "val", "test")}
+    text = f"{method} split {counts['train']} train, {counts['val']} val, {counts['test']} test"
+    if not counts["train"]:
+        raise ValueError(f"{where} has no training values: {text} of the {sum(counts.values())} materials with a "
+                         "value; no model can be trained on it. Check the target's values and split labels in the "
+                         "source, or leave the target out of the config")
+    empty = [name for name, n in counts.items() if not n] + (["low20 train"] if not low["id_train"] else [])
+    if empty:
+        log.warning("%s: %s: no %s materials", where, text, " / ".join(empty))
+
+
+def _train_domain(table: Any, target: str, train_ids: list[str]) -> dict[str, Any]:
+    """`domain.train_domain` of the materials `train_ids` of a structures table."""
+    wanted = set(train_ids)
+    rows = [r for r in table.select(["material_id", "species", "lattice", target]).to_pylist()
+            if r["material_id"] in wanted]
+    return train_domain([r["species"] for r in rows], [r["lattice"] for r in rows], [r[target] for r in rows])
+
+
 def make_splits(
     structures: Path, *, target: str, method: str, settings: SplitSettings, out_full: Path, out_low20: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the full and low20 split JSON files of one target.
 
-    Each file holds id_train / id_val / id_test, counts, the method, seed, regime, the number of
-    materials with a non-null target (n_total), the split hash and the structures file's sha256.
+    Each file holds id_train / id_val / id_test, counts, the target and its unit, the method, seed, regime,
+    the number of materials with a non-null target (n_total), the span of the training materials
+    (`train_domain`: elements, target and volume-per-atom ranges, for `predict`'s notes), the split hash
+    and the structures file's sha256.
     """
     seed = settings.seed
     ratios = (settings.train_ratio, settings.val_ratio, settings.test_ratio)
@@ -136,9 +164,11 @@ def make_splits(
     labels = [all_labels[i] for i in keep]
     full, low = compute_splits(ids, labels=labels, method=method, seed=seed, ratios=ratios,
                                low20_ratio=settings.low20_train_ratio)
+    check_trainable(full, low, where=f"{structures}: target {target!r}", method=method)
+    unit = (read_meta(structures).get("units") or {}).get(target, "")
     for regime, split, out in (("full", full, out_full), ("low20", low, out_low20)):
-        record = {**split, "target": target, "method": method, "seed": seed, "regime": regime,
-                  "params": stamp(settings),
+        record = {**split, "target": target, "unit": unit, "method": method, "seed": seed, "regime": regime,
+                  "train_domain": _train_domain(table, target, split["id_train"]), "params": stamp(settings),
                   "n_total": len(ids), "n_train": len(split["id_train"]), "n_val": len(split["id_val"]),
                   "n_test": len(split["id_test"]), "hash": split_hash(split),
                   "structures_sha256": sha256_file(structures)}

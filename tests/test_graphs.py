@@ -196,6 +196,21 @@ def test_stage_writes_shards_manifest_and_round_trips(jarvis_structures: Path, t
     assert io.read_graph_dir(out, expect=graph_meta(PARAMS)).num_rows == 100
 
 
+def test_two_builds_of_the_same_graphs_are_the_same_bytes(jarvis_structures: Path, tmp_path: Path) -> None:
+    """Issue 23 case 18: no build time inside a shard; the manifest's digests stay the same (it keeps the time)."""
+    import time
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert build_cli(jarvis_structures, first, "--no-dedup-self-images", shard_size=50) == 0
+    time.sleep(1.1)  # a build stamped to the second would differ
+    assert build_cli(jarvis_structures, second, "--no-dedup-self-images", shard_size=50) == 0
+    for shard in sorted(first.glob("shard-*.parquet")):
+        assert shard.read_bytes() == (second / shard.name).read_bytes(), shard.name
+    manifests = [io.read_json(folder / "manifest.json") for folder in (first, second)]
+    assert manifests[0]["shards"] == manifests[1]["shards"] and len(manifests[0]["shards"]) == 2
+    assert manifests[0]["created"] < manifests[1]["created"]
+
+
 def test_reader_refuses_other_params_and_mixed_builds(jarvis_structures: Path, tmp_path: Path) -> None:
     plain, dedup = tmp_path / "plain", tmp_path / "dedup"
     assert build_cli(jarvis_structures, plain, "--no-dedup-self-images", shard_size=50) == 0
@@ -205,7 +220,7 @@ def test_reader_refuses_other_params_and_mixed_builds(jarvis_structures: Path, t
     with pytest.raises(io.ArtifactError, match="cutoff"):
         io.read_graph_dir(plain, expect={**graph_meta(PARAMS), "cutoff": 6.0})
     shutil.copy(dedup / "shard-00001.parquet", plain / "shard-00001.parquet")  # a valid shard of another build
-    with pytest.raises(io.ArtifactError, match=r"shard-00001.parquet: .*sha256 differs .* delete it and rerun"):
+    with pytest.raises(io.ArtifactError, match=rf"shard-00001.parquet: .*sha256 differs .* delete the folder {plain} "):
         io.read_graph_dir(plain)
     (plain / "shard-00001.parquet").unlink()
     with pytest.raises(io.ArtifactError, match=r"shards missing \['shard-00001.parquet'\]"):

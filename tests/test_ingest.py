@@ -280,3 +280,38 @@ def test_a_truncated_figshare_zip_is_refused_by_download(tmp_path: Path) -> None
     with pytest.raises(ValueError, match=f"source 'j': snapshot {path} is truncated or damaged \\(BadZipFile"):
         download.fetch("j", provider="jarvis", jarvis_key="dft_3d_2021", snapshot_dir=tmp_path,
                        download_dir=tmp_path / "dl", out=tmp_path / "m.json")
+
+
+def test_elements_beyond_the_atom_feature_table_are_rejected_naming_them(tmp_path: Path) -> None:
+    """Issue 23 case 3: Rf (Z=104) and Og (Z=118) have no row in the CGCNN table every graph model reads."""
+    records = [dict(r) for r in tiny_records("jarvis")[:4]]
+    records[1]["species"] = ["Rf", *records[1]["species"][1:]]
+    records[2]["species"] = ["Og", *records[2]["species"][1:]]
+    (kept, rejected), _ = _ingest_snapshot(tmp_path, records)
+    assert (kept, rejected) == (2, 2)
+    reasons = {r["material_id"]: r["reason"] for r in read_parquet(tmp_path / "r.parquet", "rejected").to_pylist()}
+    assert reasons == {
+        records[1]["jid"]: "element Rf (Z=104) is beyond the atom-feature table of the graph models (Z <= 103, "
+                           "H to Lr)",
+        records[2]["jid"]: "element Og (Z=118) is beyond the atom-feature table of the graph models (Z <= 103, "
+                           "H to Lr)"}
+
+
+def test_every_graph_encoder_reads_the_table_ingest_checks_against() -> None:
+    """One limit: ingest's, the shipped table's and every graph variant's atom-feature buffer."""
+    import torch
+
+    from crys_pipeline.atom_features import MAX_Z, cgcnn_feature_table
+    from crys_pipeline.models import build_model
+    from crys_pipeline.models.layers import AtomFeatures
+    from crys_pipeline.variants import VARIANTS
+
+    table = torch.from_numpy(cgcnn_feature_table())
+    assert table.shape[0] == MAX_Z + 1
+    for name, spec in VARIANTS.items():
+        model = build_model(name, atom_table=table, hidden_features=8, alignn_layers=1, gcn_layers=1, text_dim=8)
+        buffers = [m.atom_table for m in model.modules() if isinstance(m, AtomFeatures)]
+        assert len(buffers) == (spec.graph_encoder is not None), name
+        for buffer in buffers:
+            assert buffer.shape[0] == MAX_Z + 1 and buffer[torch.tensor([MAX_Z])].shape == (1, 92), name
+    assert ingest.validate(ingest.RawRecord("x", np.eye(3) * 4, ["Lr"], [[0, 0, 0]])) is None

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
+from conftest import REPO, SHARED_DATA, default_config
 from train_helpers import build_graph_dir
 
 from crys_pipeline import cli, embed, io
@@ -64,7 +66,7 @@ def test_flipped_bytes_in_a_graph_shard_edge_vec_page_are_refused(graphs: Path, 
     shard = work / "shard-00001.parquet"
     offset, size = column_chunk(shard, "edge_vec")
     flip(shard, offset + size // 2, 16)
-    with pytest.raises(io.ArtifactError, match=f"shard-00001.parquet: .*sha256 differs.*{FIX}"):
+    with pytest.raises(io.ArtifactError, match=f"shard-00001.parquet: .*sha256 differs.*delete the folder {work} "):
         io.read_graph_dir(work)
     with pytest.raises(io.ArtifactError, match=f"shard-00001.parquet: .*CRC checksum verification failed.*{FIX}"):
         io.read_parquet(shard, "graphs")  # the page checksum, without the manifest
@@ -159,3 +161,82 @@ def test_a_write_that_fails_leaves_the_old_artifact_and_no_temporary_file(tmp_pa
     assert staging.is_file() and io.read_json(path) == {"test_mae": 0.48}
     io.write_atomic(path, lambda tmp: tmp.write_text("done\n"), staging=staging)
     assert path.read_text() == "done\n" and not staging.exists()
+
+
+# --- a full disk (issue 23 case 8) ------------------------------------------------------------------
+# Each stage runs as `python -m crys_pipeline` with its output folder on a real 256 KiB tmpfs that is already
+# full, mounted in a private mount namespace (`unshare --mount --map-root-user`, so no root is needed and the
+# mount goes away with the process): the kernel's own ENOSPC, through pyarrow, json, torch, h5py and csv.
+
+FULL_DISK = ('dir=$1; shift; mount -t tmpfs -o size=256k tmpfs "$dir" || exit 99; '
+             'cat /dev/zero > "$dir/.filler" 2>/dev/null; "$@"; rc=$?; '
+             'echo "LEFT:$(cd "$dir" && find . -type f ! -name .filler | sort | tr "\\n" " ")"; exit $rc')
+
+
+def on_full_disk(folder: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`crys-pipeline ARGV` with `folder` a full file system; stdout's last line lists the files left in it."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "--map-root-user", "true"],
+                                                         check=False).returncode:
+        pytest.skip("needs `unshare --mount --map-root-user` (user namespaces) to mount a small tmpfs")
+    folder.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", FULL_DISK, "sh", str(folder),
+                           sys.executable, "-m", "crys_pipeline", *argv], capture_output=True, text=True,
+                          env=env, check=False, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small_run(jarvis_structures: Path, graphs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 20 / 5 / 5 split of the tiny JARVIS set and a 1-epoch ALIGNN run on it, with one input POSCAR."""
+    from train_helpers import structure_ids, write_split
+
+    from crys_pipeline import train
+    from crys_pipeline.ingest import row_to_structure
+
+    work = tmp_path_factory.mktemp("small_run")
+    ids = structure_ids(jarvis_structures, "formation_energy_peratom")
+    split = write_split(work / "split.json", "formation_energy_peratom", ids[:20], ids[20:25], ids[25:30])
+    train.train(jarvis_structures, split=split, graphs=graphs, embeddings=None, out_dir=work / "run",
+                cfg=train.TrainConfig(target="formation_energy_peratom", variant="alignn", seed=0, epochs=1,
+                                      hidden_features=16, alignn_layers=1, gcn_layers=1, batch_size=8,
+                                      device="cpu", threads=1))
+    row = io.read_parquet(jarvis_structures, "structures").to_pylist()[0]
+    row_to_structure(row).to(filename=str(work / f"{row['material_id']}.vasp"), fmt="poscar")
+    return {"split": split, "run": work / "run", "poscar": work / f"{row['material_id']}.vasp"}
+
+
+def _stage_argv(stage: str, full: Path, jarvis: Path, graphs: Path, embeddings: Path, run: dict[str, Path]):
+    """(argv, the file the stage writes first) of `stage` with its outputs in `full`."""
+    manifest = jarvis.with_name("jarvis_dft_3d_2021.json")
+    targets = json.dumps(default_config()["sources"]["jarvis_dft_3d_2021"]["targets"])
+    small = ["--hidden-features", "16", "--alignn-layers", "1", "--gcn-layers", "1", "--batch-size", "8"]
+    return {
+        "ingest": (["ingest", "--manifest", str(manifest), "--targets", targets, "--stratify-target",
+                    "formation_energy_peratom", "--out", f"{full}/s.parquet", "--rejected", f"{full}/r.parquet"],
+                   full / "s.parquet"),
+        "splits": (["splits", "--structures", str(jarvis), "--target", "formation_energy_peratom", "--out-full",
+                    f"{full}/full.json", "--out-low20", f"{full}/low20.json"], full / "full.json"),
+        "graphs": (["graphs", "--structures", str(jarvis), "--out-dir", f"{full}/graphs"],
+                   full / "graphs" / "shard-00000.parquet"),
+        "train": (["train", "--structures", str(jarvis), "--split", str(run["split"]), "--graphs", str(graphs),
+                   "--embeddings", "", "--target", "formation_energy_peratom", "--variant", "alignn", "--seed", "0",
+                   "--epochs", "1", *small, "--device", "cpu", "--threads", "1", "--out-dir", f"{full}/run"],
+                  full / "run" / "checkpoint.pt"),
+        "embed": (["embed", "--sections", str(embeddings.with_name("sections.parquet")), "--max-length", "64",
+                   "--token-budget", "1024", "--device", "cpu", "--out", f"{full}/e.h5"], full / "e.h5.partial"),
+        "predict": (["predict", "--model", str(run["run"]), str(run["poscar"]), "--out", f"{full}/pred.csv"],
+                    full / "pred.csv"),
+    }[stage]
+
+
+@pytest.mark.parametrize("stage", ["ingest", "splits", "graphs", "train", "embed", "predict"])
+def test_a_full_disk_is_named_with_the_file_being_written(stage: str, jarvis_structures: Path, graphs: Path,
+                                                           embeddings: Path, small_run: dict, tmp_path: Path) -> None:
+    argv, written = _stage_argv(stage, tmp_path / "full", jarvis_structures, graphs, embeddings, small_run)
+    result = on_full_disk(tmp_path / "full", *argv)
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"{written}: could not be written, the disk is full (no space left in {written.parent}); free some space, "
+        "then rerun the same command"), result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "LEFT:", result.stdout  # no partial file: the rerun starts clean

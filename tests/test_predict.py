@@ -2,56 +2,72 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, structure_ids, write_split
 
-from crys_pipeline import io, predict, train
+from crys_pipeline import io, predict, splits, train
 from crys_pipeline.cli import main
+from crys_pipeline.folder import read_structure
 from crys_pipeline.ingest import row_to_structure
+from crys_pipeline.settings import SplitSettings
 
 TARGET = "formation_energy_peratom"
 SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8, "epochs": 2,
          "device": "cpu", "threads": 1}
 
 
+def _official_split(structures: Path, target: str, work: Path) -> Path:
+    """The `splits` stage's full split of `target` (official labels): the run records its unit and domain."""
+    splits.make_splits(structures, target=target, method="official", settings=SplitSettings(),
+                       out_full=work / f"{target}.full.json", out_low20=work / f"{target}.low20.json")
+    return work / f"{target}.full.json"
+
+
 @pytest.fixture(scope="module")
 def alignn_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two seeds of a small ALIGNN on 24 real JARVIS crystals, and their structures table."""
+    """Two seeds of a small ALIGNN on the first 40 real JARVIS crystals (official split 33 / 3 / 4), their
+    structures table and graphs."""
     work = tmp_path_factory.mktemp("predict")
-    structures = ingest_first(30, work)
+    structures = ingest_first(40, work)
     graphs = build_graph_dir(structures, work / "graphs")
-    ids = structure_ids(structures, TARGET)[:24]
-    split = write_split(work / "split.json", TARGET, ids[:16], ids[16:20], ids[20:24])
+    split = _official_split(structures, TARGET, work)
     runs = []
     for seed in (0, 1):
         out = work / f"seed{seed}"
         train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=out,
                     cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=seed, **SMALL))
         runs.append(out)
-    return {"work": work, "structures": structures, "runs": runs, "test_ids": ids[20:24]}
+    return {"work": work, "structures": structures, "graphs": graphs, "runs": runs,
+            "test_ids": io.read_json(split)["id_test"]}
 
 
-def _write_inputs(structures: Path, ids: list[str], folder: Path) -> None:
+def _write_inputs(structures: Path, ids: list[str], folder: Path) -> dict[str, str]:
+    """POSCAR files of `ids` (`POSCAR-<id>` and `<id>.vasp` alternately); returns {file name: material id}."""
     rows = {r["material_id"]: r for r in io.read_parquet(structures, "structures").to_pylist()}
     folder.mkdir(parents=True, exist_ok=True)
+    names = {}
     for i, mid in enumerate(ids):
         structure = row_to_structure(rows[mid])
         name = f"{mid}.vasp" if i % 2 else f"POSCAR-{mid}"
         structure.to(filename=str(folder / name), fmt="poscar")
+        names[name] = mid
+    return names
 
 
 def test_predictions_of_written_files_equal_the_runs_own_predictions(alignn_runs: dict) -> None:
     folder = alignn_runs["work"] / "inputs"
-    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
+    names = _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
     crystals, table = predict.run_predict(alignn_runs["runs"], paths=[folder])
     assert len(crystals) == 4 and not predict.has_failures(crystals)
+    assert sorted(c.material_id for c in crystals) == sorted(names)  # the file name, suffix and all
     for run in alignn_runs["runs"]:
         own = {r["material_id"]: r["prediction"]
                for r in io.read_parquet(run / "predictions.parquet", "predictions").to_pylist()}
         for crystal in crystals:
-            mid = crystal.material_id.removeprefix("POSCAR-")
+            mid = names[crystal.material_id]
             assert crystal.predictions[f"alignn/full/{run.name}"] == pytest.approx(own[mid], abs=1e-4)
     first = crystals[0]
     values = list(first.predictions.values())
@@ -70,9 +86,9 @@ def test_malformed_file_gets_its_own_error_and_others_are_predicted(alignn_runs:
     out = capsys.readouterr().out
     assert code == 1
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert "unreadable structure file" in lines["broken"]
+    assert "unreadable structure file" in lines["broken.cif"]
     assert "atoms closer than 0.5 A" in lines["POSCAR-close"]
-    predicted = [line for mid, line in lines.items() if mid not in ("broken", "POSCAR-close")]
+    predicted = [line for mid, line in lines.items() if mid not in ("broken.cif", "POSCAR-close")]
     assert len(predicted) == 2 and all(" - " not in line for line in predicted)
     assert len((tmp_path / "pred.csv").read_text().splitlines()) == 5
 
@@ -117,6 +133,22 @@ def test_runs_of_other_models_or_twice_the_same_seed_are_refused(alignn_runs: di
     twin = _copy_run(seed0, tmp_path / "elsewhere" / "seed0")
     with pytest.raises(ValueError, match="are both alignn/full/seed0; give each seed once"):
         predict.run_predict([seed0, twin], paths=[tmp_path])
+
+
+@pytest.mark.parametrize(("key", "value", "trained"), [("hidden_features", 32, 16), ("alignn_layers", 3, 1),
+                                                     ("variant", "cgcnn", "alignn")])
+def test_model_json_not_fitting_the_weights_is_one_line_naming_the_run_and_setting(
+        alignn_runs: dict, tmp_path: Path, key: str, value, trained, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 23 case 10: an edited, re-signed model.json; one line, not one per mismatching tensor."""
+    run = tmp_path / "seed0"
+    _copy_run(alignn_runs["runs"][0], run)
+    meta = io.read_json(run / "model.json")
+    io.write_json({**meta, "config": {**meta["config"], key: value}}, run / "model.json")
+    assert main(["predict", "--model", str(run), str(tmp_path)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{run}: model.json does not fit model.pt: model.json says {key}={value!r} but the weights "
+                      f"were trained with {key}={trained!r}; restore the run's model.json, or delete the run folder "
+                      "and retrain it"]
 
 
 class _Marker:
@@ -165,8 +197,8 @@ def standardized_run(alignn_runs: dict) -> Path:
     """A small ALIGNN trained with `target_scaling: standardize` on the fixture's split."""
     work = alignn_runs["work"]
     out = work / "standardized" / "seed0"
-    train.train(alignn_runs["structures"], split=work / "split.json", graphs=work / "graphs", embeddings=None,
-                out_dir=out, cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=0,
+    train.train(alignn_runs["structures"], split=work / f"{TARGET}.full.json", graphs=alignn_runs["graphs"],
+                embeddings=None, out_dir=out, cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=0,
                                                    target_scaling="standardize", **SMALL))
     return out
 
@@ -192,12 +224,12 @@ def test_standardized_run_round_trips_in_the_targets_unit(alignn_runs: dict, sta
     assert summary["target_scaling"] == "standardize"
     assert summary["train_mae"] == pytest.approx(np.mean(np.abs(preds - y_train)))
     folder = alignn_runs["work"] / "standardized_inputs"
-    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
+    names = _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
     crystals, _ = predict.run_predict([standardized_run], paths=[folder])
     own = {r["material_id"]: r["prediction"] for r in rows}
+    assert len(crystals) == len(names) == 4
     for crystal in crystals:
-        assert crystal.predictions["alignn/full/seed0"] == pytest.approx(
-            own[crystal.material_id.removeprefix("POSCAR-")], abs=1e-4)
+        assert crystal.predictions["alignn/full/seed0"] == pytest.approx(own[names[crystal.material_id]], abs=1e-4)
 
 
 @pytest.mark.parametrize("config_edit", [
@@ -210,3 +242,105 @@ def test_model_json_without_its_scaling_is_refused(standardized_run: Path, tmp_p
     with pytest.raises(ValueError, match=rf"{run}: model.pt holds the target scaling shift -?\d.*, scale .*, but "
                        "model.json records .*; the two files do not belong together"):
         predict.load_run(run)
+
+
+def test_element_beyond_the_feature_table_fails_its_file_only(alignn_runs: dict, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """Issue 23 case 3: an Og file gets its own error naming the element; the valid files are predicted."""
+    from pymatgen.core import Structure
+
+    _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"][:2], tmp_path)
+    heavy = Structure.from_file(next(tmp_path.glob("*.vasp")))
+    heavy.replace(0, "Og")
+    heavy.to(filename=str(tmp_path / "heavy.vasp"), fmt="poscar")
+    code = main(["predict", "--model", *map(str, alignn_runs["runs"]), str(tmp_path)])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert code == 1 and len(lines) == 3
+    assert lines["heavy.vasp"].endswith("element Og (Z=118) is beyond the atom-feature table of the graph models "
+                                        "(Z <= 103, H to Lr)")
+    assert all(" - " not in line for mid, line in lines.items() if mid != "heavy.vasp")
+
+
+# --- what a user reads (issue 23 case 15) -----------------------------------------------------------
+
+def _table_lines(out: str) -> tuple[str, dict[str, str]]:
+    """(header, {id: line}) of the printed prediction table."""
+    lines = out.splitlines()
+    return lines[0], {line.split()[0]: line for line in lines[1:]}
+
+
+def test_ids_are_file_names_that_join_with_id_prop_and_xyz_is_read(alignn_runs: dict, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture, caplog) -> None:
+    """The header names the unit; ids keep the suffix, as the folder source's; extended XYZ as it reads it."""
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from test_folder import make_example
+
+    folder = tmp_path / "my_crystals"
+    listed = [name for name, _ in make_example(folder, 4)]
+    crystal = read_structure(folder / listed[0], "auto")
+    ase.io.write(folder / "cell.xyz", AseAtomsAdaptor.get_atoms(crystal), format="extxyz")
+    (folder / "molecule.xyz").write_text("2\nno lattice\nH 0 0 0\nH 0 0 0.74\n")
+    code = main(["predict", "--model", str(alignn_runs["runs"][0]), str(folder), "--out", str(tmp_path / "p.csv")])
+    header, lines = _table_lines(capsys.readouterr().out)
+    assert code == 1  # the molecule: its own error, the others predicted
+    assert header.split()[:4] == ["id", "alignn/full/seed0", "mean", "[eV/atom]"]
+    assert sorted(lines) == sorted([*listed, "cell.xyz", "molecule.xyz"])
+    assert lines["molecule.xyz"].endswith("unreadable structure file: ValueError: an xyz file without a lattice "
+                                          "(extended XYZ needs Lattice=\"...\" on line 2)")
+    assert lines["cell.xyz"].split()[1] == lines[listed[0]].split()[1]  # the same crystal, the same prediction
+    with open(tmp_path / "p.csv") as handle:
+        assert {row["id"] for row in csv.DictReader(handle)} >= set(listed)  # joins with id_prop.csv's names
+    assert f"{folder}: not read, not structure files by their name: id_prop.csv" in caplog.text
+
+
+def test_an_empty_folder_is_an_error(alignn_runs: dict, tmp_path: Path, caplog) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a structure")
+    assert main(["predict", "--model", str(alignn_runs["runs"][0]), str(tmp_path / "empty")]) == 1
+    assert (f"{tmp_path / 'empty'}: no structure files in the folder (POSCAR*, CONTCAR*, *.vasp, *.poscar, *.cif, "
+            "*.xyz, *.extxyz)") in caplog.text
+
+
+def test_inputs_far_from_the_training_data_carry_a_note(alignn_runs: dict, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """An isolated atom in a 30 A box and an element no training material has."""
+    from pymatgen.core import Lattice, Structure
+
+    domain = io.read_json(alignn_runs["runs"][0] / "model.json")["split"]["train_domain"]
+    Structure(Lattice.cubic(30.0), ["Si"], [[0, 0, 0]]).to(filename=str(tmp_path / "POSCAR-isolated"), fmt="poscar")
+    names = _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"][:1], tmp_path)
+    unseen = next(el for el in ("Pu", "Xe", "Tc", "Pm") if el not in domain["elements"])
+    swapped = read_structure(tmp_path / next(iter(names)), "auto")
+    swapped.replace(0, unseen)
+    swapped.to(filename=str(tmp_path / "swapped.vasp"), fmt="poscar")
+    assert main(["predict", "--model", *map(str, alignn_runs["runs"]), str(tmp_path)]) == 0
+    _, lines = _table_lines(capsys.readouterr().out)
+    low, high = domain["volume_per_atom_range"]
+    assert lines["POSCAR-isolated"].endswith(f"far from the training data: volume per atom 2.7e+04 A^3 outside the "
+                                             f"training range {low:.4g}-{high:.4g} A^3")
+    assert f"far from the training data: element {unseen} in no training material" in lines["swapped.vasp"]
+    assert "far from" not in lines[next(iter(names))]
+
+
+def test_a_negative_value_of_a_never_negative_target_is_flagged(alignn_runs: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """A band-gap run whose output bias is shifted down (and re-signed): every prediction becomes negative."""
+    import torch
+
+    split = _official_split(alignn_runs["structures"], "optb88vdw_bandgap", tmp_path)
+    run = tmp_path / "gap"
+    train.train(alignn_runs["structures"], split=split, graphs=alignn_runs["graphs"], embeddings=None, out_dir=run,
+                cfg=train.TrainConfig(target="optb88vdw_bandgap", variant="alignn", seed=0, **{**SMALL, "epochs": 1}))
+    state = io.read_torch(run / "model.pt")
+    state["head.bias"] -= 100.0
+    torch.save(state, run / "model.pt")
+    io.write_json({**io.read_json(run / "model.json"), "model_sha256": io.sha256_file(run / "model.pt")},
+                  run / "model.json")
+    names = _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"][:1], tmp_path / "in")
+    assert main(["predict", "--model", str(run), str(tmp_path / "in")]) == 0
+    header, lines = _table_lines(capsys.readouterr().out)
+    assert "mean [eV]" in header
+    low = io.read_json(split)["train_domain"]["target_range"][0]
+    assert lines[next(iter(names))].endswith(f"negative prediction of optb88vdw_bandgap, whose training values are "
+                                             f"all >= 0 (min {low:.4g}): not physical, treat as unreliable")

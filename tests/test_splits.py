@@ -69,3 +69,29 @@ def test_random123_low20_is_head_of_same_permutation(mp_structures: Path, tmp_pa
 def test_duplicate_official_label_keeps_first() -> None:
     out = splits.official_split(["a", "b", "c"], ["train|test", "val", None])
     assert out == {"id_train": ["a"], "id_val": ["b"], "id_test": []}
+
+
+def test_target_without_training_values_stops_the_splits_stage(jarvis_structures: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 23 case 6: no train value for a target is an error here, naming the target and the counts."""
+    import pyarrow as pa
+
+    from crys_pipeline import io
+    from crys_pipeline.cli import main
+
+    table = read_parquet(jarvis_structures, "structures")
+    labels = table.column("split_mbj_bandgap").to_pylist()
+    values = [None if label == "train" else v for v, label in zip(table.column("mbj_bandgap").to_pylist(), labels,
+                                                                     strict=True)]
+    table = table.set_column(table.column_names.index("mbj_bandgap"), "mbj_bandgap", pa.array(values, pa.float64()))
+    meta = io.read_meta(jarvis_structures)
+    structures = tmp_path / "s.parquet"
+    io.write_parquet(table, structures, kind="structures", params=meta["params"],
+                     extra={k: v for k, v in meta.items() if k not in ("kind", "schema_version", "package_version",
+                                                                       "params")})
+    n_val, n_test = labels.count("val"), labels.count("test")
+    code = main(["splits", "--structures", str(structures), "--target", "mbj_bandgap", "--method", "official",
+                 "--out-full", str(tmp_path / "full.json"), "--out-low20", str(tmp_path / "low20.json")])
+    assert code == 1 and not (tmp_path / "full.json").exists()
+    assert (f"{structures}: target 'mbj_bandgap' has no training values: official split 0 train, {n_val} val, "
+            f"{n_test} test of the {n_val + n_test} materials with a value") in caplog.text

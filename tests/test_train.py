@@ -273,6 +273,21 @@ def test_checkpoint_of_other_settings_is_not_resumed(jarvis40, split30, tmp_path
     assert _metrics(tmp_path)[-1]["lr"] == pytest.approx(5e-4 / 25 / 1e4, rel=1e-6)
 
 
+@pytest.mark.parametrize("garbage", [b"", b"\x80\x02not a checkpoint" * 64, b"PK\x03\x04" + bytes(range(256)) * 8])
+def test_garbage_checkpoint_is_moved_aside_and_training_starts_over(run3: Path, jarvis40, split30, tmp_path: Path,
+                                                                    garbage: bytes, caplog) -> None:
+    """Issue 23 case 11: an unreadable checkpoint.pt (not a Snakemake output) must not block every rerun."""
+    (tmp_path / train.CHECKPOINT).write_bytes(garbage)
+    summary = _run(jarvis40, split30, tmp_path)
+    aside = tmp_path / f"{train.CHECKPOINT}.unreadable"
+    assert summary["epochs_run"] == 3 and aside.read_bytes() == garbage and not (tmp_path / train.CHECKPOINT).exists()
+    assert _metrics(tmp_path) == _metrics(run3)  # from epoch 0, as if there had been no checkpoint
+    warning = next(r.getMessage() for r in caplog.records if "unreadable checkpoint" in r.getMessage())
+    assert warning.startswith(f"{tmp_path / train.CHECKPOINT}: unreadable checkpoint (")
+    assert warning.endswith(f"); moved aside to {aside}: training starts over from epoch 0 (delete {aside} once "
+                            "you no longer need it)")
+
+
 def test_failed_stages_are_dropped_after_the_split_and_recorded(jarvis40, tmp_path: Path) -> None:
     table = io.read_parquet(jarvis40["structures"], "structures", columns=["material_id", "mbj_bandgap"])
     values = dict(zip(table.column("material_id").to_pylist(), table.column("mbj_bandgap").to_pylist(), strict=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,29 @@ def test_workflow_included_from_another_snakefile_plans(tmp_path: Path) -> None:
                              str(tmp_path), "-n", target], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_counts(result.stdout)["flaky_count"] == 1
+
+
+def test_corrupt_shard_advice_rebuilds_the_graphs_in_one_round(tmp_path: Path) -> None:
+    """Issue 23 case 13: the path the message says to delete is one whose deletion makes snakemake rebuild."""
+    from crys_pipeline import io
+
+    cfg = _tiny_sources(yaml.safe_load((REPO / "config.yaml").read_text()), tiny_snapshot_dir(tmp_path / "snap"),
+                        {"train": 6, "val": 2, "test": 2})
+    cfg["graphs"]["shard_size"] = 4
+    work, graphs = tmp_path / "work", "results/graphs/jarvis_dft_3d_2021"
+    assert snakemake_in(work, "--cores", "2", graphs, config=cfg).returncode == 0
+    shard = work / graphs / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-64] + bytes(64))
+    with pytest.raises(io.ArtifactError) as caught:
+        io.read_graph_dir(work / graphs)
+    message = str(caught.value)
+    assert message == (f"{shard}: corrupt or unreadable artifact (sha256 differs from the one recorded in "
+                       "manifest.json: the shard changed after it was written); delete the folder "
+                       f"{work / graphs} (the graphs stage's output: snakemake rebuilds a deleted folder, not a "
+                       "deleted shard) and rerun the same command")
+    shard.unlink()  # the old advice: nothing is rebuilt
+    assert "Nothing to be done" in snakemake_in(work, "-n", graphs).stdout
+    named = Path(re.search(r"delete the folder (\S+) ", message).group(1))
+    shutil.rmtree(named)
+    assert snakemake_in(work, "--cores", "2", graphs).returncode == 0
+    assert io.read_graph_dir(work / graphs).num_rows == 10

@@ -45,4 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         logging.getLogger("crys_pipeline").error("%s", exc)
         return 1
+    except OSError as exc:  # a full disk names the file it was writing; any other OSError keeps its traceback
+        from crys_pipeline.io.core import disk_full_message
+
+        message = disk_full_message(exc)
+        if message is None:
+            raise
+        logging.getLogger("crys_pipeline").error("%s", message)
+        return 1
     return int(status or 0)

@@ -214,17 +214,24 @@ def _run_graphs(a: argparse.Namespace) -> None:
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
-        help="print schema, row count, version stamps and first rows of a Parquet/HDF5/JSON artifact",
+        help="verify any artifact (file or graph/run folder), then print its schema, counts, stamps and first rows",
+        description="Checks the artifact's integrity first (checksums, layout, the sha256 recorded for it by its "
+        "folder's manifest.json / summary.json / model.json; a table is rebuilt from its runs' summaries) and "
+        "exits 1 naming the file when it is damaged. Covers every artifact of the README's table: snapshot "
+        "manifests, structures, splits, descriptions, sections, embeddings, a graph folder or shard, a run folder "
+        "or its model.pt, model.json, metrics.jsonl, predictions.parquet, summary.json, and table CSV/Markdown.",
     )
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="an artifact file, a graph folder or a run folder")
     p.add_argument("--rows", type=int, default=5, help="how many first rows to show")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="print what can be read without checking integrity (e.g. a file to be repaired)")
     p.set_defaults(handler=_run_inspect)
 
 
 def _run_inspect(a: argparse.Namespace) -> None:
     from crys_pipeline import inspect
 
-    print(inspect.describe_artifact(a.path, a.rows))
+    print(inspect.describe_artifact(a.path, a.rows, verify=a.verify))
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.

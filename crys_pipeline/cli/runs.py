@@ -51,16 +51,18 @@ def _run_train(a: argparse.Namespace) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="predict a property for CIF/POSCAR files with trained runs (several seeds: mean +- std)",
+        help="predict a property for CIF/POSCAR/XYZ files with trained runs (several seeds: mean +- std)",
         description="Builds graph, robocrys description and text embedding of each structure with the settings "
-        "the runs were trained with (model.json), prints one row per file with every run's prediction, their "
-        "mean and std, and notes (unreadable file, failed or truncated description). Exit status 1 when a file "
-        "could not be predicted; the others are still reported.",
+        "the runs were trained with (model.json), prints one row per file (its id is the file name, as the folder "
+        "source names materials) with every run's prediction, their mean (in the target's unit) and std, and notes "
+        "(unreadable file, failed or truncated description, far from the training data, a negative value of a "
+        "target that is never negative in training). Exit status 1 when a file could not be predicted (the others "
+        "are still reported) or a folder holds no structure file.",
     )
     p.add_argument("--model", type=Path, nargs="+", required=True, metavar="RUN_DIR",
                    help="run folders results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
-    p.add_argument("files", type=Path, nargs="*", help="CIF, POSCAR/CONTCAR or *.vasp files, or folders of them "
-                   "(may also follow the run folders: paths after --model without a model.json are inputs)")
+    p.add_argument("files", type=Path, nargs="*", help="CIF, POSCAR/CONTCAR, *.vasp or extended XYZ files, or folders "
+                   "of them (may also follow the run folders: paths after --model without a model.json are inputs)")
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     p.set_defaults(handler=_run_predict)
 

@@ -14,8 +14,10 @@ layout's row codec and shard-folder reader), `hdf5`.
 from crys_pipeline.io.core import (
     CHECKSUM_KEY,
     ArtifactError,
+    DiskFullError,
     check_lineage,
     corrupt,
+    naming_a_full_disk,
     read_json,
     read_jsonl,
     read_model_json,
@@ -36,6 +38,7 @@ from crys_pipeline.io.hdf5 import (
     partial_path,
     read_embedding_flags,
     read_embeddings,
+    verify_embeddings,
 )
 from crys_pipeline.io.parquet import (
     check_meta,
@@ -47,9 +50,10 @@ from crys_pipeline.io.parquet import (
 from crys_pipeline.schemas import META_KEY
 
 __all__ = [
-    "CHECKSUM_KEY", "META_KEY", "ArtifactError", "EmbeddingsPartial", "GraphArrays", "check_lineage",
-    "check_meta", "corrupt", "decode_graphs", "encode_graphs", "h5_summary", "np_dtype",
-    "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags", "read_embeddings",
+    "CHECKSUM_KEY", "META_KEY", "ArtifactError", "DiskFullError", "EmbeddingsPartial", "GraphArrays",
+    "check_lineage", "check_meta", "corrupt", "decode_graphs", "encode_graphs", "h5_summary", "naming_a_full_disk",
+    "np_dtype", "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags", "read_embeddings",
     "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_torch",
-    "sha256_file", "verify_files", "write_atomic", "write_json", "write_parquet", "write_text", "write_torch",
+    "sha256_file", "verify_embeddings", "verify_files", "write_atomic", "write_json", "write_parquet", "write_text",
+    "write_torch",
 ]

@@ -3,17 +3,19 @@
 Every JSON object artifact carries the sha256 of its own canonical content under `CHECKSUM_KEY`;
 `read_json` verifies and strips it, so a changed or damaged file is an error, never a silent value.
 Torch files are loaded with `weights_only=True`: tensors and plain values only, never code.
+A write that runs out of space raises one `DiskFullError` naming the file, whatever library wrote it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,62 @@ CHECKSUM_KEY = "_sha256"
 REBUILD = "delete it and rerun the stage that makes it (snakemake rebuilds a deleted file)"
 
 
+#: errno values of a write that ran out of space (a full disk, an exceeded quota).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 class ArtifactError(ValueError):
     """An artifact is missing, corrupt, of the wrong kind or version, or was made with other parameters."""
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system holding the file is full; the message names the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.message = (f"{path}: could not be written, the disk is full (no space left in {Path(path).parent}); "
+                        "free some space, then rerun the same command")
+        super().__init__(errno.ENOSPC, self.message, str(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space.
+
+    ENOSPC/EDQUOT anywhere in the exception chain (pyarrow, h5py and Python's own files carry it), else no
+    block left for the writer in `folder`'s file system (torch's writer raises a RuntimeError without errno:
+    `[enforce fail at inline_container.cc:...] . unexpected pos ...`).
+    """
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.errno in DISK_FULL:
+            return True
+        chain = chain.__cause__ or chain.__context__
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+@contextmanager
+def naming_a_full_disk(path: str | Path) -> Iterator[None]:
+    """Turn any failure of the writes inside the block that ran out of space into a DiskFullError naming `path`."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if _out_of_space(exc, Path(path).parent):
+            raise DiskFullError(path) from exc
+        raise
+
+
+def disk_full_message(exc: OSError) -> str | None:
+    """The one-line message of an OSError that is a full disk (naming its file), None for any other OSError."""
+    if exc.errno not in DISK_FULL:
+        return None
+    return str(exc) if isinstance(exc, DiskFullError) else str(DiskFullError(exc.filename or "a file"))
 
 
 def corrupt(path: str | Path, exc: BaseException | str) -> ArtifactError:
@@ -38,14 +94,12 @@ def corrupt(path: str | Path, exc: BaseException | str) -> ArtifactError:
 
 
 def stamp(kind: str, params: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The metadata every Parquet/HDF5 artifact carries: kind, versions, creation time, params, `extra`."""
-    meta = {
-        "kind": kind,
-        "schema_version": SCHEMA_VERSION,
-        "package_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "params": params,
-    }
+    """The metadata every Parquet/HDF5 artifact carries: kind, versions, params, `extra`.
+
+    No build time: the same content gives the same bytes (and sha256) on every rebuild; a stage that
+    wants to record when it ran writes the time into a sidecar (the graph folder's manifest.json).
+    """
+    meta = {"kind": kind, "schema_version": SCHEMA_VERSION, "package_version": __version__, "params": params}
     meta.update(extra or {})
     return meta
 
@@ -55,7 +109,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any], staging: Path |
 
     `write(tmp)` fills a temporary file beside `path` (same folder, so the same file system), which is
     then renamed onto `path` (`os.replace`, atomic): a reader or a killed job never sees a half-written
-    file under the final name. When `write` fails, the temporary file is removed and `path` is untouched.
+    file under the final name. When `write` fails, the temporary file is removed and `path` is untouched;
+    a failure for lack of space is a `DiskFullError` naming `path`.
 
     Args:
         path: the artifact's final path (its folder is created).
@@ -66,17 +121,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any], staging: Path |
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if staging is None:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
-    else:
-        tmp = staging
+    tmp = staging
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with naming_a_full_disk(path):  # checked before the temporary file is removed and frees its space
+            if tmp is None:
+                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                os.close(fd)
+                tmp = Path(name)
+            write(tmp)
+            os.replace(tmp, path)
     finally:
-        if staging is None:
+        if staging is None and tmp is not None:
             tmp.unlink(missing_ok=True)
 
 

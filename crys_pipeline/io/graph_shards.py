@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crys_pipeline.io.core import ArtifactError, corrupt, read_json, sha256_file
+from crys_pipeline.io.core import REBUILD, ArtifactError, corrupt, read_json, sha256_file
 from crys_pipeline.io.parquet import check_meta, read_meta, read_parquet
 from crys_pipeline.schemas import STATUS_OK
 
@@ -105,6 +105,12 @@ def _check_graph_manifest(path: Path, shards: list[Path]) -> None:
                           "it was written")
 
 
+def rebuild_folder(path: str | Path) -> str:
+    """The fix for any problem inside a graph folder: snakemake rebuilds the folder, never a single shard."""
+    return (f"delete the folder {path} (the graphs stage's output: snakemake rebuilds a deleted folder, not a "
+            "deleted shard) and rerun the same command")
+
+
 def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa.Table:
     """All graph shards of a `graphs` output folder, concatenated in shard order.
 
@@ -112,22 +118,30 @@ def read_graph_dir(path: str | Path, expect: dict[str, Any] | None = None) -> pa
     missing or extra shard is refused); every shard is validated against the ``graphs`` layout and its
     page checksums; all shards must carry the same params (and `expect`, when given), and the shard
     indices must be exactly 0..n_shards-1. A cache made with other graph parameters, a mix of two
-    builds or a damaged file raises ArtifactError naming the file.
+    builds or a damaged file raises ArtifactError naming the file and, as the fix, the whole folder
+    (`rebuild_folder`): the folder is the stage's output, so deleting one shard would not rebuild it.
 
     Args:
         path: folder holding shard-NNNNN.parquet files (``results/graphs/{source}``) and manifest.json.
         expect: params the shards must have been built with (e.g. ``graphs.graph_meta(settings)``).
     """
     path = Path(path)
+    try:
+        return _read_shards(path, expect)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{str(exc).removesuffix(f'; {REBUILD}')}; {rebuild_folder(path)}") from exc
+
+
+def _read_shards(path: Path, expect: dict[str, Any] | None) -> pa.Table:
     shards = sorted(path.glob("shard-*.parquet"))
     if not shards:
-        raise ArtifactError(f"{path}: no graph shards; delete the folder and rerun the graphs stage")
+        raise ArtifactError(f"{path}: no graph shards")
     _check_graph_manifest(path, shards)
     metas = [read_meta(shard) for shard in shards]
     for shard, meta in zip(shards, metas, strict=True):
         check_meta(meta, kind="graphs", where=str(shard), expect=expect)
         if meta["params"] != metas[0]["params"] or meta.get("structures_sha256") != metas[0].get("structures_sha256"):
-            raise ArtifactError(f"{shard}: made with other params or inputs than {shards[0].name}; rebuild {path}")
+            raise ArtifactError(f"{shard}: made with other params or inputs than {shards[0].name}")
     if sorted(meta.get("shard") for meta in metas) != list(range(metas[0].get("n_shards", -1))):
         raise ArtifactError(f"{path}: shards {[m.get('shard') for m in metas]} do not form one complete build")
     return pa.concat_tables([read_parquet(shard, "graphs") for shard in shards])

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline.io.core import ArtifactError, corrupt, stamp, write_atomic
+from crys_pipeline.io.core import ArtifactError, DiskFullError, corrupt, naming_a_full_disk, stamp, write_atomic
 from crys_pipeline.io.parquet import check_meta
 from crys_pipeline.schemas import META_KEY
 
@@ -93,15 +93,23 @@ class EmbeddingsPartial:
         """
         from crys_pipeline.schemas import EMBEDDINGS
 
-        for suffix in EMBEDDINGS.variant_datasets:
-            self._h5[f"{variant}{suffix}"][rows] = values[suffix]
-        self._h5[f"{_PROGRESS}/{variant}"][rows] = True
-        self._h5.flush()
+        with naming_a_full_disk(self._h5.filename):
+            for suffix in EMBEDDINGS.variant_datasets:
+                self._h5[f"{variant}{suffix}"][rows] = values[suffix]
+            self._h5[f"{_PROGRESS}/{variant}"][rows] = True
+            self._h5.flush()
 
     def close_if_open(self) -> None:
-        """Close the partial file unless `finalize` already did (it stays on disk for a later resume)."""
+        """Close the partial file unless `finalize` already did (it stays on disk for a later resume).
+
+        Called on the way out of a failure: an error while closing (a full disk fails the final flush
+        too) is logged, so that the first error is the one the job reports.
+        """
         if self._h5.id.valid:
-            self._h5.close()
+            try:
+                self._h5.close()
+            except Exception as exc:  # the error that brought us here is the one to report
+                log.warning("%s: not closed cleanly (%s); a later run resumes or replaces it", self.final, exc)
 
     def finalize(self, attrs: dict[str, Any]) -> None:
         """Check completeness, seal the file (`attrs`, digests, no bookkeeping) and rename it to the final path."""
@@ -110,7 +118,9 @@ class EmbeddingsPartial:
         missing = {v: int((~self.done(v)).sum()) for v in EMBEDDINGS.variants if not self.done(v).all()}
         if missing:
             raise RuntimeError(f"{self.final}: rows still missing per variant {missing}")
-        write_atomic(self.final, lambda _: self._seal(attrs), staging=Path(self._h5.filename))
+        partial = Path(self._h5.filename)
+        with naming_a_full_disk(partial):
+            write_atomic(self.final, lambda _: self._seal(attrs), staging=partial)
 
     def _seal(self, attrs: dict[str, Any]) -> None:
         """Add `attrs` and the sha256 of every dataset, drop the bookkeeping and close the file."""
@@ -154,7 +164,6 @@ def open_embeddings_partial(
         inputs: input identity (e.g. the sections file's sha256); a change restarts from scratch.
     """
     import h5py
-    import numpy as np
 
     from crys_pipeline.schemas import EMBEDDINGS
 
@@ -173,18 +182,38 @@ def open_embeddings_partial(
             handle.close()
         partial.unlink()
     final.parent.mkdir(parents=True, exist_ok=True)
-    handle = h5py.File(partial, "w")
-    n = len(ids)
-    for name, values in rows.items():
-        handle.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
-    for variant in EMBEDDINGS.variants:
-        for suffix, (dtype, ndim) in EMBEDDINGS.variant_datasets.items():
-            shape = (n, dim) if ndim == 2 else (n,)
-            handle.create_dataset(f"{variant}{suffix}", shape=shape, dtype=dtype)
-        handle.create_dataset(f"{_PROGRESS}/{variant}", shape=(n,), dtype=bool)
-    handle.attrs[META_KEY] = json.dumps(meta, sort_keys=True)
-    handle.flush()
+    try:
+        with naming_a_full_disk(partial):
+            handle = _create_partial(partial, rows, dim, meta)
+    except DiskFullError:
+        partial.unlink(missing_ok=True)  # nothing written yet: nothing to resume
+        raise
     return EmbeddingsPartial(handle, final)
+
+
+def _create_partial(partial: Path, rows: dict[str, list[str]], dim: int, meta: dict[str, Any]) -> Any:
+    """A new partial file with every dataset allocated, the row strings written and no row marked done."""
+    import h5py
+    import numpy as np
+
+    from crys_pipeline.schemas import EMBEDDINGS
+
+    handle = h5py.File(partial, "w")
+    try:
+        n = len(rows["material_id"])
+        for name, values in rows.items():
+            handle.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        for variant in EMBEDDINGS.variants:
+            for suffix, (dtype, ndim) in EMBEDDINGS.variant_datasets.items():
+                handle.create_dataset(f"{variant}{suffix}", shape=(n, dim) if ndim == 2 else (n,), dtype=dtype)
+            handle.create_dataset(f"{_PROGRESS}/{variant}", shape=(n,), dtype=bool)
+        handle.attrs[META_KEY] = json.dumps(meta, sort_keys=True)
+        handle.flush()
+    except BaseException:
+        with contextlib.suppress(Exception):  # closing flushes again; the first error is the one to report
+            handle.close()
+        raise
+    return handle
 
 
 def _check_embeddings_layout(handle: Any, where: str) -> int:
@@ -303,6 +332,23 @@ def read_embeddings(
     attrs["variant"] = variant
     attrs["encoder"] = attrs["model"] + (f"@{attrs['revision']}" if attrs.get("revision") else "")
     return ids, matrix, attrs
+
+
+def verify_embeddings(path: str | Path) -> int:
+    """Check a whole embeddings file: kind, version, layout and every dataset against its recorded sha256.
+
+    Returns:
+        the number of datasets verified.
+
+    Raises:
+        ArtifactError: damaged, edited, of another kind or layout; the message names the path and the fix.
+    """
+    from crys_pipeline.schemas import EMBEDDINGS
+
+    names = list(EMBEDDINGS.datasets())
+    with _open_embeddings(path, EMBEDDINGS.variants[0], None) as handle:
+        _read_verified(handle, names, Path(path))
+    return len(names)
 
 
 def read_embedding_flags(path: str | Path, variant: str) -> dict[str, Any]:

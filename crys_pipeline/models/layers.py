@@ -12,12 +12,14 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from crys_pipeline.atom_features import N_FEATURES, N_ROWS
 from crys_pipeline.models.fused import mlp_block
 
 log = logging.getLogger(__name__)
 
-#: Rows of the CGCNN atom-feature table (Z = 0..103) and its width (docs/method.md §2.5).
-ATOM_TABLE_SHAPE = (104, 92)
+#: Rows of the CGCNN atom-feature table (Z = 0..103) and its width (docs/method.md §2.5): the one table
+#: `atom_features` ships and ingest checks every element against.
+ATOM_TABLE_SHAPE = (N_ROWS, N_FEATURES)
 
 
 class RBFExpansion(nn.Module):

@@ -3,7 +3,9 @@
 A checkpoint holds the model, optimiser, scheduler, shuffle generator, global RNG states and the
 `RunState` (epoch, best state, history), as tensors and plain values only (it loads with
 `weights_only=True`), with a fingerprint of every setting and input that changes the numbers: a
-checkpoint of other settings or inputs is not resumed.
+checkpoint of other settings or inputs is not resumed. The checkpoint is no Snakemake output, so
+nothing would ever replace a damaged one: an unreadable checkpoint (truncated, garbage, or holding
+objects other than tensors) is moved aside, named in a warning, and training starts over from epoch 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from crys_pipeline.train.loop import Loaders, RunState, TrainConfig
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: Suffix of a checkpoint that could not be read, moved aside so that it does not block the rerun.
+UNREADABLE = ".unreadable"
+#: What a checkpoint written by `save_checkpoint` holds.
+KEYS = ("fingerprint", "run", "model", "optimizer", "scheduler", "generator", "rng")
+
 
 def rng_states() -> dict[str, Any]:
     """The global RNG states of torch, CUDA, numpy and stdlib random.
@@ -66,13 +73,37 @@ def save_checkpoint(path: Path, state: RunState, model, optimizer, scheduler, lo
     }, path)
 
 
+def _read_or_move_aside(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None after moving an unreadable one aside (with a warning naming both files)."""
+    try:
+        ckpt = io.read_torch(path)
+    except io.ArtifactError as exc:
+        ckpt, problem = None, f"{type(exc.__cause__ or exc).__name__}: not a tensors-only torch file this package wrote"
+    else:
+        missing = [key for key in KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+        problem = f"not a checkpoint of `crys-pipeline train`: no {missing}" if missing else None
+    if problem is None:
+        return ckpt
+    aside = path.with_name(path.name + UNREADABLE)
+    path.replace(aside)
+    log.warning("%s: unreadable checkpoint (%s); moved aside to %s: training starts over from epoch 0 (delete %s "
+                "once you no longer need it)", path, problem, aside, aside)
+    return None
+
+
 def load_checkpoint(path: Path, state: RunState, model, optimizer, scheduler, loaders: Loaders,
                     stamp: dict[str, Any]) -> RunState:
-    """Restore a matching checkpoint; returns the fresh `state` when none exists or it does not match."""
+    """Restore a matching checkpoint; returns the fresh `state` when none exists, it does not match or is unreadable.
+
+    An unreadable checkpoint is moved aside to `checkpoint.pt.unreadable` (never loaded as code), so the
+    run and every later rerun start from epoch 0 instead of failing on it.
+    """
     if not path.exists():
         return state
-    ckpt = io.read_torch(path)
-    if ckpt.get("fingerprint") != stamp:
+    ckpt = _read_or_move_aside(path)
+    if ckpt is None:
+        return state
+    if ckpt["fingerprint"] != stamp:
         log.warning("%s was made with other settings or inputs: starting from scratch", path)
         return state
     model.load_state_dict(ckpt["model"])
