@@ -340,12 +340,12 @@ def mae_text(row: dict[str, Any]) -> str:
     return text + (f" {row['marks']}" if row["marks"] else "")
 
 
-def _md_row(row: dict[str, Any]) -> str:
+def _md_row(row: dict[str, Any], last_epoch: bool) -> str:
     ratio = "–" if math.isnan(row["ratio_to_paper"]) else f"{row['ratio_to_paper']:.2f}×"
     cells = [
         row["property"], row["unit"], row["variant"], row["encoder"] or "–",
         f"{row['n_train']} / {row['n_val']} / {row['n_test']}", mae_text(row), str(row["n_seeds"]),
-        fmt(row["baseline_mae"]), skill_text(row), fmt(row["last_mae_mean"]),
+        fmt(row["baseline_mae"]), skill_text(row), *([fmt(row["last_mae_mean"])] if last_epoch else []),
         _paper_cell(row["paper_mae"], row["paper_origin"]), ratio, f"`{row['split_hash'][:12]}`",
     ]
     return "| " + " | ".join(cells) + " |"
@@ -358,23 +358,29 @@ def mark_footnotes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def table_markdown(table: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """A readable Markdown rendering of a table with a legend."""
+    """A readable Markdown rendering of a table with a legend.
+
+    The last-epoch column is left out when no run has a per-epoch test curve (`train.test_each_epoch: false`).
+    """
+    last_epoch = any(not math.isnan(row["last_mae_mean"]) for row in rows)
     head = ["property", "unit", "variant", "text encoder", "n train / val / test", "test MAE (mean ± std)",
-            "seeds", "baseline MAE", "skill [95 % interval]", "last-epoch MAE", "paper MAE", "ours / paper", "split"]
+            "seeds", "baseline MAE", "skill [95 % interval]", *(["last-epoch MAE"] if last_epoch else []),
+            "paper MAE", "ours / paper", "split"]
     baseline = rows[0]["baseline"] if rows else evidence.BASELINE
     lines = [
         f"## {table}: {spec['source']}, regime `{spec['regime']}`",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 4 + ["---:"] * 8 + ["---"]) + "|",
-        *(_md_row(row) for row in rows),
+        "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 5) + ["---"]) + "|",
+        *(_md_row(row, last_epoch) for row in rows),
         "",
         (
             "Test MAE of the validation-selected checkpoint, mean ± sample std over seeds (no std with one seed). "
             f"Baseline: the constant {baseline} (the constant with the lowest training MAE), its test MAE on the "
             "same materials; skill = MAE / baseline MAE, below 1 is better than the constant, with the 95 % "
-            "interval over seeds and test materials (docs/method.md §7.6). Last-epoch MAE is the final epoch's test "
-            "MAE. Paper MAE: the paper's value for the same cell (– where the paper gives none; † copied by the "
+            "interval over seeds and test materials (docs/method.md §7.6). "
+            + ("Last-epoch MAE is the final epoch's test MAE. " if last_epoch else "")
+            + "Paper MAE: the paper's value for the same cell (– where the paper gives none; † copied by the "
             "paper from the baseline's own paper, other splits and data versions); see the CSV `paper_ref` and "
             "`paper_origin` columns. split: first 12 hex digits of the split hash. "
             f"crys_pipeline {__version__}."

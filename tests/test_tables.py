@@ -284,3 +284,13 @@ def test_a_model_that_predicts_a_constant_is_marked_in_csv_and_markdown(tmp_path
     md = (tmp_path / "t.md").read_text()
     assert f"| {fmt(flat['mae_mean'])} ± 0 §¶ |" in md
     assert "§ not clearly below the constant baseline" in md and "¶ underfit: in at least one seed" in md
+
+
+def test_runs_without_a_per_epoch_test_pass_leave_out_the_last_epoch_column(tmp_path: Path) -> None:
+    spec = {**TABLE1, "targets": ["mbj_bandgap"], "variants": ["crysmmnet"]}
+    run = make_run(tmp_path, "mbj_bandgap", "crysmmnet", 0, 0.3)
+    io.write_json({**io.read_json(run), "last_test_mae": None, "min_test_mae": None}, run)
+    md = table_markdown("table1", spec, assemble_table("table1", spec=spec, units=UNITS, runs=[run]))
+    assert "last-epoch" not in md.lower()
+    header, rule, row = md.splitlines()[2:5]
+    assert header.count("|") == rule.count("|") == row.count("|") == 13
