@@ -228,8 +228,9 @@ def _caveat(runs: list[RunResult]) -> str:
     sources = sorted({r.summary["source"] for r in runs})
     seeds = sorted({r.summary["seed"] for r in runs})
     scalings = sorted({r.summary["target_scaling"] for r in runs})
+    these = "This run" if len(runs) == 1 else f"These {len(runs)} runs"
     return (
-        f"These {len(runs)} runs on {', '.join(sources)} trained on {_span(counts['train'])} materials per property "
+        f"{these} on {', '.join(sources)} trained on {_span(counts['train'])} materials per property "
         f"(validation {_span(counts['val'])}, test {_span(counts['test'])}) for {_span(epochs)} epochs, seeds "
         f"{', '.join(map(str, seeds))}, target scaling {', '.join(scalings)}, text encoder(s) "
         f"{', '.join(encoders) or 'none'}. The paper trains on the full official splits (e.g. 44,569 JARVIS "

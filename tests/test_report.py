@@ -198,3 +198,36 @@ def test_report_conclusions_are_the_generated_sentences_word_for_word(
             "test materials); not clearly below (§): formation_energy_peratom / crysmmnet, formation_energy_peratom"
             " / alignn; underfit in at least one seed (¶): mbj_bandgap / alignn.\n") in md
     assert "- 0 of 1 cells are clearly below" in md
+
+
+def test_report_words_come_from_the_runs_own_source_and_settings(tmp_path: Path) -> None:
+    """Issue 23 case 17: a folder source's report names that source and its settings, not the offline default's;
+    axes name the target, not "DFT"; one seed is "1 seed"."""
+    runs = [make_run(tmp_path, "formation_energy_peratom", "crysmmnet", 0, 2.0, source="my_crystals")]
+    spec = {"source": "my_crystals", "targets": ["formation_energy_peratom"], "variants": ["crysmmnet"],
+            "regime": "full"}
+    res = tmp_path / "results"
+    build_table("table1", spec=spec, units={"formation_energy_peratom": "K"}, runs=runs, out_csv=res / "table1.csv",
+                out_md=res / "table1.md")
+    build_comparisons({"table1": spec}, units={"my_crystals": {"formation_energy_peratom": "K"}}, runs=runs,
+                      out_csv=res / "comparisons.csv")
+    figures = []
+
+    def keep(fig, path, *args, **kwargs):  # the parity figure's texts, as drawn
+        figures.append([t.get_text() for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)])
+
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+    matplotlib.figure.Figure.savefig = lambda self, path, **kw: (keep(self, path), original(self, path, **kw))[1]
+    try:
+        build_report([res / "table1.csv"], comparisons=res / "comparisons.csv", summaries=runs,
+                     out_md=res / "report.md", fig_dir=res / "report")
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    md = (res / "report.md").read_text()
+    assert "This run on my_crystals trained on 16 materials per property" in md
+    assert "offline default" not in md and "small subset" not in md
+    parity = next(texts for texts in figures if any("test MAE" in t for t in texts))
+    assert "formation_energy_peratom [K]" in parity and "predicted [K]" in parity
+    assert not any("DFT" in t for t in parity) and any("(1 seed)" in t for t in parity)
