@@ -37,4 +37,5 @@ def test_gpu_check_runs_without_the_cpu_only_packages(tmp_path: Path) -> None:
     assert {"reference", "fused", "compiled"} <= set(rates) and min(rates.values()) > 0
     training = result["training"]
     assert training["epochs"] == 2 and math.isfinite(training["val_mae"]) and math.isfinite(training["test_mae"])
+    assert math.isfinite(training["baseline_test_mae"]) and "constant baseline (training median)" in done.stdout
     assert "absent on the GPU machine" not in done.stdout
