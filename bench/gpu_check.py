@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train_throughput as btt  # the benchmark beside this file
+import train_reference as parity  # the parity reference the tests compare against
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "formation_energy_peratom"
@@ -53,12 +55,12 @@ def throughput(data: Path, device: torch.device, size: dict, repeats: int, compi
     The fused path's peak GPU memory is recorded; the compiled path (its one-off compile in the warm-up
     step) runs last, so a missing compiler backend or a slow compile costs nothing else.
     """
-    batch = btt.real_batch(size["batch"], data / "jarvis_dft3d_2021_tiny.jsonl").to(device)
+    batch = parity.real_batch(size["batch"], data / "jarvis_dft3d_2021_tiny.jsonl").to(device)
     dims = {"hidden_features": size["width"], "alignn_layers": size["layers"], "gcn_layers": size["layers"]}
     if compiled:
-        seconds = btt.median_seconds({"compiled": btt.new_pair(batch, True, **dims)[0]}, batch, repeats)
+        seconds = btt.median_seconds({"compiled": parity.new_pair(batch, True, **dims)[0]}, batch, repeats)
         return {"crystals_per_s": {"compiled": batch.num_graphs / seconds["compiled"]}}
-    new, ref = btt.new_pair(batch, **dims)
+    new, ref = parity.new_pair(batch, **dims)
     seconds = btt.median_seconds({"reference": ref}, batch, repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -72,7 +74,7 @@ def _graph(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from crys_pipeline.graphs import knn_graph
 
     graph = knn_graph(record["lattice_mat"], record["frac_coords"])
-    z = np.array([btt.Z_OF[s] for s in record["species"]], dtype=np.int64)
+    z = np.array([parity.Z_OF[s] for s in record["species"]], dtype=np.int64)
     return z, graph.edge_index.astype(np.int64), graph.edge_vec.astype(np.float32)
 
 
