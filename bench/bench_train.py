@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from crys_pipeline import train
-from crys_pipeline.data import SplitData, make_loader
 from crys_pipeline.devices import resolve_device, set_threads
 from crys_pipeline.embed import TextEncoder
 from crys_pipeline.settings import EmbedSettings
+from crys_pipeline.train.data import SplitData, make_loader
 
 TEXTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "robocrys_text_reference_mp.jsonl"
 

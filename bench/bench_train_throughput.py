@@ -10,7 +10,7 @@ the same copy) with the same weights.
 
 - Reference: that model + `torch.optim.AdamW(param_groups(model))` (PyTorch's default implementation).
 - Fused: the fused model + `crys_pipeline.train.make_optimizer` (fused AdamW on one flat buffer per
-  parameter group, `crys_pipeline.optim.FlatAdamW`), eager (train.compile false).
+  parameter group, `crys_pipeline.train.optim.FlatAdamW`), eager (train.compile false).
 - Compiled: the same with the edge-gated convolutions through `torch.compile` (train.compile true);
   its one-off compile happens in the warm-up step and is not timed.
 

@@ -88,7 +88,7 @@ def train_runs(art: dict[str, Path], work: Path) -> list[Path]:
 
 def load_data(art: dict[str, Path]) -> None:
     """What a training job reads: structures, split, graph shards and embeddings, joined and checked."""
-    from crys_pipeline.data import load_training_data
+    from crys_pipeline.train.data import load_training_data
 
     load_training_data(art["structures"], split=art["splits"], target=TARGET,
                        graphs=art["graph shard"].parent, embeddings=art["embeddings"], text_variant="full")

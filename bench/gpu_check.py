@@ -80,7 +80,7 @@ def _graph(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def training_data(data: Path, counts: tuple[int, int, int]):
     """TrainingData of the first n crystals of each official formation-energy split, in memory."""
-    from crys_pipeline.data import SplitData, TrainingData
+    from crys_pipeline.train.data import SplitData, TrainingData
 
     with gzip.open(data / "jarvis_dft3d_2021_targets_splits.csv.gz", "rt") as fh:
         rows = {r["jid"]: r for r in csv.DictReader(fh) if r[TARGET] and r[f"split_{TARGET}"] in SPLIT_NAMES}

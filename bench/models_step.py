@@ -22,9 +22,10 @@ from torch_geometric.data import Batch, Data
 
 from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.graphs import knn_graph
-from crys_pipeline.models import build_model, param_groups
+from crys_pipeline.models import build_model
 from crys_pipeline.models.line_graph import line_graph
 from crys_pipeline.settings import TrainSettings
+from crys_pipeline.train.optim import param_groups
 from crys_pipeline.variants import VARIANTS as ALL_VARIANTS
 
 TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"

@@ -291,8 +291,8 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
     """Fill `crystal.predictions[run.name]` for every usable crystal."""
     import torch
 
-    from crys_pipeline.data import SplitData, make_loader
     from crys_pipeline.train import predict
+    from crys_pipeline.train.data import SplitData, make_loader
     from crys_pipeline.variants import VARIANTS
 
     spec = VARIANTS[run.meta["variant"]]

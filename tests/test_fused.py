@@ -11,9 +11,10 @@ import torch
 import train_reference as reference
 from torch_geometric.data import Batch
 
-from crys_pipeline.models import build_model, param_groups
+from crys_pipeline.models import build_model
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
 from crys_pipeline.train import make_optimizer
+from crys_pipeline.train.optim import param_groups
 
 SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
 

@@ -12,9 +12,10 @@ from torch_geometric.data import Batch, Data
 
 from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.graphs import atomic_number, knn_graph
-from crys_pipeline.models import build_model, decay_split, param_groups
+from crys_pipeline.models import build_model
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
 from crys_pipeline.models.layers import FusionMLP, MLPLayer, ProjectionHead, RBFExpansion
+from crys_pipeline.train.optim import decay_split, param_groups
 from crys_pipeline.variants import VARIANTS
 
 TEXT_DIM = 768

@@ -1,4 +1,4 @@
-"""FlatAdamW (crys_pipeline/optim.py) against torch's per-tensor AdamW, on real JARVIS crystals."""
+"""FlatAdamW (crys_pipeline/train/optim.py) against torch's per-tensor AdamW, on real JARVIS crystals."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
 from crys_pipeline.atom_features import cgcnn_feature_table
-from crys_pipeline.models import build_model, param_groups
-from crys_pipeline.optim import FlatAdamW
+from crys_pipeline.models import build_model
+from crys_pipeline.train.optim import FlatAdamW, param_groups
 
 SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
 

@@ -24,9 +24,10 @@ from torch.nn import functional as F
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
-from crys_pipeline.models import build_model, param_groups
+from crys_pipeline.models import build_model
 from crys_pipeline.models.alignn import NODE_BLOCKS, EdgeGatedGraphConv
 from crys_pipeline.models.layers import readout
+from crys_pipeline.train.optim import param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT.parent / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"

@@ -1,11 +1,11 @@
 """Models: torch nn.Modules only (no files, no pymatgen); tensors in, tensors out (docs/method.md §4).
 
 Public API: ``build_model`` (a variant of ``crys_pipeline.variants.VARIANTS`` by name),
-``register_encoder`` / ``ENCODERS`` (graph-encoder registry), ``encoder_settings`` (an encoder's
-hyper-parameters and project choices) and ``param_groups`` (AdamW groups with the reference's no-decay rule).
+``register_encoder`` / ``ENCODERS`` (graph-encoder registry) and ``encoder_settings`` (an encoder's
+hyper-parameters and project choices). The optimiser's parameter groups belong to training
+(``crys_pipeline.train.optim``).
 """
 
-from crys_pipeline.models.optim import decay_split, param_groups
 from crys_pipeline.models.registry import (
     ENCODERS,
     build_model,
@@ -16,8 +16,6 @@ from crys_pipeline.models.registry import (
 __all__ = [
     "ENCODERS",
     "build_model",
-    "decay_split",
     "encoder_settings",
-    "param_groups",
     "register_encoder",
 ]

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from crys_pipeline.data import TrainingData, load_training_data
 from crys_pipeline.train.checkpoint import (
     CHECKPOINT,
     fingerprint,
@@ -31,6 +30,7 @@ from crys_pipeline.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from crys_pipeline.train.data import TrainingData, load_training_data
 from crys_pipeline.train.loop import (
     Loaders,
     RunState,
@@ -38,21 +38,20 @@ from crys_pipeline.train.loop import (
     build,
     mae,
     make_loaders,
-    make_optimizer,
-    make_scheduler,
     predict,
     run_epoch,
     seed_everything,
     should_stop,
     train_epoch,
 )
+from crys_pipeline.train.optim import make_optimizer, make_scheduler, param_groups
 from crys_pipeline.train.outputs import write_metrics, write_outputs
 from crys_pipeline.variants import variant
 
 __all__ = [
     "CHECKPOINT", "Loaders", "RunState", "TrainConfig", "build", "fingerprint", "fit", "load_checkpoint", "mae",
-    "make_loaders", "make_optimizer", "make_scheduler", "predict", "rng_states", "run_epoch", "save_checkpoint",
-    "seed_everything", "set_rng_states", "train", "train_epoch", "write_outputs",
+    "make_loaders", "make_optimizer", "make_scheduler", "param_groups", "predict", "rng_states", "run_epoch",
+    "save_checkpoint", "seed_everything", "set_rng_states", "train", "train_epoch", "write_outputs",
 ]
 
 log = logging.getLogger(__name__)

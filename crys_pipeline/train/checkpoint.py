@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from crys_pipeline import __version__, io, settings
-from crys_pipeline.data import TrainingData
+from crys_pipeline.train.data import TrainingData
 from crys_pipeline.train.loop import Loaders, RunState, TrainConfig
 
 log = logging.getLogger(__name__)

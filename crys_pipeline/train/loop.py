@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from crys_pipeline.data import SplitData, TrainingData, make_loader
 from crys_pipeline.settings import TrainSettings
+from crys_pipeline.train.data import SplitData, TrainingData, make_loader
 from crys_pipeline.variants import variant
 
 log = logging.getLogger(__name__)
@@ -77,27 +77,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed).
-
-    ``FlatAdamW``: each group's parameters and gradients live in one flat buffer, and the update is
-    the fused (else multi-tensor) AdamW kernel on those buffers: the same update to float32 rounding,
-    a handful of ops per step. Build it after ``model.to(device)``.
-    """
-    from crys_pipeline.models import param_groups
-    from crys_pipeline.optim import FlatAdamW
-
-    return FlatAdamW(param_groups(model, weight_decay), lr=lr)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
-    """OneCycleLR of the reference: pct_start 0.3, cosine, div 25, final div 1e4, momentum cycling on."""
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.3, anneal_strategy="cos",
-        div_factor=25.0, final_div_factor=1e4, cycle_momentum=True,
-    )
-
 
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA, nothing on CPU."""

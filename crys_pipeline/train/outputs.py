@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from crys_pipeline import __version__, evidence, io
-from crys_pipeline.data import SPLITS, TrainingData
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.settings import stamp
+from crys_pipeline.train.data import SPLITS, TrainingData
 from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict
 
 
