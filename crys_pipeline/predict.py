@@ -70,7 +70,7 @@ def collect_files(paths: list[Path]) -> list[Path]:
     Raises:
         ValueError: a folder without any structure file.
     """
-    from crys_pipeline.folder import file_format_of
+    from crys_pipeline.sources.folder import file_format_of
 
     out: list[Path] = []
     for path in paths:
@@ -96,8 +96,9 @@ def collect_files(paths: list[Path]) -> list[Path]:
 
 def read_crystal(path: Path) -> Crystal:
     """Read and validate one structure file as the folder source does; problems become `Crystal.error`."""
-    from crys_pipeline.folder import read_structure
-    from crys_pipeline.ingest import RawRecord, validate
+    from crys_pipeline.ingest import validate
+    from crys_pipeline.sources.folder import read_structure
+    from crys_pipeline.sources.records import RawRecord
 
     crystal = Crystal(path=path, material_id=path.name)
     if not path.is_file():

@@ -24,7 +24,8 @@ import yaml
 from conftest import REPO, snakemake_in
 from test_folder import make_example
 
-from crys_pipeline import folder, io
+from crys_pipeline import io
+from crys_pipeline.sources import folder
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from conftest import SOURCES, default_config, tiny_records, tiny_snapshot_dir
 
 from crys_pipeline import download, ingest
 from crys_pipeline.io import ArtifactError, read_meta, read_parquet, sha256_file, write_json
+from crys_pipeline.sources.records import RawRecord
 
 
 def test_every_tiny_id_is_kept_with_structure_and_targets(jarvis_structures: Path) -> None:
@@ -314,4 +315,4 @@ def test_every_graph_encoder_reads_the_table_ingest_checks_against() -> None:
         assert len(buffers) == (spec.graph_encoder is not None), name
         for buffer in buffers:
             assert buffer.shape[0] == MAX_Z + 1 and buffer[torch.tensor([MAX_Z])].shape == (1, 92), name
-    assert ingest.validate(ingest.RawRecord("x", np.eye(3) * 4, ["Lr"], [[0, 0, 0]])) is None
+    assert ingest.validate(RawRecord("x", np.eye(3) * 4, ["Lr"], [[0, 0, 0]])) is None

@@ -35,7 +35,8 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_download(a: argparse.Namespace) -> None:
-    from crys_pipeline import download, folder
+    from crys_pipeline import download
+    from crys_pipeline.sources import folder
 
     if a.provider == "folder":
         if a.root_dir is None:

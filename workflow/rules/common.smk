@@ -79,7 +79,7 @@ def stratify_target(wildcards):
 
 def split_method(wildcards):
     """The split method of `{target}`: `auto` resolved to official (jarvis, mp, a folder with split labels) or random123."""
-    from crys_pipeline.folder import has_split_labels
+    from crys_pipeline.sources.folder import has_split_labels
 
     src = source_cfg(wildcards)
     method = src["targets"][wildcards.target].get("split", "auto")
@@ -110,7 +110,7 @@ def snapshot_files(wildcards):
     downloads (`snapshot_dir: null`) or the folder does not hold it (then download).
     """
     from crys_pipeline.download import local_snapshot_candidates
-    from crys_pipeline.folder import listed_files
+    from crys_pipeline.sources.folder import listed_files
 
     src = source_cfg(wildcards)
     if src["provider"] == "folder":
