@@ -7,7 +7,7 @@ descriptions, sections, embeddings, a graph shard, and a run's summary.json, mod
 metrics.jsonl, predictions.parquet) and each fault (truncate to half, flip 16 bytes inside its data,
 delete, replace with B's file or the other seed's), it restores a clean copy, injects the fault and
 runs what the next stages run on it: training-data loading for the data artifacts (descriptions and
-sections go through the sections and embed stages first), `predict.load_run`, `tables` and
+sections go through the sections and embed stages first), `predict.load_trained_model`, `tables` and
 `run_results.load_run_result` for run outputs. A fault counts as detected when that raises an error whose
 message names the damaged file. Prints one line per fault and `faults detected N/N`; exit 1 when
 any fault went unnoticed.
@@ -116,7 +116,7 @@ def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[s
         "embeddings": lambda: load_data(art), "graph shard": lambda: load_data(art),
         "summary.json": lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
                                                       runs=[run / "summary.json"]),
-        "model.json": lambda: predict.load_run(run), "model.pt": lambda: predict.load_run(run),
+        "model.json": lambda: predict.load_trained_model(run), "model.pt": lambda: predict.load_run(run),
         "metrics.jsonl": lambda: run_results.load_run_result(run / "summary.json"),
         "predictions.parquet": lambda: run_results.load_run_result(run / "summary.json"),
     }

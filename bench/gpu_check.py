@@ -109,7 +109,7 @@ def short_training(tdata, device: torch.device, size: dict, out: Path) -> dict:
                             device=device.type, test_each_epoch=False)
     out.mkdir(parents=True, exist_ok=True)
     model, state, loaders = train.fit(tdata, cfg, out, device)
-    preds = {name: train.predict(model, loader, device) for name, loader in (("val", loaders.val),
+    preds = {name: train.predict_loader(model, loader, device) for name, loader in (("val", loaders.val),
                                                                              ("test", loaders.test))}
     (out / train.CHECKPOINT).unlink(missing_ok=True)
     return {"n": {k: len(v.ids) for k, v in tdata.splits.items()}, "epochs": state.epoch,

@@ -176,7 +176,7 @@ def test_model_json_of_the_old_layout_is_refused(run3: Path, tmp_path: Path) -> 
     run = _copied_run(run3, tmp_path / "run", "model.json", old_layout)
     with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'model.json'}: key 'schema_version' is None, this "
                                                          "crys_pipeline reads run_model files of schema version '4'")):
-        predict.load_run(run)
+        predict.load_trained_model(run)
 
 
 def test_a_summary_breaking_its_layout_is_not_written(run3: Path, tmp_path: Path) -> None:

@@ -230,9 +230,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(a: argparse.Namespace) -> None:
-    from crys_pipeline import inspect
+    from crys_pipeline import inspection
 
-    print(inspect.describe_artifact(a.path, a.rows, verify=a.verify))
+    print(inspection.describe_artifact(a.path, a.rows, verify=a.verify))
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.

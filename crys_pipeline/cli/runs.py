@@ -76,7 +76,7 @@ def _run_predict(a: argparse.Namespace) -> int:
         raise ValueError(f"no run folder (with model.json) among --model {[str(p) for p in a.model]}")
     if not files:
         raise ValueError("no structure files given")
-    crystals, table = predict.run_predict(runs, paths=files)
+    crystals, table = predict.predict_files(runs, paths=files)
     print(table)
     if a.out:
         predict.write_csv(crystals, a.out)

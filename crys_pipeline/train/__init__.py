@@ -38,7 +38,7 @@ from crys_pipeline.train.loop import (
     build,
     mae,
     make_loaders,
-    predict,
+    predict_loader,
     run_epoch,
     seed_everything,
     should_stop,
@@ -50,7 +50,7 @@ from crys_pipeline.variants import variant
 
 __all__ = [
     "CHECKPOINT", "Loaders", "RunState", "TrainConfig", "build", "fingerprint", "fit", "load_checkpoint", "mae",
-    "make_loaders", "make_optimizer", "make_scheduler", "param_groups", "predict", "rng_states", "run_epoch",
+    "make_loaders", "make_optimizer", "make_scheduler", "param_groups", "predict_loader", "rng_states", "run_epoch",
     "save_checkpoint", "seed_everything", "set_rng_states", "train", "train_epoch", "write_outputs",
 ]
 

@@ -109,7 +109,7 @@ def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> tu
 
 
 @torch.no_grad()
-def predict(model, loader, device: torch.device) -> tuple[list[str], np.ndarray, np.ndarray]:
+def predict_loader(model, loader, device: torch.device) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(material ids, targets float64 [n], predictions float64 [n]) over a loader, ids carried per sample."""
     model.eval()
     ids: list[str] = []
@@ -202,8 +202,8 @@ def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, de
     """Train one epoch, evaluate val (and test), update the val-best state; returns the epoch's record."""
     start = time.perf_counter()
     loss, lr = train_epoch(model, loaders.train, optimizer, scheduler, device)
-    val_mae = mae(*predict(model, loaders.val, device)[1:])
-    test_mae = mae(*predict(model, loaders.test, device)[1:]) if test_each_epoch else None
+    val_mae = mae(*predict_loader(model, loaders.val, device)[1:])
+    test_mae = mae(*predict_loader(model, loaders.test, device)[1:]) if test_each_epoch else None
     state.epoch += 1
     if val_mae is not None and val_mae < state.best_val_mae:
         state.best_epoch, state.best_val_mae, state.best_state = state.epoch, val_mae, _cpu_state(model)

@@ -21,7 +21,7 @@ from crys_pipeline import __version__, evidence, io
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.settings import stamp
 from crys_pipeline.train.data import SPLITS, TrainingData
-from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict
+from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict_loader
 
 
 def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
@@ -45,7 +45,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _predictions(model, loaders: Loaders, device: torch.device) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    return {name: predict(model, loader, device)
+    return {name: predict_loader(model, loader, device)
             for name, loader in (("train", loaders.train_eval), ("val", loaders.val), ("test", loaders.test))}
 
 
