@@ -91,7 +91,7 @@ def load_data(art: dict[str, Path]) -> None:
     from crys_pipeline.train.data import load_training_data
 
     load_training_data(art["structures"], split=art["splits"], target=TARGET,
-                       graphs=art["graph shard"].parent, embeddings=art["embeddings"], text_variant="full")
+                       graphs=art["graph shard"].parent, embeddings=art["embeddings"], text_view="full")
 
 
 def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[str, Callable[[], None]]:

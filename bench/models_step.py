@@ -31,7 +31,7 @@ from crys_pipeline.variants import VARIANTS as ALL_VARIANTS
 TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"
 REFERENCE = "alignn"
 #: Every variant except the text-view ablations (same model as crysmmnet, another cached text).
-VARIANTS = tuple(name for name, v in ALL_VARIANTS.items() if v.text_variant in (None, "full"))
+VARIANTS = tuple(name for name, v in ALL_VARIANTS.items() if v.text_view in (None, "full"))
 
 
 def real_batch(n: int) -> Batch:

@@ -298,7 +298,7 @@ def predict_crystals(trained: TrainedModel, crystals: list[Crystal], cache: dict
 
     spec = VARIANTS[trained.meta["variant"]]
     usable = [c for c in crystals if c.structure is not None]
-    text = _featurize_text(trained, usable, spec.text_variant, cache) if spec.text_variant else None
+    text = _featurize_text(trained, usable, spec.text_view, cache) if spec.text_view else None
     keep = [i for i in range(len(usable)) if text is None or np.isfinite(text[i]).all()]
     for i in set(range(len(usable))) - set(keep):
         usable[i].predictions[trained.name] = None

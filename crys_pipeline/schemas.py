@@ -224,8 +224,8 @@ class H5Layout:
         kind: artifact kind name stamped in the metadata.
         description: one line for `crys-pipeline inspect` and the docs.
         row_datasets: dataset name -> dtype ("str" = UTF-8 strings) of the [N] per-row datasets.
-        variants: names of the per-variant dataset families.
-        variant_datasets: suffix -> (dtype, ndim); dataset `{variant}{suffix}` has shape [N] (ndim 1) or
+        views: the text views, one family of datasets each.
+        view_datasets: suffix -> (dtype, ndim); dataset `{view}{suffix}` has shape [N] (ndim 1) or
             [N, D] (ndim 2).
         required_attrs: root attributes every file must carry (besides META_KEY).
     """
@@ -233,28 +233,29 @@ class H5Layout:
     kind: str
     description: str
     row_datasets: dict[str, str]
-    variants: tuple[str, ...]
-    variant_datasets: dict[str, tuple[str, int]]
+    views: tuple[str, ...]
+    view_datasets: dict[str, tuple[str, int]]
     required_attrs: tuple[str, ...] = field(default_factory=tuple)
 
     def datasets(self) -> dict[str, tuple[str, int]]:
         """Every dataset name -> (dtype, ndim)."""
         out = {name: (dtype, 1) for name, dtype in self.row_datasets.items()}
-        for variant in self.variants:
-            out.update({f"{variant}{suffix}": spec for suffix, spec in self.variant_datasets.items()})
+        for view in self.views:
+            out.update({f"{view}{suffix}": spec for suffix, spec in self.view_datasets.items()})
         return out
 
 
-#: Text variants of the sections table and of the embeddings file (docs/method.md §3.2).
-TEXT_VARIANTS = ("full", "global", "local")
+#: Text views of a description: the sections table's columns and the embeddings file's dataset families
+#: (docs/method.md §3.2). A model variant reads one of them (``variants.Variant.text_view``).
+TEXT_VIEWS = ("full", "global", "local")
 
 EMBEDDINGS = H5Layout(
     kind="embeddings",
     description="one row per material of the sections table: frozen-encoder text embedding [N, D] per text "
-    "variant, with untruncated token count, truncated flag and empty-text flag per variant",
+    "view, with untruncated token count, truncated flag and empty-text flag per view",
     row_datasets={"material_id": "str", "status": "str", "error": "str"},
-    variants=TEXT_VARIANTS,
-    variant_datasets={
+    views=TEXT_VIEWS,
+    view_datasets={
         "": ("float32", 2),
         "_token_count": ("int32", 1),
         "_truncated": ("bool", 1),
@@ -311,7 +312,8 @@ RUN_SUMMARY = JsonLayout(
     kind="run_summary",
     description="summary.json of a training run: the val-selected model's MAEs (null for an empty set or a "
     "non-finite value) beside the constant baseline's (the training median) and whether the model underfits, "
-    "the target scaling, split sizes and drops, encoder, stop reason and the sha256 of the run's other files",
+    "the target scaling, split sizes and drops, encoder and the text view it read (`text_variant`), stop reason and "
+    "the sha256 of the run's other files",
     keys={
         "source": "str", "target": "str", "variant": "str", "regime": "str", "seed": "int",
         "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",

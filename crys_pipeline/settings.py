@@ -26,7 +26,7 @@ import typing
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
-from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.schemas import TEXT_VIEWS
 
 JOB = "job"
 WORKFLOW = "workflow"
@@ -143,7 +143,7 @@ class AttentionSettings(Settings):
 
     layer: int = setting(5, "Layer (numbered from 1) of `crys-pipeline attention` when --layer is not given "
                          "(paper: 5 of MatSciBERT's 12)", minimum=1)
-    variant: str = setting("full", "Text variant analysed", choices=TEXT_VARIANTS)
+    text_view: str = setting("full", "Text view analysed: full | global | local", choices=TEXT_VIEWS)
     sample: int | None = setting(50, "Materials of the summary, drawn from the ok sections rows with `seed`; "
                                  "null = all", minimum=1)
     seed: int = setting(0, "Sampling seed (numpy default_rng)")

@@ -19,17 +19,17 @@ class Variant:
 
     Attributes:
         graph_encoder: one of ``GRAPH_ENCODERS``, or None for text only.
-        text_variant: cached embedding view, one of ``schemas.TEXT_VARIANTS`` ("full" | "global" | "local"),
-            or None for graph only.
+        text_view: the cached text embedding it reads, one of ``schemas.TEXT_VIEWS`` ("full" | "global" |
+            "local"), or None for graph only.
     """
 
     graph_encoder: str | None
-    text_variant: str | None
+    text_view: str | None
 
     @property
     def head(self) -> str:
         """Which head joins the inputs: `fusion` (graph + text), `text` (text only) or `graph` (the model's own)."""
-        if self.graph_encoder and self.text_variant:
+        if self.graph_encoder and self.text_view:
             return "fusion"
         return "graph" if self.graph_encoder else "text"
 

@@ -12,7 +12,7 @@ from conftest import REPO, default_config
 
 from crys_pipeline import cli, settings
 from crys_pipeline.config import validate_config
-from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.schemas import TEXT_VIEWS
 from crys_pipeline.variants import VARIANTS, variant
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -116,7 +116,7 @@ def test_variants_table_is_the_only_list(tmp_path: Path) -> None:
 
     schema = settings.config_schema(yaml.safe_load(SCHEMA.read_text()))
     assert schema["$defs"]["table"]["properties"]["variants"]["items"]["enum"] == list(VARIANTS)
-    assert all(v.text_variant in (None, *TEXT_VARIANTS) for v in VARIANTS.values())
+    assert all(v.text_view in (None, *TEXT_VIEWS) for v in VARIANTS.values())
     for name, spec in VARIANTS.items():
         model = build_model(name, atom_table=None, hidden_features=8, alignn_layers=1, gcn_layers=1, text_dim=4)
         assert (model.graph_encoder is not None) == bool(spec.graph_encoder), name
@@ -129,5 +129,5 @@ def test_variants_table_is_the_only_list(tmp_path: Path) -> None:
         if path.name != "variants.py" and "crysmmnet_gatgnn" in text:
             repeated.append(str(path.relative_to(REPO)))
         if path.name != "schemas.py" and re.search(r"""["']full["'], ["']global["'], ["']local["']""", text):
-            repeated.append(f"{path.relative_to(REPO)} (text variants)")
-    assert not repeated, f"variant names listed outside variants.py / schemas.TEXT_VARIANTS: {repeated}"
+            repeated.append(f"{path.relative_to(REPO)} (text views)")
+    assert not repeated, f"variant names listed outside variants.py / schemas.TEXT_VIEWS: {repeated}"

@@ -375,7 +375,7 @@ def mp_text(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.parametrize("variant", ["crysmmnet", "crystextnet", "crysmmnet_megnet", "crysmmnet_gatgnn"])
-def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
+def test_variants_with_text_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
     with_graph = variant != "crystextnet"
     graphs = mp_text["graphs"] if with_graph else None
     summary = train.train(mp_text["structures"], split=mp_text["split"], graphs=graphs,

@@ -115,7 +115,7 @@ def _assemble(config: dict, spec: Variant, encoder: nn.Module | None) -> Propert
     if encoder is None:
         return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM), scale)
     width = encoder.out_features
-    if spec.text_variant is None:
+    if spec.text_view is None:
         return PropertyModel(config, encoder, nn.Identity(), None, nn.Linear(width, 1), scale)
     if head == "code":
         graph_proj: nn.Module = ProjectionHead(width, PROJECTION_DIM)

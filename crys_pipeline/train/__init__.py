@@ -110,7 +110,7 @@ def train(
         structures: results/structures/{source}.parquet.
         split: results/splits/{source}/{target}/{regime}.json.
         graphs: graph shard folder (graph variants) or None.
-        embeddings: embeddings HDF5 (text variants) or None.
+        embeddings: embeddings HDF5 (variants with text) or None.
         out_dir: run folder; holds the checkpoint while training.
         cfg: hyper-parameters and run settings.
 
@@ -121,9 +121,9 @@ def train(
     from crys_pipeline.devices import keep_cpu_memory, resolve_device, set_threads
 
     spec = variant(cfg.variant)
-    if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_variant is None):
+    if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_view is None):
         raise ValueError(f"variant {cfg.variant} needs graphs={spec.graph_encoder is not None} and "
-                         f"embeddings={spec.text_variant is not None}; got graphs={graphs}, embeddings={embeddings}")
+                         f"embeddings={spec.text_view is not None}; got graphs={graphs}, embeddings={embeddings}")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
@@ -131,7 +131,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = load_training_data(structures, split=split, target=cfg.target, graphs=graphs,
-                              embeddings=embeddings, text_variant=spec.text_variant)
+                              embeddings=embeddings, text_view=spec.text_view)
     load_seconds = time.perf_counter() - start
     model, state, loaders = fit(data, cfg, out_dir, device)
     summary = write_outputs(model, cfg, data, state, loaders, out_dir, device, load_seconds + state.wall_seconds)

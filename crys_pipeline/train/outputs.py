@@ -124,7 +124,7 @@ def _summary(cfg: TrainConfig, data: TrainingData, state: RunState, preds: dict,
         "epochs_run": state.epoch, "epochs": cfg.epochs, "stop_reason": state.stop_reason,
         **{f"n_{name}": len(data.splits[name].ids) for name in SPLITS},
         "dropped": data.dropped, "encoder": _encoder_name(data.embed_attrs),
-        "text_variant": data.embed_attrs.get("variant"), "split_hash": data.split_meta["hash"],
+        "text_variant": data.embed_attrs.get("text_view"), "split_hash": data.split_meta["hash"],
         "split_method": data.split_meta["method"], "wall_seconds": round(wall, 3),
     }
 

@@ -11,7 +11,7 @@ rule attention_summary:
         png="results/attention/{source}/summary.png",
         shares="results/attention/{source}/shares.parquet",
     params:
-        settings=settings_args("attention", names=("variant", "sample", "seed")),
+        settings=settings_args("attention", names=("text_view", "sample", "seed")),
         encoder=settings_args("embed", names=settings.ENCODER_FIELDS),
     threads: 2
     resources:
@@ -38,7 +38,7 @@ rule attention:
         material_id=r"[A-Za-z0-9.-]+",
         layer=r"\d+",
     params:
-        settings=settings_args("attention", names=("variant",)),
+        settings=settings_args("attention", names=("text_view",)),
         encoder=settings_args("embed", names=settings.ENCODER_FIELDS),
     threads: 2
     log:

@@ -61,7 +61,7 @@ def train_inputs(wildcards):
     variant = VARIANTS[wildcards.variant]
     if variant.graph_encoder:
         inputs["graphs"] = f"results/graphs/{wildcards.source}"
-    if variant.text_variant:
+    if variant.text_view:
         inputs["embeddings"] = f"results/embeddings/{wildcards.source}.h5"
     return inputs
 

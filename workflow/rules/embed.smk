@@ -1,4 +1,4 @@
-# Stage `embed`: frozen transformer embeddings of every text variant into HDF5.
+# Stage `embed`: frozen transformer embeddings of every text view into HDF5.
 
 
 rule embed:
