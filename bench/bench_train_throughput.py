@@ -22,9 +22,9 @@ own, as its trainer runs it: the reference under glibc's defaults, the fused pat
 
 Measured, in one run: aten operations per step (forward, backward, optimizer; every aten event
 torch.profiler records, nested ones included, and the top-level ones alone), ms per step on the CPU
-at width 16 (paper depth 4 + 4) and at the offline default (config.yaml train.hidden_features,
-alignn_layers, gcn_layers), crystals/s at paper width on CUDA when present, and whether loss and
-gradients agree to float32 tolerance. Timed rounds alternate the two paths; medians are reported.
+at width 16 (paper depth 4 + 4) and at the offline default (config.yaml's `model` block), crystals/s
+at paper width on CUDA when present, and whether loss and gradients agree to float32 tolerance. Timed
+rounds alternate the two paths; medians are reported.
 
 Last two lines: the op ratio of the fused eager path, then (last line) of the compiled path:
 `train kernels: X.XXx fewer forward+backward ops (same loss: yes|no)`.
@@ -48,11 +48,13 @@ from torch import nn
 from torch_geometric.data import Batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from train_reference import ROOT, TINY, loss_of, new_pair, real_batch, same_numbers
+from train_reference import ROOT, TINY, WIDTH_16, loss_of, new_pair, real_batch, same_numbers
 
 from crys_pipeline.devices import keep_cpu_memory
+from crys_pipeline.settings import ModelSettings, make
 
-PAPER = {"hidden_features": 256, "alignn_layers": 4, "gcn_layers": 4}
+#: The paper's model: the defaults of ModelSettings.
+PAPER = ModelSettings()
 
 
 def count_ops(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> dict[str, tuple[int, int]]:
@@ -97,10 +99,10 @@ def median_seconds(pairs: dict[str, tuple], batch: Batch, repeats: int) -> dict[
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timed(batch: Batch, repeats: int, label: str, **sizes) -> dict[str, float]:
+def timed(batch: Batch, repeats: int, label: str, settings: ModelSettings) -> dict[str, float]:
     """Print ms per step (crystals/s on CUDA) of the three paths at one size; returns reference / path."""
-    new, ref = new_pair(batch, **sizes)
-    compiled, _ = new_pair(batch, True, **sizes)
+    new, ref = new_pair(batch, settings)
+    compiled, _ = new_pair(batch, settings, True)
     sec = median_seconds({"reference": ref, "fused": new, "compiled": compiled}, batch, repeats)
     ratios = {k: sec["reference"] / v for k, v in sec.items() if k != "reference"}
     if batch.z.is_cuda:
@@ -111,12 +113,11 @@ def timed(batch: Batch, repeats: int, label: str, **sizes) -> dict[str, float]:
     return ratios
 
 
-def offline_default_sizes() -> dict[str, int]:
-    """hidden_features, alignn_layers and gcn_layers of config.yaml's train block."""
+def offline_default_model() -> ModelSettings:
+    """The model of config.yaml's `model` block (the offline default)."""
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]
-    return {k: int(cfg[k]) for k in PAPER}
+    return make(ModelSettings, yaml.safe_load((ROOT / "config.yaml").read_text())["model"])
 
 
 def one_path(path: str, batch_file: Path, repeats: int) -> dict[str, float]:
@@ -128,7 +129,7 @@ def one_path(path: str, batch_file: Path, repeats: int) -> dict[str, float]:
     if path == "fused":
         keep_cpu_memory()
     batch = real_batch(64, batch_file)
-    new, ref = new_pair(batch, **offline_default_sizes())
+    new, ref = new_pair(batch, offline_default_model())
     return median_seconds({path: new if path == "fused" else ref}, batch, repeats)
 
 
@@ -170,7 +171,7 @@ def main() -> None:
         print(f"numerics {name} vs reference (width 16, 4 + 4 layers, float32): {detail}", flush=True)
     ops = {}
     for name in ("fused", "compiled"):
-        new, ref = new_pair(batch, name == "compiled", hidden_features=16, alignn_layers=4, gcn_layers=4)
+        new, ref = new_pair(batch, WIDTH_16, name == "compiled")
         ops.setdefault("reference", count_ops(*ref, batch))
         ops[name] = count_ops(*new, batch)
     for name, parts in ops.items():
@@ -181,13 +182,13 @@ def main() -> None:
         print(f"forward+backward, {name}: {fb['reference']} -> {fb[name]} aten ops "
               f"({fb['reference'] / fb[name]:.2f}x), top-level {top['reference']} -> {top[name]} "
               f"({top['reference'] / top[name]:.2f}x)")
-    timed(batch, args.repeats, "CPU width 16, 4 + 4 layers", hidden_features=16, alignn_layers=4, gcn_layers=4)
-    sizes = offline_default_sizes()
-    timed(batch, args.repeats, f"CPU offline default (width {sizes['hidden_features']}, "
-          f"{sizes['alignn_layers']} + {sizes['gcn_layers']} layers)", **sizes)
+    timed(batch, args.repeats, "CPU width 16, 4 + 4 layers", WIDTH_16)
+    model = offline_default_model()
+    timed(batch, args.repeats, f"CPU offline default (width {model.hidden_features}, "
+          f"{model.alignn_layers} + {model.gcn_layers} layers)", model)
     as_trainers_run(args)
     if torch.cuda.is_available():
-        timed(batch.to("cuda"), args.repeats, f"CUDA {torch.cuda.get_device_name()} paper width", **PAPER)
+        timed(batch.to("cuda"), args.repeats, f"CUDA {torch.cuda.get_device_name()} paper width", PAPER)
     print(f"train kernels (fused, eager): {fb['reference'] / fb['fused']:.2f}x fewer forward+backward ops "
           f"(same loss: {'yes' if checks['fused'][0] else 'no'})")
     print(f"train kernels: {fb['reference'] / fb['compiled']:.2f}x fewer forward+backward ops "

@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train_throughput as btt  # the benchmark beside this file
 import train_reference as parity  # the parity reference the tests compare against
+
+from crys_pipeline.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "formation_energy_peratom"
@@ -49,6 +52,11 @@ def default_data() -> Path:
     return outside if outside.exists() else ROOT / "shared" / "data"
 
 
+def model_of(size: dict) -> ModelSettings:
+    """The model of one size: its width, and its depth in ALIGNN and GCN layers alike."""
+    return ModelSettings(hidden_features=size["width"], alignn_layers=size["layers"], gcn_layers=size["layers"])
+
+
 def throughput(data: Path, device: torch.device, size: dict, repeats: int, compiled: bool = False) -> dict:
     """Crystals/s on the first `batch` crystals of the tiny file: reference and fused paths, or the compiled one.
 
@@ -56,18 +64,18 @@ def throughput(data: Path, device: torch.device, size: dict, repeats: int, compi
     step) runs last, so a missing compiler backend or a slow compile costs nothing else.
     """
     batch = parity.real_batch(size["batch"], data / "jarvis_dft3d_2021_tiny.jsonl").to(device)
-    dims = {"hidden_features": size["width"], "alignn_layers": size["layers"], "gcn_layers": size["layers"]}
+    model = model_of(size)
     if compiled:
-        seconds = btt.median_seconds({"compiled": parity.new_pair(batch, True, **dims)[0]}, batch, repeats)
+        seconds = btt.median_seconds({"compiled": parity.new_pair(batch, model, True)[0]}, batch, repeats)
         return {"crystals_per_s": {"compiled": batch.num_graphs / seconds["compiled"]}}
-    new, ref = parity.new_pair(batch, **dims)
+    new, ref = parity.new_pair(batch, model)
     seconds = btt.median_seconds({"reference": ref}, batch, repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds |= btt.median_seconds({"fused": new}, batch, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"crystals_per_s": {k: batch.num_graphs / v for k, v in seconds.items()}, "peak_gib_fused": peak,
-            "atoms": batch.num_nodes, "bonds": int(batch.edge_index.shape[1]), "sizes": dims}
+            "atoms": batch.num_nodes, "bonds": int(batch.edge_index.shape[1]), "sizes": asdict(model)}
 
 
 def _graph(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,8 +113,7 @@ def short_training(tdata, device: torch.device, size: dict, out: Path) -> dict:
     from crys_pipeline import train
 
     cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=size["epochs"], batch_size=size["batch"],
-                            hidden_features=size["width"], alignn_layers=size["layers"], gcn_layers=size["layers"],
-                            device=device.type, test_each_epoch=False)
+                            model=model_of(size), device=device.type, test_each_epoch=False)
     out.mkdir(parents=True, exist_ok=True)
     model, state, loaders = train.fit(tdata, cfg, out, device)
     preds = {name: train.predict_loader(model, loader, device) for name, loader in (("val", loaders.val),

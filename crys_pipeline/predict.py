@@ -128,10 +128,10 @@ def load_trained_model(run_dir: Path) -> TrainedModel:
     import torch
 
     from crys_pipeline.atom_features import cgcnn_feature_table
-    from crys_pipeline.models import build_model
+    from crys_pipeline.models import build_from_config
 
     meta = read_model_json(run_dir)
-    model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
+    model = build_from_config(meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
     state = read_torch(run_dir / "model.pt")
     check_weights_fit(run_dir, meta["config"], model.state_dict(), state)
     model.load_state_dict(state)
@@ -162,27 +162,27 @@ def _shapes_of(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
     """Parameter shapes of the model `config` builds (on the meta device: no memory), None when it cannot build."""
     import torch
 
-    from crys_pipeline.models import build_model
+    from crys_pipeline.models import build_from_config
     from crys_pipeline.models.layers import ATOM_TABLE_SHAPE
 
     try:
         with torch.device("meta"):
-            return _shapes(build_model(**config, atom_table=torch.zeros(ATOM_TABLE_SHAPE)).state_dict())
+            return _shapes(build_from_config(config, atom_table=torch.zeros(ATOM_TABLE_SHAPE)).state_dict())
     except Exception:  # a candidate setting a model cannot be built with is no candidate
         return None
 
 
 def _candidates(key: str, value: Any, state: dict[str, tuple[int, ...]]) -> list[Any]:
     """Other values a model setting could have had: ints seen in the weights' shapes, a string setting's choices."""
-    from crys_pipeline.settings import TrainSettings
+    from crys_pipeline.settings import ModelSettings
     from crys_pipeline.variants import VARIANTS
 
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
         return sorted(({n for shape in state.values() for n in shape} | set(range(1, 13))) - {value})
-    choices = {f.name: f.metadata.get("choices") for f in fields(TrainSettings)}
-    choices.update(variant=tuple(VARIANTS), readout=("mean", "sum"))
+    choices = {f.name: f.metadata.get("choices") for f in fields(ModelSettings)}
+    choices.update(variant=tuple(VARIANTS))
     return [option for option in choices.get(key) or () if option != value]
 
 

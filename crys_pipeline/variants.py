@@ -1,7 +1,7 @@
 """The model variants: one torch-free table that the Snakefile, the rules, the registry, tables and benches read.
 
 A variant is a graph encoder (or none), a cached text view (or none) and the head that joins them:
-- graph + text (CrysMMNet and its Table 5/6 ablations): the fusion head of ``train.head`` (code | paper);
+- graph + text (CrysMMNet and its Table 5/6 ablations): the fusion head of ``model.head`` (code | paper);
 - text only (CrysTextNet): the projection of the text vector and a small MLP;
 - graph only (the baselines): the original model's own output layer, so they are the published architectures.
 """

@@ -13,14 +13,15 @@ from torch_geometric.data import Batch
 
 from crys_pipeline.models import build_model
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
+from crys_pipeline.settings import ModelSettings
 from crys_pipeline.train import make_optimizer
 from crys_pipeline.train.optim import param_groups
 
-SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
+SMALL = ModelSettings(hidden_features=16, alignn_layers=2, gcn_layers=2)
 
 
-def _pair(batch: Batch, **sizes):
-    return reference.new_pair(batch, **(SMALL | sizes))
+def _pair(batch: Batch):
+    return reference.new_pair(batch, SMALL)
 
 
 def test_fused_layer_equals_reference_layer_on_a_real_batch(batch: Batch) -> None:
@@ -74,9 +75,9 @@ def test_seed_gives_the_reference_initial_weights_and_old_state_dicts_load(batch
     loaded.load_state_dict(ref.state_dict())
     assert torch.equal(loaded.node_linear.weight, conv.node_linear.weight)
     torch.manual_seed(0)
-    model = build_model("crysmmnet", atom_table=None, text_dim=reference.TEXT_DIM, **SMALL)
+    model = build_model("crysmmnet", SMALL, atom_table=None, text_dim=reference.TEXT_DIM)
     old_layout = reference.reference_model(model).state_dict()
-    fresh = build_model("crysmmnet", atom_table=None, text_dim=reference.TEXT_DIM, **SMALL)
+    fresh = build_model("crysmmnet", SMALL, atom_table=None, text_dim=reference.TEXT_DIM)
     fresh.load_state_dict(old_layout)
     model.eval()
     fresh.eval()
@@ -108,7 +109,7 @@ def test_fused_optimizer_equals_per_tensor_adamw(batch: Batch) -> None:
     biases in front of a BatchNorm) would otherwise follow their rounding noise through Adam.
     """
     (model, _), _ = _pair(batch)
-    twin = build_model("crysmmnet", atom_table=None, text_dim=reference.TEXT_DIM, **SMALL).train()
+    twin = build_model("crysmmnet", SMALL, atom_table=None, text_dim=reference.TEXT_DIM).train()
     twin.load_state_dict(model.state_dict())
     reference.loss_of(model, batch).backward()
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]

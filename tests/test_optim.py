@@ -12,16 +12,17 @@ from torch_geometric.data import Batch
 
 from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.models import build_model
+from crys_pipeline.settings import ModelSettings
 from crys_pipeline.train.optim import FlatAdamW, param_groups
 
-SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
+SMALL = ModelSettings(hidden_features=16, alignn_layers=2, gcn_layers=2)
 
 
 def _twins() -> tuple[torch.nn.Module, torch.nn.Module]:
     table = torch.from_numpy(cgcnn_feature_table())
     torch.manual_seed(0)
-    model = build_model("crysmmnet", atom_table=table, text_dim=reference.TEXT_DIM, **SMALL).train()
-    twin = build_model("crysmmnet", atom_table=table, text_dim=reference.TEXT_DIM, **SMALL).train()
+    model = build_model("crysmmnet", SMALL, atom_table=table, text_dim=reference.TEXT_DIM).train()
+    twin = build_model("crysmmnet", SMALL, atom_table=table, text_dim=reference.TEXT_DIM).train()
     twin.load_state_dict(model.state_dict())
     return model, twin
 

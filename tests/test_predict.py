@@ -11,11 +11,11 @@ from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, struct
 from crys_pipeline import io, predict, splits, train
 from crys_pipeline.cli import main
 from crys_pipeline.ingest import row_to_structure
-from crys_pipeline.settings import SplitSettings
+from crys_pipeline.settings import ModelSettings, SplitSettings
 from crys_pipeline.sources.folder import read_structure
 
 TARGET = "formation_energy_peratom"
-SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8, "epochs": 2,
+SMALL = {"model": ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1), "batch_size": 8, "epochs": 2,
          "device": "cpu", "threads": 1}
 
 

@@ -27,11 +27,14 @@ from torch_geometric.utils import scatter
 from crys_pipeline.models import build_model
 from crys_pipeline.models.alignn import NODE_BLOCKS, EdgeGatedGraphConv
 from crys_pipeline.models.layers import readout
+from crys_pipeline.settings import ModelSettings
 from crys_pipeline.train.optim import param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT.parent / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"
 TEXT_DIM = 384
+#: The model of the numerical checks: width 16 at the paper's depth (4 ALIGNN + 4 GCN layers).
+WIDTH_16 = ModelSettings(hidden_features=16)
 
 
 # ==== REFERENCE CODE: crys_pipeline/models/{alignn,line_graph}.py before the fused kernels (verbatim) ====
@@ -164,7 +167,8 @@ def real_batch(n: int = 64, path: Path = TINY) -> Batch:
     return Batch.from_data_list([crystal(r, torch.randn(TEXT_DIM, generator=gen)) for r in records])
 
 
-def new_pair(batch: Batch, compiled: bool = False, **sizes) -> tuple[tuple[nn.Module, torch.optim.Optimizer], tuple]:
+def new_pair(batch: Batch, settings: ModelSettings, compiled: bool = False,
+             ) -> tuple[tuple[nn.Module, torch.optim.Optimizer], tuple]:
     """((fused model, fused AdamW), (reference model, reference AdamW)) from one seed, same weights.
 
     ``compiled`` switches the fused model to the ``torch.compile`` kernels (``train.compile``).
@@ -174,7 +178,7 @@ def new_pair(batch: Batch, compiled: bool = False, **sizes) -> tuple[tuple[nn.Mo
     from crys_pipeline.train import make_optimizer
 
     torch.manual_seed(0)
-    model = build_model("crysmmnet", atom_table=torch.from_numpy(cgcnn_feature_table()), text_dim=TEXT_DIM, **sizes)
+    model = build_model("crysmmnet", settings, atom_table=torch.from_numpy(cgcnn_feature_table()), text_dim=TEXT_DIM)
     model = model.to(batch.z.device).train()
     ref = reference_model(model)
     use_compiled(model, compiled)
@@ -190,7 +194,7 @@ def loss_of(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def same_numbers(batch: Batch, compiled: bool = False) -> tuple[bool, str]:
     """Loss and every gradient of the fused (or compiled) and reference paths on one float32 step (width 16, 4 + 4)."""
-    (model, _), (ref, _) = new_pair(batch, compiled, hidden_features=16, alignn_layers=4, gcn_layers=4)
+    (model, _), (ref, _) = new_pair(batch, WIDTH_16, compiled)
     torch.manual_seed(1)  # the same dropout masks in both paths
     loss = loss_of(model, batch)
     torch.manual_seed(1)

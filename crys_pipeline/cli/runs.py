@@ -19,8 +19,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fit one variant on one (source, target, regime, seed) -> results/train/.../seed{seed}/",
-        description="Writes model.pt (val-best state dict), model.json (constructor args, versions, input "
-        "params and hashes), metrics.jsonl (per epoch: train loss, val MAE, test MAE, lr, seconds), "
+        description="Writes model.pt (val-best state dict), model.json (the model's settings whole, versions, "
+        "input params and hashes), metrics.jsonl (per epoch: train loss, val MAE, test MAE, lr, seconds), "
         "predictions.parquet (material_id, split, target, prediction) and summary.json (val-selected, "
         "last-epoch and min test MAE, counts, dropped ids with reasons). A checkpoint.pt in --out-dir "
         "makes a killed job resume after its last finished epoch.",
@@ -33,6 +33,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", required=True, choices=list(VARIANTS), help="model variant")
     p.add_argument("--seed", type=int, required=True, help="model seed (torch, numpy, random)")
     settings.add_arguments(p, settings.TrainSettings)
+    settings.add_arguments(p, settings.ModelSettings)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_train)
@@ -41,8 +42,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(a: argparse.Namespace) -> None:
     from crys_pipeline import train
 
+    model = settings.from_arguments(settings.ModelSettings, a)
     cfg = settings.from_arguments(train.TrainConfig, a, {"target": a.target, "variant": a.variant, "seed": a.seed,
-                                                         "threads": a.threads})
+                                                         "model": model, "threads": a.threads})
     train.train(a.structures, split=a.split, graphs=a.graphs, embeddings=a.embeddings, out_dir=a.out_dir,
                 cfg=cfg)
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crys_pipeline.settings import TrainSettings
+from crys_pipeline.settings import ModelSettings, TrainSettings
 from crys_pipeline.train.data import SplitData, TrainingData, make_loader
 from crys_pipeline.variants import variant
 
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(TrainSettings):
-    """One training job: the recipe plus which target, variant and model seed it fits.
+    """One training job: the recipe, the model, and which target, variant and model seed it fits.
 
-    The recipe is every field of ``TrainSettings``, the only home of its defaults; `threads` are the job's
-    CPU threads.
+    The recipe is every field of ``TrainSettings`` and `model` the model's hyperparameters
+    (``ModelSettings``), the only homes of their defaults; `threads` are the job's CPU threads.
 
     ``eval_batch_size`` batches the val / test / final passes (eval-mode BatchNorm: the predictions do
     not depend on it beyond float rounding). ``test_each_epoch=False`` skips the per-epoch test pass:
@@ -45,6 +45,7 @@ class TrainConfig(TrainSettings):
     target: str
     variant: str
     seed: int
+    model: ModelSettings = ModelSettings()
     threads: int = 0  # torch intra-op threads; 0 = torch's default
 
 
@@ -170,7 +171,7 @@ def target_scaling(method: str, y_train: np.ndarray) -> dict[str, Any]:
 
 
 def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
-    """The variant's model, with the CGCNN atom table for graph encoders, the embeddings' width and the scaling."""
+    """The variant's model of `cfg.model`: CGCNN atom table for graph encoders, scaling fitted on the train targets."""
     from crys_pipeline.models import build_model
 
     spec = variant(cfg.variant)
@@ -180,11 +181,9 @@ def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
 
         atom_table = torch.from_numpy(cgcnn_feature_table())
     text = data.splits["train"].text
-    return build_model(
-        cfg.variant, atom_table=atom_table, text_dim=int(text.shape[1]) if text is not None else 768,
-        hidden_features=cfg.hidden_features, alignn_layers=cfg.alignn_layers, gcn_layers=cfg.gcn_layers,
-        head=cfg.head, target_scaling=target_scaling(cfg.target_scaling, data.splits["train"].y),
-    )
+    return build_model(cfg.variant, cfg.model, atom_table=atom_table,
+                       text_dim=int(text.shape[1]) if text is not None else 768,
+                       target_scaling=target_scaling(cfg.target_scaling, data.splits["train"].y))
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

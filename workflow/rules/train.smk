@@ -17,6 +17,7 @@ rule train:
         graphs=lambda w, input: input.get("graphs", ""),
         embeddings=lambda w, input: input.get("embeddings", ""),
         settings=settings_args("train"),
+        model=settings_args("model"),
     threads: 1
     resources:
         gpu=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
@@ -31,6 +32,6 @@ rule train:
         "crys-pipeline train --structures {input.structures} --split {input.split}"
         " --graphs '{params.graphs}' --embeddings '{params.embeddings}'"
         " --target {wildcards.target} --variant {wildcards.variant} --seed {wildcards.seed}"
-        " {params.settings} --threads {threads}"
+        " {params.settings} {params.model} --threads {threads}"
         " --out-dir results/train/{wildcards.source}/{wildcards.target}/{wildcards.variant}/{wildcards.regime}/seed{wildcards.seed}"
         " 2> {log}"
