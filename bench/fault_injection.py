@@ -74,11 +74,12 @@ def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
 def train_runs(art: dict[str, Path], work: Path) -> list[Path]:
     """Two seeds of a 1-epoch, 16-wide CrysMMNet on pipeline A."""
     from crys_pipeline import train
+    from crys_pipeline.run_id import RunId
     from crys_pipeline.settings import ModelSettings
 
     runs = []
     for seed in (0, 1):
-        out = work / "results/train" / SOURCE / TARGET / "crysmmnet" / "full" / f"seed{seed}"
+        out = RunId(SOURCE, TARGET, "crysmmnet", "full", seed).folder(work / "results")
         cfg = train.TrainConfig(target=TARGET, variant="crysmmnet", seed=seed, epochs=1, batch_size=4, device="cpu",
                                 threads=1, model=ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1))
         train.train(art["structures"], split=art["splits"], graphs=art["graph shard"].parent,

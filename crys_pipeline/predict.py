@@ -1,6 +1,6 @@
 """`crys-pipeline predict`: property predictions for new structure files with trained runs.
 
-Each run directory (`results/train/.../seed{seed}/`) holds `model.pt` and `model.json`. The json
+Each run directory (``RunId.PATTERN``) holds `model.pt` and `model.json`. The json
 records everything needed to featurise a new crystal exactly as in training: the graph parameters,
 the robocrys and section settings (carried through the embeddings file) and the text encoder, and the
 target's unit and training domain (from the split). Files (CIF, POSCAR/CONTCAR, *.vasp, extended XYZ,
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from crys_pipeline.io import ArtifactError, read_model_json, read_torch
+from crys_pipeline.run_id import RunId
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,14 @@ class TrainedModel:
     meta: dict[str, Any]
 
     @property
+    def run(self) -> RunId:
+        """The run the model was trained in."""
+        return RunId.of(self.meta)
+
+    @property
     def name(self) -> str:
-        """Label of the run's column: `{variant}/{regime}/seed{seed}` (unique among the runs of one model)."""
-        return f"{self.meta['variant']}/{self.meta['regime']}/seed{self.meta['seed']}"
+        """Label of the run's column (``RunId.label``: unique among the runs of one model)."""
+        return self.run.label
 
 
 def collect_files(paths: list[Path]) -> list[Path]:
@@ -340,10 +346,10 @@ def check_one_model(models: list[TrainedModel]) -> None:
     Same source, target, variant and regime, each seed once (a mean and std over them is then a seed
     ensemble).
     """
-    targets = {(m.meta["source"], m.meta["target"]) for m in models}
+    targets = {(m.run.source, m.run.target) for m in models}
     if len(targets) != 1:
         raise ValueError(f"runs predict different targets {sorted(targets)}; give runs of one target")
-    kinds = sorted({(m.meta["variant"], m.meta["regime"]) for m in models})
+    kinds = sorted({(m.run.variant, m.run.regime) for m in models})
     if len(kinds) != 1:
         raise ValueError(f"runs are different models (variant, regime) {kinds}: their predictions are not one "
                          "mean; run predict once per model")

@@ -10,9 +10,11 @@ Bump SCHEMA_VERSION whenever a layout changes: readers refuse other versions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
+
+from crys_pipeline.run_id import RUN_ID_FIELDS, RunId
 
 #: 2: Parquet page checksums, per-dataset sha256 of the embeddings (`digests`), structures lineage.
 #: 3: declared summary.json / model.json layouts (stamped with kind and schema_version); model.json holds the
@@ -106,7 +108,7 @@ PREDICTIONS = register(ParquetLayout(
             pa.field("prediction", pa.float64(), nullable=False),
         ]
     ),
-    required_meta=("source", "target", "variant", "regime", "seed", "split_hash"),
+    required_meta=(*RUN_ID_FIELDS, "split_hash"),
 ))
 
 ATTENTION = register(ParquetLayout(
@@ -308,6 +310,9 @@ class JsonLayout:
         return f"key {extra[0]!r} is not in the {self.kind} layout" if extra else None
 
 
+#: The run's identity (``run_id.RunId``) as every run file records it: its five fields and their JSON types.
+RUN_ID_KEYS = {f.name: "int" if f.type == "int" else "str" for f in fields(RunId)}
+
 RUN_SUMMARY = JsonLayout(
     kind="run_summary",
     description="summary.json of a training run: the val-selected model's MAEs (null for an empty set or a "
@@ -315,8 +320,7 @@ RUN_SUMMARY = JsonLayout(
     "the target scaling, split sizes and drops, encoder and the text view it read (`text_variant`), stop reason and "
     "the sha256 of the run's other files",
     keys={
-        "source": "str", "target": "str", "variant": "str", "regime": "str", "seed": "int",
-        "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",
+        **RUN_ID_KEYS, "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",
         "baseline": "str", "baseline_value": "number?", "baseline_train_mae": "number?",
         "baseline_val_mae": "number?", "baseline_test_mae": "number?", "underfit": "bool", "target_scaling": "str",
         "last_test_mae": "number?", "min_test_mae": "number?",
@@ -329,12 +333,12 @@ RUN_SUMMARY = JsonLayout(
 
 RUN_MODEL = JsonLayout(
     kind="run_model",
-    description="model.json of a training run: what rebuilds and featurises for its model.pt (constructor args, "
-    "graph params, embeddings attributes), the settings, versions and inputs, and model.pt's sha256",
+    description="model.json of a training run: what rebuilds and featurises for its model.pt (`config`: the "
+    "model's settings whole, its variant, text width and fitted target scaling; graph params, embeddings "
+    "attributes), the settings, versions and inputs, and model.pt's sha256",
     keys={
-        "config": "dict", "graph_encoder": "dict?", "variant": "str", "target": "str", "source": "str",
-        "regime": "str", "seed": "int", "best_epoch": "int", "train_config": "dict", "versions": "dict",
-        "device": "str", "graph_params": "dict", "graph_meta": "dict", "embedding_attrs": "dict",
+        **RUN_ID_KEYS, "config": "dict", "graph_encoder": "dict?", "best_epoch": "int", "train_config": "dict",
+        "versions": "dict", "device": "str", "graph_params": "dict", "graph_meta": "dict", "embedding_attrs": "dict",
         "split": "dict", "split_hash": "str", "data_hashes": "dict", "model_sha256": "str",
     },
 )

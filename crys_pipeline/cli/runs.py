@@ -11,6 +11,7 @@ from pathlib import Path
 
 from crys_pipeline import settings
 from crys_pipeline.cli.common import optional_path
+from crys_pipeline.run_id import RunId
 from crys_pipeline.variants import VARIANTS
 
 
@@ -18,7 +19,7 @@ from crys_pipeline.variants import VARIANTS
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="fit one variant on one (source, target, regime, seed) -> results/train/.../seed{seed}/",
+        help=f"fit one variant on one (source, target, regime, seed) -> {RunId.PATTERN}/",
         description="Writes model.pt (val-best state dict), model.json (the model's settings whole, versions, "
         "input params and hashes), metrics.jsonl (per epoch: train loss, val MAE, test MAE, lr, seconds), "
         "predictions.parquet (material_id, split, target, prediction) and summary.json (val-selected, "
@@ -62,7 +63,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "are still reported) or a folder holds no structure file.",
     )
     p.add_argument("--model", type=Path, nargs="+", required=True, metavar="RUN_DIR",
-                   help="run folders results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
+                   help=f"run folders {RunId.PATTERN}")
     p.add_argument("files", type=Path, nargs="*", help="CIF, POSCAR/CONTCAR, *.vasp or extended XYZ files, or folders "
                    "of them (may also follow the run folders: paths after --model without a model.json are inputs)")
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
@@ -162,7 +163,7 @@ def _add_export_leaderboard(sub: argparse._SubParsersAction) -> None:
         "export-leaderboard",
         help="write a run's test predictions as a JARVIS-Leaderboard contribution (csv.zip + metadata.json)",
     )
-    p.add_argument("run_dir", type=Path, help="results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
+    p.add_argument("run_dir", type=Path, help=RunId.PATTERN)
     p.add_argument("--out-dir", type=Path, default=None, help="contribution folder (default: RUN_DIR/leaderboard)")
     p.add_argument("--project-url", default="", help="metadata project_url")
     p.add_argument("--author-email", default="", help="metadata author_email")

@@ -45,7 +45,7 @@ from crys_pipeline.train.loop import (
     train_epoch,
 )
 from crys_pipeline.train.optim import make_optimizer, make_scheduler, param_groups
-from crys_pipeline.train.outputs import write_metrics, write_outputs
+from crys_pipeline.train.outputs import run_id, write_metrics, write_outputs
 from crys_pipeline.variants import variant
 
 __all__ = [
@@ -139,7 +139,6 @@ def train(
     if summary["stop_reason"].startswith("diverged"):
         raise RuntimeError(f"{out_dir}: training {summary['stop_reason']}; summary.json records it. Look for extreme "
                            f"{cfg.target} values in {structures} or lower the learning rate, then rerun")
-    log.info("%s/%s %s seed %d: val-selected test MAE %s (epoch %d), last %s, min %s", data.source, cfg.target,
-             cfg.variant, cfg.seed, summary["test_mae"], summary["best_epoch"], summary["last_test_mae"],
-             summary["min_test_mae"])
+    log.info("%s: val-selected test MAE %s (epoch %d), last %s, min %s", run_id(cfg, data).key, summary["test_mae"],
+             summary["best_epoch"], summary["last_test_mae"], summary["min_test_mae"])
     return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,16 @@ import numpy as np
 import torch
 
 from crys_pipeline import __version__, evidence, io
+from crys_pipeline.run_id import RunId
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.settings import stamp
 from crys_pipeline.train.data import SPLITS, TrainingData
 from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict_loader
+
+
+def run_id(cfg: TrainConfig, data: TrainingData) -> RunId:
+    """The run a job trains: its target, variant and seed, and the source and regime of its data."""
+    return RunId(data.source, cfg.target, cfg.variant, data.split_meta["regime"], cfg.seed)
 
 
 def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
@@ -80,8 +87,7 @@ def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, de
 
     shard_meta = _jsonable(data.graph_meta)
     return {
-        "config": model.config, "graph_encoder": encoder_settings(model), "variant": cfg.variant,
-        "target": cfg.target, "source": data.source, "regime": data.split_meta["regime"], "seed": cfg.seed,
+        **asdict(run_id(cfg, data)), "config": model.config, "graph_encoder": encoder_settings(model),
         "best_epoch": state.best_epoch, "train_config": stamp(cfg), "versions": _versions(), "device": str(device),
         "graph_params": shard_meta.pop("params", {}), "graph_meta": shard_meta,
         "embedding_attrs": _jsonable(data.embed_attrs),
@@ -116,8 +122,7 @@ def _summary(cfg: TrainConfig, data: TrainingData, state: RunState, preds: dict,
     tests = [h["test_mae"] for h in state.history if h["test_mae"] is not None]
     last = state.history[-1] if state.history else {}
     return {
-        "source": data.source, "target": cfg.target, "variant": cfg.variant, "regime": data.split_meta["regime"],
-        "seed": cfg.seed, "test_mae": mae(*preds["test"][1:]), "val_mae": mae(*preds["val"][1:]),
+        **asdict(run_id(cfg, data)), "test_mae": mae(*preds["test"][1:]), "val_mae": mae(*preds["val"][1:]),
         "train_mae": mae(*preds["train"][1:]), **baseline_summary(preds), "target_scaling": cfg.target_scaling,
         "last_test_mae": last.get("test_mae"),
         "min_test_mae": min(tests) if tests else None, "best_epoch": state.best_epoch,
@@ -139,8 +144,7 @@ def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, 
     `wall` is the job's wall time (input loading plus every epoch, over all resumed sessions).
     """
     preds = _predictions(model, loaders, device)
-    extra = {"source": data.source, "target": cfg.target, "variant": cfg.variant,
-             "regime": data.split_meta["regime"], "seed": cfg.seed, "split_hash": data.split_meta["hash"]}
+    extra = {**asdict(run_id(cfg, data)), "split_hash": data.split_meta["hash"]}
     _write_predictions(preds, out_dir / "predictions.parquet", stamp(cfg), extra)
     io.write_torch(model.state_dict(), out_dir / "model.pt")
     model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from crys_pipeline import settings
+from crys_pipeline.run_id import RunId
 from crys_pipeline.variants import VARIANTS
 
 
@@ -31,15 +32,10 @@ def table_targets(table):
     return list(config["sources"][block["source"]]["targets"]) if names == "all" else names
 
 
-def run_dir(source, target, variant, regime, seed):
-    """Folder of one training job."""
-    return f"results/train/{source}/{target}/{variant}/{regime}/seed{seed}"
-
-
 def table_runs(wildcards):
     """summary.json of every run one table is assembled from."""
     block = config["tables"][wildcards.table]
-    return [f"{run_dir(block['source'], t, v, block['regime'], s)}/summary.json"
+    return [str(RunId(block["source"], t, v, block["regime"], s).folder() / "summary.json")
             for t in table_targets(wildcards.table)
             for v in block["variants"]
             for s in config["train"]["seeds"]]

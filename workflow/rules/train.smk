@@ -1,4 +1,5 @@
-# Stage `train`: one job per (source, target, variant, regime, seed).
+# Stage `train`: one job per run (source, target, variant, regime, seed), its folder RunId.PATTERN
+# (crys_pipeline/run_id.py, the one place the run folder is written).
 # GPU use (see gpu_resources in common.smk): on a machine without a GPU a plain CPU job limited only
 # by --cores; with train.jobs_per_gpu = N > 1, N local jobs share a card through the gpu_share cap (on
 # Slurm every GPU job gets a card of its own).
@@ -8,12 +9,13 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        summary="results/train/{source}/{target}/{variant}/{regime}/seed{seed}/summary.json",
-        model="results/train/{source}/{target}/{variant}/{regime}/seed{seed}/model.pt",
-        model_json="results/train/{source}/{target}/{variant}/{regime}/seed{seed}/model.json",
-        metrics="results/train/{source}/{target}/{variant}/{regime}/seed{seed}/metrics.jsonl",
-        predictions="results/train/{source}/{target}/{variant}/{regime}/seed{seed}/predictions.parquet",
+        summary=f"{RunId.PATTERN}/summary.json",
+        model=f"{RunId.PATTERN}/model.pt",
+        model_json=f"{RunId.PATTERN}/model.json",
+        metrics=f"{RunId.PATTERN}/metrics.jsonl",
+        predictions=f"{RunId.PATTERN}/predictions.parquet",
     params:
+        out_dir=lambda w: RunId.of(w).folder(),
         graphs=lambda w, input: input.get("graphs", ""),
         embeddings=lambda w, input: input.get("embeddings", ""),
         settings=settings_args("train"),
@@ -23,9 +25,9 @@ rule train:
         gpu=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
         gpu_share=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[1],
     log:
-        "logs/train/{source}/{target}/{variant}/{regime}/seed{seed}.log",
+        f"logs/train/{RunId.KEY}.log",
     benchmark:
-        "benchmarks/train/{source}/{target}/{variant}/{regime}/seed{seed}.tsv"
+        f"benchmarks/train/{RunId.KEY}.tsv"
     conda:
         "../../envs/torch.yaml"
     shell:
@@ -33,5 +35,5 @@ rule train:
         " --graphs '{params.graphs}' --embeddings '{params.embeddings}'"
         " --target {wildcards.target} --variant {wildcards.variant} --seed {wildcards.seed}"
         " {params.settings} {params.model} --threads {threads}"
-        " --out-dir results/train/{wildcards.source}/{wildcards.target}/{wildcards.variant}/{wildcards.regime}/seed{wildcards.seed}"
+        " --out-dir {params.out_dir}"
         " 2> {log}"
