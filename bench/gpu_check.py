@@ -115,9 +115,9 @@ def short_training(tdata, device: torch.device, size: dict, out: Path) -> dict:
     cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=size["epochs"], batch_size=size["batch"],
                             model=model_of(size), device=device.type, test_each_epoch=False)
     out.mkdir(parents=True, exist_ok=True)
-    model, state, loaders = train.fit(tdata, cfg, out, device)
-    preds = {name: train.predict_loader(model, loader, device) for name, loader in (("val", loaders.val),
-                                                                             ("test", loaders.test))}
+    session, state = train.fit(tdata, cfg, out, device)
+    preds = {name: train.predict_loader(session.model, loader, device)
+             for name, loader in (("val", session.loaders.val), ("test", session.loaders.test))}
     (out / train.CHECKPOINT).unlink(missing_ok=True)
     return {"n": {k: len(v.ids) for k, v in tdata.splits.items()}, "epochs": state.epoch,
             "best_epoch": state.best_epoch,

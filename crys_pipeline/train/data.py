@@ -129,6 +129,7 @@ def _load_targets(structures: Path, target: str) -> tuple[dict[str, float | None
 
 def _drop_reason(
     mid: str,
+    *,
     targets: dict[str, float | None],
     graphs: dict[str, GraphArrays] | None,
     graph_failures: dict[str, str],
@@ -209,7 +210,8 @@ def load_training_data(
     for name in SPLITS:
         keep = []
         for mid in split_rec[f"id_{name}"]:
-            reason = _drop_reason(mid, targets, graph_arrays, graph_failures, text_rows, text_failures)
+            reason = _drop_reason(mid, targets=targets, graphs=graph_arrays, graph_failures=graph_failures,
+                                  text_rows=text_rows, text_failures=text_failures)
             if reason is None:
                 keep.append(mid)
             else:

@@ -61,6 +61,21 @@ class Loaders:
 
 
 @dataclass
+class Session:
+    """What one training job works with: the model, its optimiser and one-cycle schedule, the loaders, the device.
+
+    ``fit`` builds it; an epoch (``run_epoch``), the checkpoint (``checkpoint.save_checkpoint`` /
+    ``load_checkpoint``) and the outputs (``outputs.write_outputs``) take it whole.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loaders: Loaders
+    device: torch.device
+
+
+@dataclass
 class RunState:
     """Everything that changes from epoch to epoch (and goes into the checkpoint)."""
 
@@ -190,23 +205,24 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _epoch_record(epoch: int, loss: float, val_mae: float | None, test_mae: float | None, lr: float,
+def _epoch_record(epoch: int, *, loss: float, val_mae: float | None, test_mae: float | None, lr: float,
                   seconds: float) -> dict[str, Any]:
     return {"epoch": epoch, "train_loss": loss if math.isfinite(loss) else None, "val_mae": val_mae,
             "test_mae": test_mae, "lr": lr, "seconds": round(seconds, 3)}
 
 
-def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, device: torch.device,
-              test_each_epoch: bool = True) -> dict:
+def run_epoch(state: RunState, session: Session, *, test_each_epoch: bool = True) -> dict:
     """Train one epoch, evaluate val (and test), update the val-best state; returns the epoch's record."""
     start = time.perf_counter()
-    loss, lr = train_epoch(model, loaders.train, optimizer, scheduler, device)
+    model, loaders, device = session.model, session.loaders, session.device
+    loss, lr = train_epoch(model, loaders.train, session.optimizer, session.scheduler, device)
     val_mae = mae(*predict_loader(model, loaders.val, device)[1:])
     test_mae = mae(*predict_loader(model, loaders.test, device)[1:]) if test_each_epoch else None
     state.epoch += 1
     if val_mae is not None and val_mae < state.best_val_mae:
         state.best_epoch, state.best_val_mae, state.best_state = state.epoch, val_mae, _cpu_state(model)
-    record = _epoch_record(state.epoch, loss, val_mae, test_mae, lr, time.perf_counter() - start)
+    record = _epoch_record(state.epoch, loss=loss, val_mae=val_mae, test_mae=test_mae, lr=lr,
+                           seconds=time.perf_counter() - start)
     state.history.append(record)
     if not math.isfinite(loss):
         state.stop_reason = f"diverged (non-finite train loss in epoch {state.epoch})"

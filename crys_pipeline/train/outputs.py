@@ -23,7 +23,7 @@ from crys_pipeline.run_id import RunId
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.settings import stamp
 from crys_pipeline.train.data import SPLITS, TrainingData
-from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict_loader
+from crys_pipeline.train.loop import RunState, Session, TrainConfig, mae, predict_loader
 
 
 def run_id(cfg: TrainConfig, data: TrainingData) -> RunId:
@@ -51,8 +51,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _predictions(model, loaders: Loaders, device: torch.device) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    return {name: predict_loader(model, loader, device)
+def _predictions(session: Session) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    loaders = session.loaders
+    return {name: predict_loader(session.model, loader, session.device)
             for name, loader in (("train", loaders.train_eval), ("val", loaders.val), ("test", loaders.test))}
 
 
@@ -78,7 +79,7 @@ def _versions() -> dict[str, str]:
             "python": sys.version.split()[0], "numpy": np.__version__}
 
 
-def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, device: torch.device) -> dict:
+def _model_json(session: Session, state: RunState, cfg: TrainConfig, data: TrainingData) -> dict:
     """The content of model.json (layout `schemas.RUN_MODEL`) without `model_sha256`.
 
     The graph shards' params are `graph_params`, the rest of their stamp `graph_meta`.
@@ -87,8 +88,9 @@ def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, de
 
     shard_meta = _jsonable(data.graph_meta)
     return {
-        **asdict(run_id(cfg, data)), "config": model.config, "graph_encoder": encoder_settings(model),
-        "best_epoch": state.best_epoch, "train_config": stamp(cfg), "versions": _versions(), "device": str(device),
+        **asdict(run_id(cfg, data)), "config": session.model.config, "graph_encoder": encoder_settings(session.model),
+        "best_epoch": state.best_epoch, "train_config": stamp(cfg), "versions": _versions(),
+        "device": str(session.device),
         "graph_params": shard_meta.pop("params", {}), "graph_meta": shard_meta,
         "embedding_attrs": _jsonable(data.embed_attrs),
         "split": data.split_meta, "split_hash": data.split_meta["hash"], "data_hashes": data.hashes,
@@ -134,20 +136,22 @@ def _summary(cfg: TrainConfig, data: TrainingData, state: RunState, preds: dict,
     }
 
 
-def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, loaders: Loaders,
-                  out_dir: Path, device: torch.device, wall: float) -> dict[str, Any]:
-    """model.pt, model.json, predictions.parquet and summary.json of the val-best model; returns the summary.
+def write_outputs(session: Session, state: RunState, *, cfg: TrainConfig, data: TrainingData, out_dir: Path,
+                  wall: float) -> dict[str, Any]:
+    """model.pt, model.json, predictions.parquet and summary.json of the session's model; returns the summary.
+
+    The session's model is the val-best one (``fit`` loads it).
 
     model.json and summary.json are checked against their layouts (`schemas.RUN_MODEL`, `schemas.RUN_SUMMARY`)
     before they are written.
 
     `wall` is the job's wall time (input loading plus every epoch, over all resumed sessions).
     """
-    preds = _predictions(model, loaders, device)
+    preds = _predictions(session)
     extra = {**asdict(run_id(cfg, data)), "split_hash": data.split_meta["hash"]}
     _write_predictions(preds, out_dir / "predictions.parquet", stamp(cfg), extra)
-    io.write_torch(model.state_dict(), out_dir / "model.pt")
-    model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}
+    io.write_torch(session.model.state_dict(), out_dir / "model.pt")
+    model_json = {**_model_json(session, state, cfg, data), "model_sha256": io.sha256_file(out_dir / "model.pt")}
     io.write_json(model_json, out_dir / "model.json", layout=RUN_MODEL)
     summary = _summary(cfg, data, state, preds, wall)
     files = ("model.pt", "model.json", "metrics.jsonl", "predictions.parquet")
