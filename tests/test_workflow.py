@@ -270,6 +270,18 @@ def test_jobs_per_gpu_lets_training_jobs_share_a_card(tmp_path: Path, jobs_per_g
     assert caps["gpu"] == 1 and profile["set-resource-scopes"] == {"gpu": "local", "gpu_share": "local"}
 
 
+@pytest.mark.parametrize(("device", "want"), [("cpu", ("0", "0")), ("cuda", ("1", "100"))])
+def test_attention_asks_for_a_gpu_as_embed_does(tmp_path: Path, device: str, want: tuple) -> None:
+    """The attention rules run the text encoder where embed does: gpu_resources of embed.device."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["embed"]["device"] = device
+    targets = ["results/attention/mp_2018/summary.csv", "results/attention/mp_2018/mp-1217910_L5.png"]
+    result = snakemake_in(tmp_path, "-n", *targets, config=cfg)
+    assert result.returncode == 0, result.stderr
+    for rule in ("attention_summary", "attention"):
+        assert [(r["gpu"], r["gpu_share"]) for r in _job_resources(result.stdout, rule)] == [want], rule
+
+
 def test_workflow_included_from_another_snakefile_plans(tmp_path: Path) -> None:
     """The schema is found relative to the project's Snakefile, not the including one (the Slurm fixture)."""
     import subprocess

@@ -14,22 +14,22 @@ rule train:
         model_json=f"{RunId.PATTERN}/model.json",
         metrics=f"{RunId.PATTERN}/metrics.jsonl",
         predictions=f"{RunId.PATTERN}/predictions.parquet",
-    params:
-        out_dir=lambda w: RunId.of(w).folder(),
-        graphs=lambda w, input: input.get("graphs", ""),
-        embeddings=lambda w, input: input.get("embeddings", ""),
-        settings=settings_args("train"),
-        model=settings_args("model"),
-    threads: 1
-    resources:
-        gpu=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
-        gpu_share=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[1],
     log:
         f"logs/train/{RunId.KEY}.log",
     benchmark:
         f"benchmarks/train/{RunId.KEY}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[0],
+        gpu_share=lambda wildcards: gpu_resources(config["train"]["device"], config["train"]["jobs_per_gpu"])[1],
+    params:
+        out_dir=lambda w: RunId.of(w).folder(),
+        graphs=lambda w, input: input.get("graphs", ""),
+        embeddings=lambda w, input: input.get("embeddings", ""),
+        settings=settings_args("train"),
+        model=settings_args("model"),
     shell:
         "crys-pipeline train --structures {input.structures} --split {input.split}"
         " --graphs '{params.graphs}' --embeddings '{params.embeddings}'"
