@@ -26,13 +26,6 @@ class Variant:
     graph_encoder: str | None
     text_view: str | None
 
-    @property
-    def head(self) -> str:
-        """Which head joins the inputs: `fusion` (graph + text), `text` (text only) or `graph` (the model's own)."""
-        if self.graph_encoder and self.text_view:
-            return "fusion"
-        return "graph" if self.graph_encoder else "text"
-
 
 VARIANTS: dict[str, Variant] = {
     "crysmmnet": Variant("alignn", "full"),
