@@ -1,9 +1,11 @@
 """Model variants by name and the graph-encoder registry (docs/method.md §4.5, §7.3-7.5).
 
 ``build_model`` assembles the ``PropertyModel`` of a variant of ``crys_pipeline.variants.VARIANTS`` (which
-graph encoder and which cached text embedding it uses). Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
-plug in with ``register_encoder`` behind the same interface: a factory returning a module with
-``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
+graph encoder and which cached text embedding it uses) with the model's hyperparameters, one
+``crys_pipeline.settings.ModelSettings`` taken whole: the encoder factory and the heads read what they need
+from it, and the model's ``config`` (model.json) stores it. Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
+plug in with ``register_encoder`` behind the same interface: a factory ``(atom_table, settings)`` returning a
+module with ``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
 
 Heads (documented choices):
 - graph + text, head "code" (reference): PH_G(z_G) ; PH_768(c) -> Lin(128, 64) -> ReLU -> Lin(64, 1).
@@ -99,21 +101,21 @@ def _text_projection(head: str, text_dim: int) -> nn.Module:
     return PaperTextProjection(text_dim, projection_dim=PROJECTION_DIM)
 
 
-def _assemble(config: dict, spec: Variant, encoder: nn.Module | None) -> PropertyModel:
-    head, text_dim = config["head"], config["text_dim"]
-    scale = TargetScale(config["target_scaling"]["shift"], config["target_scaling"]["scale"])
+def _heads(spec: Variant, settings: ModelSettings, encoder: nn.Module | None,
+           text_dim: int) -> tuple[nn.Module | None, nn.Module | None, nn.Module]:
+    """(graph projection, text projection, head) that join the variant's inputs, built in this order (seeded init)."""
     if encoder is None:
-        return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM), scale)
+        return None, _text_projection(settings.head, text_dim), FusionMLP(PROJECTION_DIM)
     width = encoder.out_features
     if spec.text_view is None:
-        return PropertyModel(config, encoder, nn.Identity(), None, nn.Linear(width, 1), scale)
-    if head == "code":
+        return nn.Identity(), None, nn.Linear(width, 1)
+    if settings.head == "code":
         graph_proj: nn.Module = ProjectionHead(width, PROJECTION_DIM)
         fused = 2 * PROJECTION_DIM
     else:
         graph_proj = nn.Identity()
         fused = width + PROJECTION_DIM
-    return PropertyModel(config, encoder, graph_proj, _text_projection(head, text_dim), FusionMLP(fused), scale)
+    return graph_proj, _text_projection(settings.head, text_dim), FusionMLP(fused)
 
 
 def build_model(
@@ -139,12 +141,11 @@ def build_model(
         scaling: model.json's `config`) rebuilds it through ``build_from_config``.
     """
     spec = lookup_variant(variant)
-    config = {"variant": variant, "text_dim": text_dim, **asdict(settings),
-              "target_scaling": dict(target_scaling or NO_SCALING)}
-    encoder = None
-    if spec.graph_encoder is not None:
-        encoder = ENCODERS[spec.graph_encoder](atom_table, settings)
-    return _assemble(config, spec, encoder)
+    scaling = dict(target_scaling or NO_SCALING)
+    config = {"variant": variant, "text_dim": text_dim, **asdict(settings), "target_scaling": scaling}
+    encoder = ENCODERS[spec.graph_encoder](atom_table, settings) if spec.graph_encoder is not None else None
+    return PropertyModel(config, encoder, *_heads(spec, settings, encoder, text_dim),
+                         TargetScale(scaling["shift"], scaling["scale"]))
 
 
 def build_from_config(config: dict[str, Any], *, atom_table: torch.Tensor | None) -> PropertyModel:
