@@ -38,7 +38,7 @@ import pyarrow as pa
 from crys_pipeline import embed, io
 from crys_pipeline.devices import set_threads
 from crys_pipeline.normalize import vocab_mappings
-from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.schemas import TEXT_VIEWS
 from crys_pipeline.settings import PRECISIONS, EmbedSettings
 
 TEXTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "robocrys_text_reference_mp.jsonl"
@@ -82,7 +82,7 @@ def write_sections(n: int, path: Path) -> dict[str, list[str]]:
                      "global": ". ".join(parts[:2]) + ".", "local": ". ".join(parts[2:])})
     io.write_parquet(pa.Table.from_pylist(rows), path, kind="sections", params={},
                      extra={"source": "robocrys_text_reference_mp", "versions": {}, "counts": {}})
-    return {v: [r[v] for r in rows] for v in TEXT_VARIANTS}
+    return {v: [r[v] for r in rows] for v in TEXT_VIEWS}
 
 
 def run_ours(encoder: embed.TextEncoder, sections: Path, work: Path, round_no: int) -> tuple[float, Path]:
@@ -133,7 +133,7 @@ def main() -> None:
     encoder = embed.TextEncoder(EmbedSettings(model=args.model, device=args.device, precision=args.precision))
     work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     texts = write_sections(args.n, work / "sections.parquet")
-    flat = [t for v in TEXT_VARIANTS for t in texts[v]]
+    flat = [t for v in TEXT_VIEWS for t in texts[v]]
     ref_times, our_times = [], []
     for round_no in range(args.repeats):
         start = time.perf_counter()
@@ -141,7 +141,7 @@ def main() -> None:
         ref_times.append(time.perf_counter() - start)
         seconds, out = run_ours(encoder, work / "sections.parquet", work, round_no)
         our_times.append(seconds)
-    cached = np.concatenate([io.read_embeddings(out, v)[1] for v in TEXT_VARIANTS])
+    cached = np.concatenate([io.read_embeddings(out, v)[1] for v in TEXT_VIEWS])
     norms = np.linalg.norm(cached, axis=1) * np.linalg.norm(reference, axis=1)
     min_cos = float(((cached * reference).sum(1) / norms).min())
     ref_t, our_t = min(ref_times), min(our_times)

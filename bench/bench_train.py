@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from crys_pipeline import train
-from crys_pipeline.data import SplitData, make_loader
 from crys_pipeline.devices import resolve_device, set_threads
 from crys_pipeline.embed import TextEncoder
 from crys_pipeline.settings import EmbedSettings
+from crys_pipeline.train.data import SplitData, make_loader
 
 TEXTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "robocrys_text_reference_mp.jsonl"
 
@@ -106,10 +106,12 @@ def setup(variant: str, args, device: torch.device, text_dim: int) -> tuple:
     """(model, optimizer, scheduler) of one variant, seeded identically."""
     from crys_pipeline.atom_features import cgcnn_feature_table
     from crys_pipeline.models import build_model
+    from crys_pipeline.settings import ModelSettings
 
     torch.manual_seed(0)
-    model = build_model(variant, atom_table=torch.from_numpy(cgcnn_feature_table()), text_dim=text_dim,
-                        hidden_features=args.hidden, alignn_layers=args.layers, gcn_layers=args.layers).to(device)
+    settings = ModelSettings(hidden_features=args.hidden, alignn_layers=args.layers, gcn_layers=args.layers)
+    model = build_model(variant, settings, atom_table=torch.from_numpy(cgcnn_feature_table()),
+                        text_dim=text_dim).to(device)
     optimizer = train.make_optimizer(model, 1e-3, 1e-5)
     return model, optimizer, train.make_scheduler(optimizer, 1e-3, 10 ** 7)
 

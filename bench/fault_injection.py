@@ -7,7 +7,7 @@ descriptions, sections, embeddings, a graph shard, and a run's summary.json, mod
 metrics.jsonl, predictions.parquet) and each fault (truncate to half, flip 16 bytes inside its data,
 delete, replace with B's file or the other seed's), it restores a clean copy, injects the fault and
 runs what the next stages run on it: training-data loading for the data artifacts (descriptions and
-sections go through the sections and embed stages first), `predict.load_run`, `tables` and
+sections go through the sections and embed stages first), `predict.load_trained_model`, `tables` and
 `run_results.load_run_result` for run outputs. A fault counts as detected when that raises an error whose
 message names the damaged file. Prints one line per fault and `faults detected N/N`; exit 1 when
 any fault went unnoticed.
@@ -74,12 +74,14 @@ def build(work: Path, lines: list[str], encoder) -> dict[str, Path]:
 def train_runs(art: dict[str, Path], work: Path) -> list[Path]:
     """Two seeds of a 1-epoch, 16-wide CrysMMNet on pipeline A."""
     from crys_pipeline import train
+    from crys_pipeline.run_id import RunId
+    from crys_pipeline.settings import ModelSettings
 
     runs = []
     for seed in (0, 1):
-        out = work / "results/train" / SOURCE / TARGET / "crysmmnet" / "full" / f"seed{seed}"
-        cfg = train.TrainConfig(target=TARGET, variant="crysmmnet", seed=seed, epochs=1, batch_size=4,
-                                hidden_features=16, alignn_layers=1, gcn_layers=1, device="cpu", threads=1)
+        out = RunId(SOURCE, TARGET, "crysmmnet", "full", seed).folder(work / "results")
+        cfg = train.TrainConfig(target=TARGET, variant="crysmmnet", seed=seed, epochs=1, batch_size=4, device="cpu",
+                                threads=1, model=ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1))
         train.train(art["structures"], split=art["splits"], graphs=art["graph shard"].parent,
                     embeddings=art["embeddings"], out_dir=out, cfg=cfg)
         runs.append(out)
@@ -88,10 +90,10 @@ def train_runs(art: dict[str, Path], work: Path) -> list[Path]:
 
 def load_data(art: dict[str, Path]) -> None:
     """What a training job reads: structures, split, graph shards and embeddings, joined and checked."""
-    from crys_pipeline.data import load_training_data
+    from crys_pipeline.train.data import load_training_data
 
     load_training_data(art["structures"], split=art["splits"], target=TARGET,
-                       graphs=art["graph shard"].parent, embeddings=art["embeddings"], text_variant="full")
+                       graphs=art["graph shard"].parent, embeddings=art["embeddings"], text_view="full")
 
 
 def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[str, Callable[[], None]]:
@@ -116,7 +118,7 @@ def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[s
         "embeddings": lambda: load_data(art), "graph shard": lambda: load_data(art),
         "summary.json": lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
                                                       runs=[run / "summary.json"]),
-        "model.json": lambda: predict.load_run(run), "model.pt": lambda: predict.load_run(run),
+        "model.json": lambda: predict.load_trained_model(run), "model.pt": lambda: predict.load_run(run),
         "metrics.jsonl": lambda: run_results.load_run_result(run / "summary.json"),
         "predictions.parquet": lambda: run_results.load_run_result(run / "summary.json"),
     }

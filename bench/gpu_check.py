@@ -26,13 +26,18 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train_throughput as btt  # the benchmark beside this file
+import train_reference as parity  # the parity reference the tests compare against
+
+from crys_pipeline.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "formation_energy_peratom"
@@ -47,38 +52,43 @@ def default_data() -> Path:
     return outside if outside.exists() else ROOT / "shared" / "data"
 
 
+def model_of(size: dict) -> ModelSettings:
+    """The model of one size: its width, and its depth in ALIGNN and GCN layers alike."""
+    return ModelSettings(hidden_features=size["width"], alignn_layers=size["layers"], gcn_layers=size["layers"])
+
+
 def throughput(data: Path, device: torch.device, size: dict, repeats: int, compiled: bool = False) -> dict:
     """Crystals/s on the first `batch` crystals of the tiny file: reference and fused paths, or the compiled one.
 
     The fused path's peak GPU memory is recorded; the compiled path (its one-off compile in the warm-up
     step) runs last, so a missing compiler backend or a slow compile costs nothing else.
     """
-    batch = btt.real_batch(size["batch"], data / "jarvis_dft3d_2021_tiny.jsonl").to(device)
-    dims = {"hidden_features": size["width"], "alignn_layers": size["layers"], "gcn_layers": size["layers"]}
+    batch = parity.real_batch(size["batch"], data / "jarvis_dft3d_2021_tiny.jsonl").to(device)
+    model = model_of(size)
     if compiled:
-        seconds = btt.median_seconds({"compiled": btt.new_pair(batch, True, **dims)[0]}, batch, repeats)
+        seconds = btt.median_seconds({"compiled": parity.new_pair(batch, model, True)[0]}, batch, repeats)
         return {"crystals_per_s": {"compiled": batch.num_graphs / seconds["compiled"]}}
-    new, ref = btt.new_pair(batch, **dims)
+    new, ref = parity.new_pair(batch, model)
     seconds = btt.median_seconds({"reference": ref}, batch, repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds |= btt.median_seconds({"fused": new}, batch, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"crystals_per_s": {k: batch.num_graphs / v for k, v in seconds.items()}, "peak_gib_fused": peak,
-            "atoms": batch.num_nodes, "bonds": int(batch.edge_index.shape[1]), "sizes": dims}
+            "atoms": batch.num_nodes, "bonds": int(batch.edge_index.shape[1]), "sizes": asdict(model)}
 
 
 def _graph(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from crys_pipeline.graphs import knn_graph
 
     graph = knn_graph(record["lattice_mat"], record["frac_coords"])
-    z = np.array([btt.Z_OF[s] for s in record["species"]], dtype=np.int64)
+    z = np.array([parity.Z_OF[s] for s in record["species"]], dtype=np.int64)
     return z, graph.edge_index.astype(np.int64), graph.edge_vec.astype(np.float32)
 
 
 def training_data(data: Path, counts: tuple[int, int, int]):
     """TrainingData of the first n crystals of each official formation-energy split, in memory."""
-    from crys_pipeline.data import SplitData, TrainingData
+    from crys_pipeline.train.data import SplitData, TrainingData
 
     with gzip.open(data / "jarvis_dft3d_2021_targets_splits.csv.gz", "rt") as fh:
         rows = {r["jid"]: r for r in csv.DictReader(fh) if r[TARGET] and r[f"split_{TARGET}"] in SPLIT_NAMES}
@@ -104,12 +114,12 @@ def short_training(tdata, device: torch.device, size: dict, out: Path) -> dict:
     from crys_pipeline import evidence, train
 
     cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=size["epochs"], batch_size=size["batch"],
-                            hidden_features=size["width"], alignn_layers=size["layers"], gcn_layers=size["layers"],
-                            device=device.type, test_each_epoch=False, target_scaling="standardize")
+                            model=model_of(size), device=device.type, test_each_epoch=False,
+                            target_scaling="standardize")
     out.mkdir(parents=True, exist_ok=True)
-    model, state, loaders = train.fit(tdata, cfg, out, device)
-    preds = {name: train.predict(model, loader, device) for name, loader in (("val", loaders.val),
-                                                                             ("test", loaders.test))}
+    session, state = train.fit(tdata, cfg, out, device)
+    preds = {name: train.predict_loader(session.model, loader, device)
+             for name, loader in (("val", session.loaders.val), ("test", session.loaders.test))}
     (out / train.CHECKPOINT).unlink(missing_ok=True)
     return {"n": {k: len(v.ids) for k, v in tdata.splits.items()}, "epochs": state.epoch,
             "best_epoch": state.best_epoch,

@@ -22,15 +22,16 @@ from torch_geometric.data import Batch, Data
 
 from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.graphs import knn_graph
-from crys_pipeline.models import build_model, param_groups
+from crys_pipeline.models import build_model
 from crys_pipeline.models.line_graph import line_graph
-from crys_pipeline.settings import TrainSettings
+from crys_pipeline.settings import ModelSettings, TrainSettings
+from crys_pipeline.train.optim import param_groups
 from crys_pipeline.variants import VARIANTS as ALL_VARIANTS
 
 TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"
 REFERENCE = "alignn"
 #: Every variant except the text-view ablations (same model as crysmmnet, another cached text).
-VARIANTS = tuple(name for name, v in ALL_VARIANTS.items() if v.text_variant in (None, "full"))
+VARIANTS = tuple(name for name, v in ALL_VARIANTS.items() if v.text_view in (None, "full"))
 
 
 def real_batch(n: int) -> Batch:
@@ -57,7 +58,8 @@ def real_batch(n: int) -> Batch:
 def make_step(variant: str, batch: Batch, hidden: int) -> Callable[[], None]:
     """One AdamW training step (zero_grad, MSE forward, backward, update) of a fresh model."""
     torch.manual_seed(0)
-    model = build_model(variant, atom_table=torch.from_numpy(cgcnn_feature_table()), hidden_features=hidden)
+    table = torch.from_numpy(cgcnn_feature_table())
+    model = build_model(variant, ModelSettings(hidden_features=hidden), atom_table=table)
     recipe = TrainSettings()
     optimizer = torch.optim.AdamW(param_groups(model.train(), recipe.weight_decay), lr=recipe.learning_rate)
     target = torch.zeros(batch.num_graphs)

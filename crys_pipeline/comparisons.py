@@ -25,6 +25,7 @@ import numpy as np
 
 from crys_pipeline import evidence
 from crys_pipeline.io import write_text
+from crys_pipeline.run_id import ModelKey
 from crys_pipeline.run_results import RunResult, aligned_errors, common_test_ids, load_run_result
 from crys_pipeline.variants import Comparison, comparisons_of
 
@@ -39,23 +40,18 @@ COLUMNS = [
 #: How the interval is computed (the `interval` column; docs/method.md §7.6).
 INTERVAL = "95 % t interval, variance over test materials + over seeds (Welch-Satterthwaite df)"
 
-RunKey = tuple[str, str, str, str]  # (source, regime, target, variant)
-
-
-def index_runs(runs: list[RunResult]) -> dict[RunKey, dict[int, RunResult]]:
-    """{(source, regime, target, variant): {seed: run}}.
+def index_runs(runs: list[RunResult]) -> dict[ModelKey, dict[int, RunResult]]:
+    """{(source, target, variant, regime): {seed: run}} (``RunId.model``).
 
     Raises:
         ValueError: the same run (and seed) given twice.
     """
-    out: dict[RunKey, dict[int, RunResult]] = {}
+    out: dict[ModelKey, dict[int, RunResult]] = {}
     for run in runs:
-        s = run.summary
-        seeds = out.setdefault((s["source"], s["regime"], s["target"], s["variant"]), {})
-        if s["seed"] in seeds:
-            raise ValueError(f"{run.path} and {seeds[s['seed']].path} are the same run "
-                             f"({'/'.join(map(str, (*run.key, s['variant'])))}, seed {s['seed']})")
-        seeds[s["seed"]] = run
+        seeds = out.setdefault(run.id.model, {})
+        if run.id.seed in seeds:
+            raise ValueError(f"{run.path} and {seeds[run.id.seed].path} are the same run ({run.id.key})")
+        seeds[run.id.seed] = run
     return out
 
 
@@ -88,7 +84,7 @@ def compare(pair: Comparison, a: dict[int, RunResult], b: dict[int, RunResult]) 
 
 
 def table_comparisons(table: str, spec: dict[str, Any], units: dict[str, str],
-                      runs: dict[RunKey, dict[int, RunResult]]) -> list[dict[str, Any]]:
+                      runs: dict[ModelKey, dict[int, RunResult]]) -> list[dict[str, Any]]:
     """The comparison rows of one table: its pairs by its properties (targets in spec order).
 
     Raises:
@@ -98,7 +94,7 @@ def table_comparisons(table: str, spec: dict[str, Any], units: dict[str, str],
     rows = []
     for pair in comparisons_of(list(spec["variants"])):
         for target in targets:
-            cells = [runs.get((spec["source"], spec["regime"], target, v)) for v in (pair.variant, pair.reference)]
+            cells = [runs.get((spec["source"], target, v, spec["regime"])) for v in (pair.variant, pair.reference)]
             missing = [v for v, cell in zip((pair.variant, pair.reference), cells, strict=True) if not cell]
             if missing:
                 raise ValueError(f"{table}: no runs given for {target} / {missing} ({spec['source']}, "

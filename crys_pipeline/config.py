@@ -18,8 +18,8 @@ import jsonschema
 import yaml
 from jsonschema import validators
 
-from crys_pipeline.folder import has_split_labels
 from crys_pipeline.settings import config_schema
+from crys_pipeline.sources.folder import has_split_labels
 
 
 def _with_defaults(validator_class: Any) -> Any:

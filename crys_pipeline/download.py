@@ -9,7 +9,7 @@ Two ways to a snapshot, tried in this order:
    download folder; for `mp` sources also the elastic moduli through mp-api when `MP_API_KEY` is set.
 
 A `folder` source (provider `folder`: your own structure files and an id_prop table) has its manifest
-written by `crys_pipeline.folder.fetch_folder` instead (sha256 of the table and of every listed file).
+written by `crys_pipeline.sources.folder.fetch_folder` instead (sha256 of the table and of every listed file).
 
 Snapshots are never edited: the manifest records their path, format and sha256, and `ingest`
 refuses a file whose hash changed. Paths are recorded as configured (relative to the working

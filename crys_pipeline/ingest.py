@@ -15,21 +15,16 @@ value) in the structures metadata `bad_values`. A target whose `field` the snaps
 stage, naming the closest field names.
 
 A `folder` source (your own structure files plus an ALIGNN-style id_prop table) is read by
-`crys_pipeline.folder`, whose records pass the same validation; its per-row problems (missing or
+`crys_pipeline.sources.folder`, whose records pass the same validation; its per-row problems (missing or
 unreadable file, disordered structure, target not a finite number, duplicate filename) are rejected rows.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import logging
 import math
-import zipfile
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,151 +35,35 @@ from tqdm import tqdm
 from crys_pipeline.atom_features import MAX_Z
 from crys_pipeline.io import read_json, sha256_file, write_parquet
 from crys_pipeline.schemas import split_column
+from crys_pipeline.sources import folder, jarvis
+from crys_pipeline.sources.records import RawRecord
 
 log = logging.getLogger(__name__)
 
 MIN_DISTANCE = 0.5  # Angstrom; closer atoms are a broken structure
 MIN_VOLUME = 1e-3  # Angstrom^3; a smaller |det(lattice)| is a degenerate cell
-SPLIT_LABELS = ("train", "val", "test")
 #: `stratify_target` value that applies the subset counts to the official split of every target.
 ALL_TARGETS = "all"
 
-#: jarvis-leaderboard benchmark files holding the official split of each canonical field.
-LEADERBOARD_BENCHMARKS = {
-    "formation_energy_peratom": "dft_3d_formation_energy_peratom",
-    "optb88vdw_bandgap": "dft_3d_optb88vdw_bandgap",
-    "mbj_bandgap": "dft_3d_mbj_bandgap",
-    "optb88vdw_total_energy": "dft_3d_optb88vdw_total_energy",
-    "bulk_modulus_kv": "dft_3d_bulk_modulus_kv",
-    "shear_modulus_gv": "dft_3d_shear_modulus_gv",
-    "e_form": "megnet_e_form",
-    "gap_pbe": "megnet_gappbe",
-}
-JARVIS_FIELDS = tuple(k for k, v in LEADERBOARD_BENCHMARKS.items() if v.startswith("dft_3d"))
-
-
-@dataclass
-class RawRecord:
-    """A snapshot record mapped to canonical names, before validation."""
-
-    material_id: str
-    lattice: Any
-    species: Any
-    frac_coords: Any
-    values: dict[str, Any] = field(default_factory=dict)
-    splits: dict[str, str | None] = field(default_factory=dict)
-    problem: str | None = None  # why the snapshot entry could not be read (its id is then `file:line`)
-
-
-def _unreadable(where: str, problem: str) -> RawRecord:
-    """The placeholder of a snapshot entry that cannot be read (bad JSON, no id): a rejected row."""
-    return RawRecord(where, None, None, None, problem=f"{where}: {problem}")
-
-
-def _open_text(path: Path):
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
-
-
-def _named_lines(path: Path, handle: Any) -> Iterator[str]:
-    """The lines of an open snapshot; a truncated or damaged gzip stream is an error naming the file and line."""
-    number = 0
-    try:
-        for line in handle:
-            number += 1
-            yield line
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ValueError(f"{path}: truncated or damaged after line {number} ({type(exc).__name__}: {exc}); replace "
-                         "it with a complete copy and rerun download") from exc
-
-
-def _offline_records(path: Path, provider: str) -> Iterator[RawRecord]:
-    id_key = "jid" if provider == "jarvis" else "material_id"
-    with _open_text(path) as handle:
-        for number, line in enumerate(_named_lines(path, handle), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                yield _unreadable(f"{path}:{number}", f"unparseable JSON ({exc})")
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get(id_key), str) or not rec[id_key]:
-                yield _unreadable(f"{path}:{number}", f"no {id_key!r} id field")
-                continue
-            if provider == "jarvis":
-                yield RawRecord(
-                    rec["jid"], rec.get("lattice_mat"), rec.get("species"), rec.get("frac_coords"),
-                    {f: rec.get(f) for f in JARVIS_FIELDS}, dict(rec.get("split") or {}),
-                )
-            else:
-                split = rec.get("split_megnet_2018")
-                yield RawRecord(
-                    rec["material_id"], rec.get("lattice_mat"), rec.get("species"), rec.get("frac_coords"),
-                    {"e_form": rec.get("e_form_mp2018"), "gap_pbe": rec.get("gap_pbe_mp2018"),
-                     "K_VRH": rec.get("K_VRH"), "G_VRH": rec.get("G_VRH")},
-                    {"e_form": split, "gap_pbe": split},
-                )
-
-
-def leaderboard_splits(fields: list[str]) -> dict[str, dict[str, str]]:
-    """Official {field: {id: split label}} from the installed jarvis-leaderboard package."""
-    from importlib.resources import files
-
-    root = files("jarvis_leaderboard") / "benchmarks" / "AI" / "SinglePropertyPrediction"
-    out: dict[str, dict[str, str]] = {}
-    for name in fields:
-        bench = LEADERBOARD_BENCHMARKS.get(name)
-        if bench is None:
-            continue
-        with zipfile.ZipFile(str(root / f"{bench}.json.zip")) as zf:
-            data = json.loads(zf.read(f"{bench}.json"))
-        labels: dict[str, str] = {}
-        for label in SPLIT_LABELS:
-            for mid in data.get(label, {}):
-                labels[mid] = f"{labels[mid]}|{label}" if mid in labels else label
-        out[name] = labels
-    return out
-
-
-def _figshare_records(path: Path, provider: str, moduli: dict[str, dict[str, Any]]) -> Iterator[RawRecord]:
-    with zipfile.ZipFile(path) as zf:
-        data = json.loads(zf.read(zf.namelist()[0]))
-    id_key = "jid" if provider == "jarvis" else "id"
-    fields = list(JARVIS_FIELDS) if provider == "jarvis" else ["e_form", "gap_pbe"]
-    official = leaderboard_splits(fields)
-    for index, rec in enumerate(data):
-        if rec.get(id_key) in (None, ""):
-            yield _unreadable(f"{path}[{index}]", f"no {id_key!r} id field")
-            continue
-        atoms = rec.get("atoms") or {}
-        coords = np.asarray(atoms.get("coords"), dtype=float)
-        lattice = np.asarray(atoms.get("lattice_mat"), dtype=float)
-        frac = np.linalg.solve(lattice.T, coords.T).T if atoms.get("cartesian") else coords
-        mid = str(rec[id_key])
-        values = {f: rec.get(f) for f in JARVIS_FIELDS} if provider == "jarvis" else {
-            "e_form": rec.get("e_form"), "gap_pbe": rec.get("gap pbe"), **moduli.get(mid, {})}
-        yield RawRecord(mid, lattice.tolist(), atoms.get("elements"), frac.tolist(), values,
-                        {f: official[f].get(mid) for f in official})
-
 
 def read_snapshot(manifest: dict[str, Any]) -> Iterator[RawRecord]:
-    """Iterate the canonical records of a manifest's snapshot after checking its sha256."""
+    """Iterate the canonical records of a manifest's snapshot after checking its sha256.
+
+    The reader is the provider's (``crys_pipeline.sources``): `folder`, or the JARVIS-tools releases of
+    `jarvis` and `mp` (offline JSON lines or the figshare zip).
+    """
     for entry in manifest["files"].values():
         if sha256_file(entry["path"]) != entry["sha256"]:
             raise ValueError(f"snapshot {entry['path']} changed since download (sha256 mismatch); rerun download")
     provider = manifest["provider"]
     main = manifest["files"]["structures"]
     if provider == "folder":
-        from crys_pipeline.folder import folder_records
-
-        return folder_records(manifest)
+        return folder.folder_records(manifest)
     if main["format"] == "offline_jsonl":
-        return _offline_records(Path(main["path"]), provider)
+        return jarvis.offline_records(Path(main["path"]), provider)
     moduli_entry = manifest["files"].get("moduli")
     moduli = {r["material_id"]: r for r in read_json(moduli_entry["path"])} if moduli_entry else {}
-    return _figshare_records(Path(main["path"]), provider, moduli)
+    return jarvis.figshare_records(Path(main["path"]), provider, moduli)
 
 
 class BadValue(ValueError):

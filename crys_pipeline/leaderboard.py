@@ -23,6 +23,7 @@ from typing import Any
 
 from crys_pipeline import __version__
 from crys_pipeline.io import read_json, read_parquet, write_json
+from crys_pipeline.run_id import RunId
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,11 @@ def benchmark_test_ids(stem: str) -> set[str]:
 
 def _metadata(summary: dict[str, Any], model_json: dict[str, Any], contact: dict[str, str]) -> dict[str, Any]:
     return {
-        "model_name": f"CrysMMNet-{summary['variant']}",
+        "model_name": f"CrysMMNet-{RunId.of(summary).variant}",
         "project_url": contact.get("project_url", ""),
         "date_submitted": date.today().strftime("%m-%d-%Y"),
         "author_email": contact.get("author_email", ""),
-        "database_version": "8-18-2021" if summary["source"].startswith("jarvis") else "6-1-2018",
+        "database_version": "8-18-2021" if RunId.of(summary).source.startswith("jarvis") else "6-1-2018",
         "team_name": contact.get("team_name", "crys_pipeline"),
         "time_taken_seconds": summary["wall_seconds"],
         "language": "python",
@@ -74,7 +75,8 @@ def export_leaderboard(run_dir: Path, *, out_dir: Path, contact: dict[str, str] 
             benchmark test ids (a different split was used).
     """
     summary = read_json(run_dir / "summary.json", layout=RUN_SUMMARY)
-    key = (summary["source"], summary["target"])
+    run = RunId.of(summary)
+    key = (run.source, run.target)
     if key not in BENCHMARKS:
         raise ValueError(f"{run_dir}: {key[0]}/{key[1]} has no JARVIS-Leaderboard benchmark, so the leaderboard "
                          "export does not apply (it never does to a folder source of your own structures: the "

@@ -1,6 +1,6 @@
 """`crys-pipeline predict`: property predictions for new structure files with trained runs.
 
-Each run directory (`results/train/.../seed{seed}/`) holds `model.pt` and `model.json`. The json
+Each run directory (``RunId.PATTERN``) holds `model.pt` and `model.json`. The json
 records everything needed to featurise a new crystal exactly as in training: the graph parameters,
 the robocrys and section settings (carried through the embeddings file) and the text encoder, and the
 target's unit and training domain (from the split). Files (CIF, POSCAR/CONTCAR, *.vasp, extended XYZ,
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from crys_pipeline.io import ArtifactError, read_model_json, read_torch
+from crys_pipeline.run_id import RunId
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +48,22 @@ class Crystal:
 
 
 @dataclass
-class Run:
-    """A trained model with the settings it was trained with (model.json)."""
+class TrainedModel:
+    """A trained model loaded for prediction: a run folder's val-selected model and its settings (model.json)."""
 
     run_dir: Path
     model: Any
     meta: dict[str, Any]
 
     @property
+    def run(self) -> RunId:
+        """The run the model was trained in."""
+        return RunId.of(self.meta)
+
+    @property
     def name(self) -> str:
-        """Label of the run's column: `{variant}/{regime}/seed{seed}` (unique among the runs of one model)."""
-        return f"{self.meta['variant']}/{self.meta['regime']}/seed{self.meta['seed']}"
+        """Label of the run's column (``RunId.label``: unique among the runs of one model)."""
+        return self.run.label
 
 
 def collect_files(paths: list[Path]) -> list[Path]:
@@ -70,7 +76,7 @@ def collect_files(paths: list[Path]) -> list[Path]:
     Raises:
         ValueError: a folder without any structure file.
     """
-    from crys_pipeline.folder import file_format_of
+    from crys_pipeline.sources.folder import file_format_of
 
     out: list[Path] = []
     for path in paths:
@@ -96,8 +102,9 @@ def collect_files(paths: list[Path]) -> list[Path]:
 
 def read_crystal(path: Path) -> Crystal:
     """Read and validate one structure file as the folder source does; problems become `Crystal.error`."""
-    from crys_pipeline.folder import read_structure
-    from crys_pipeline.ingest import RawRecord, validate
+    from crys_pipeline.ingest import validate
+    from crys_pipeline.sources.folder import read_structure
+    from crys_pipeline.sources.records import RawRecord
 
     crystal = Crystal(path=path, material_id=path.name)
     if not path.is_file():
@@ -118,7 +125,7 @@ def read_crystal(path: Path) -> Crystal:
     return crystal
 
 
-def load_run(run_dir: Path) -> Run:
+def load_trained_model(run_dir: Path) -> TrainedModel:
     """Rebuild a run's val-selected model from model.json + model.pt (eval mode, CPU).
 
     model.json is checked against its layout and model.pt against the sha256 it records; the weights
@@ -127,16 +134,16 @@ def load_run(run_dir: Path) -> Run:
     import torch
 
     from crys_pipeline.atom_features import cgcnn_feature_table
-    from crys_pipeline.models import build_model
+    from crys_pipeline.models import build_from_config
 
     meta = read_model_json(run_dir)
-    model = build_model(**meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
+    model = build_from_config(meta["config"], atom_table=torch.from_numpy(cgcnn_feature_table()))
     state = read_torch(run_dir / "model.pt")
     check_weights_fit(run_dir, meta["config"], model.state_dict(), state)
     model.load_state_dict(state)
     check_target_scale(model, meta["config"], run_dir)
     model.eval()
-    return Run(run_dir=run_dir, model=model, meta=meta)
+    return TrainedModel(run_dir=run_dir, model=model, meta=meta)
 
 
 def check_target_scale(model: Any, config: dict[str, Any], run_dir: Path) -> None:
@@ -161,27 +168,27 @@ def _shapes_of(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
     """Parameter shapes of the model `config` builds (on the meta device: no memory), None when it cannot build."""
     import torch
 
-    from crys_pipeline.models import build_model
+    from crys_pipeline.models import build_from_config
     from crys_pipeline.models.layers import ATOM_TABLE_SHAPE
 
     try:
         with torch.device("meta"):
-            return _shapes(build_model(**config, atom_table=torch.zeros(ATOM_TABLE_SHAPE)).state_dict())
+            return _shapes(build_from_config(config, atom_table=torch.zeros(ATOM_TABLE_SHAPE)).state_dict())
     except Exception:  # a candidate setting a model cannot be built with is no candidate
         return None
 
 
 def _candidates(key: str, value: Any, state: dict[str, tuple[int, ...]]) -> list[Any]:
     """Other values a model setting could have had: ints seen in the weights' shapes, a string setting's choices."""
-    from crys_pipeline.settings import TrainSettings
+    from crys_pipeline.settings import ModelSettings
     from crys_pipeline.variants import VARIANTS
 
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
         return sorted(({n for shape in state.values() for n in shape} | set(range(1, 13))) - {value})
-    choices = {f.name: f.metadata.get("choices") for f in fields(TrainSettings)}
-    choices.update(variant=tuple(VARIANTS), readout=("mean", "sum"))
+    choices = {f.name: f.metadata.get("choices") for f in fields(ModelSettings)}
+    choices.update(variant=tuple(VARIANTS))
     return [option for option in choices.get(key) or () if option != value]
 
 
@@ -266,12 +273,12 @@ def describe_texts(crystals: list[Crystal], describe_params: dict[str, Any], glo
     return out
 
 
-def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict) -> np.ndarray:
+def _featurize_text(trained: TrainedModel, crystals: list[Crystal], variant: str, cache: dict) -> np.ndarray:
     """float32 [n, D] embeddings (rows of crystals whose description failed are NaN)."""
     from crys_pipeline.embed import TextEncoder
     from crys_pipeline.settings import EmbedSettings
 
-    encoder_cfg, describe_params, header = text_settings(run.meta)
+    encoder_cfg, describe_params, header = text_settings(trained.meta)
     key = repr((sorted(encoder_cfg.items()), sorted(describe_params.items()), header, variant))
     if key not in cache:
         texts = describe_texts(crystals, describe_params, header, variant)
@@ -287,37 +294,37 @@ def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict
     return cache[key]
 
 
-def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
-    """Fill `crystal.predictions[run.name]` for every usable crystal."""
+def predict_crystals(trained: TrainedModel, crystals: list[Crystal], cache: dict) -> None:
+    """Fill `crystal.predictions[trained.name]` for every usable crystal (`trained`: one run's model)."""
     import torch
 
-    from crys_pipeline.data import SplitData, make_loader
-    from crys_pipeline.train import predict
+    from crys_pipeline.train import predict_loader
+    from crys_pipeline.train.data import SplitData, make_loader
     from crys_pipeline.variants import VARIANTS
 
-    spec = VARIANTS[run.meta["variant"]]
+    spec = VARIANTS[trained.meta["variant"]]
     usable = [c for c in crystals if c.structure is not None]
-    text = _featurize_text(run, usable, spec.text_variant, cache) if spec.text_variant else None
+    text = _featurize_text(trained, usable, spec.text_view, cache) if spec.text_view else None
     keep = [i for i in range(len(usable)) if text is None or np.isfinite(text[i]).all()]
     for i in set(range(len(usable))) - set(keep):
-        usable[i].predictions[run.name] = None
+        usable[i].predictions[trained.name] = None
     if not keep:
         return
     graphs = None
     if spec.graph_encoder:
-        gkey = repr(sorted(run.meta["graph_params"].items()))
-        graphs = cache.setdefault(gkey, [graph_arrays(c, run.meta["graph_params"]) for c in usable])
+        gkey = repr(sorted(trained.meta["graph_params"].items()))
+        graphs = cache.setdefault(gkey, [graph_arrays(c, trained.meta["graph_params"]) for c in usable])
         graphs = [graphs[i] for i in keep]
     data = SplitData(ids=[usable[i].material_id for i in keep], y=np.zeros(len(keep)), graphs=graphs,
                      text=None if text is None else text[keep])
-    _ids, _, preds = predict(run.model, make_loader(data, batch_size=64), torch.device("cpu"))
+    _ids, _, preds = predict_loader(trained.model, make_loader(data, batch_size=64), torch.device("cpu"))
     for i, value in zip(keep, preds, strict=True):
-        usable[i].predictions[run.name] = float(value)
+        usable[i].predictions[trained.name] = float(value)
 
 
-def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
+def format_table(crystals: list[Crystal], models: list[TrainedModel], unit: str) -> str:
     """A plain-text table: id, one column per run, mean (with the target's unit when known), std, notes/errors."""
-    names = [r.name for r in runs]
+    names = [m.name for m in models]
     header = ["id", *names, f"mean [{unit}]" if unit else "mean", "std", "notes"]
     lines = [header]
     for c in crystals:
@@ -333,45 +340,45 @@ def format_table(crystals: list[Crystal], runs: list[Run], unit: str) -> str:
                      for row in lines)
 
 
-def check_one_model(runs: list[Run]) -> None:
-    """Raise ValueError unless `runs` are seeds of one model.
+def check_one_model(models: list[TrainedModel]) -> None:
+    """Raise ValueError unless `models` are seeds of one model.
 
     Same source, target, variant and regime, each seed once (a mean and std over them is then a seed
     ensemble).
     """
-    targets = {(r.meta["source"], r.meta["target"]) for r in runs}
+    targets = {(m.run.source, m.run.target) for m in models}
     if len(targets) != 1:
         raise ValueError(f"runs predict different targets {sorted(targets)}; give runs of one target")
-    models = sorted({(r.meta["variant"], r.meta["regime"]) for r in runs})
-    if len(models) != 1:
-        raise ValueError(f"runs are different models (variant, regime) {models}: their predictions are not one "
+    kinds = sorted({(m.run.variant, m.run.regime) for m in models})
+    if len(kinds) != 1:
+        raise ValueError(f"runs are different models (variant, regime) {kinds}: their predictions are not one "
                          "mean; run predict once per model")
     seen: dict[str, Path] = {}
-    for run in runs:
-        if run.name in seen:
-            raise ValueError(f"{run.run_dir} and {seen[run.name]} are both {run.name}; give each seed once")
-        seen[run.name] = run.run_dir
+    for trained in models:
+        if trained.name in seen:
+            raise ValueError(f"{trained.run_dir} and {seen[trained.name]} are both {trained.name}; give each seed once")
+        seen[trained.name] = trained.run_dir
 
 
-def run_predict(run_dirs: list[Path], *, paths: list[Path]) -> tuple[list[Crystal], str]:
+def predict_files(run_dirs: list[Path], *, paths: list[Path]) -> tuple[list[Crystal], str]:
     """Predict every structure file under `paths` with every run; returns the crystals and the table text.
 
     Raises:
         ValueError: the runs predict different targets or are different models (variant, regime), or one
             run is given twice: their predictions cannot be averaged into one mean.
     """
-    runs = [load_run(d) for d in run_dirs]
-    check_one_model(runs)
+    models = [load_trained_model(d) for d in run_dirs]
+    check_one_model(models)
     crystals = [read_crystal(p) for p in collect_files(paths)]
     for c in crystals:
         if c.error:
             log.error("%s: %s", c.path, c.error)
     cache: dict = {}
-    for run in runs:
-        predict_run(run, crystals, cache)
-    split = runs[0].meta.get("split") or {}
-    note_domain(crystals, split.get("train_domain") or {}, runs[0].meta["target"])
-    return crystals, format_table(crystals, runs, split.get("unit") or "")
+    for trained in models:
+        predict_crystals(trained, crystals, cache)
+    split = models[0].meta.get("split") or {}
+    note_domain(crystals, split.get("train_domain") or {}, models[0].meta["target"])
+    return crystals, format_table(crystals, models, split.get("unit") or "")
 
 
 def note_domain(crystals: list[Crystal], domain: dict[str, Any], target: str) -> None:

@@ -44,10 +44,10 @@ def group_by_property(runs: list[RunResult]) -> dict[PropertyKey, dict[str, list
     """{(source, regime, target): {variant: runs sorted by seed}}, variants in first-seen order."""
     groups: dict[PropertyKey, dict[str, list[RunResult]]] = {}
     for run in runs:
-        groups.setdefault(run.key, {}).setdefault(run.summary["variant"], []).append(run)
+        groups.setdefault(run.key, {}).setdefault(run.id.variant, []).append(run)
     for variants in groups.values():
         for seeds in variants.values():
-            seeds.sort(key=lambda r: r.summary["seed"])
+            seeds.sort(key=lambda r: r.id.seed)
     return groups
 
 
@@ -57,7 +57,7 @@ def check_tables(tables: dict[str, list[dict[str, Any]]],
     for name, rows in tables.items():
         for row in rows:
             runs = groups.get((row["source"], row["regime"], row["property"]), {}).get(row["variant"], [])
-            have = " ".join(str(r.summary["seed"]) for r in runs)
+            have = " ".join(str(r.id.seed) for r in runs)
             if have != row["seeds"]:
                 raise ValueError(
                     f"{name}: row {row['property']}/{row['variant']} was built from seeds [{row['seeds']}] but the "
@@ -97,7 +97,7 @@ def parity_figure(key: PropertyKey, variants: dict[str, list[RunResult]], rows: 
         row = rows.get(variant, {})
         unit = row.get("unit", "")
         for run in runs:
-            ax.scatter(run.y_true, run.y_pred, s=8, alpha=0.5, label=f"seed {run.summary['seed']}")
+            ax.scatter(run.y_true, run.y_pred, s=8, alpha=0.5, label=f"seed {run.id.seed}")
         ax.plot(lims, lims, color="black", lw=0.8, label="y = x")
         base = runs[0].baseline
         if math.isfinite(base):
@@ -226,7 +226,7 @@ def _caveat(runs: list[RunResult]) -> str:
     counts = {split: sorted({int(r.summary[f"n_{split}"]) for r in runs}) for split in ("train", "val", "test")}
     epochs = sorted({len(r.metrics) for r in runs})
     sources = sorted({r.summary["source"] for r in runs})
-    seeds = sorted({r.summary["seed"] for r in runs})
+    seeds = sorted({r.id.seed for r in runs})
     scalings = sorted({r.summary["target_scaling"] for r in runs})
     these = "This run" if len(runs) == 1 else f"These {len(runs)} runs"
     return (

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from crys_pipeline.io import read_json, read_jsonl, read_parquet, verify_files
+from crys_pipeline.run_id import RunId
 from crys_pipeline.schemas import RUN_SUMMARY
 
 PropertyKey = tuple[str, str, str]  # (source, regime, target)
@@ -40,6 +41,11 @@ class RunResult:
     test_ids: list[str]
     y_true: np.ndarray
     y_pred: np.ndarray
+
+    @property
+    def id(self) -> RunId:
+        """Which run: (source, target, variant, regime, seed)."""
+        return RunId.of(self.summary)
 
     @property
     def key(self) -> PropertyKey:

@@ -10,9 +10,11 @@ Bump SCHEMA_VERSION whenever a layout changes: readers refuse other versions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
+
+from crys_pipeline.run_id import RUN_ID_FIELDS, RunId
 
 #: 2: Parquet page checksums, per-dataset sha256 of the embeddings (`digests`), structures lineage.
 #: 3: declared summary.json / model.json layouts (stamped with kind and schema_version); model.json holds the
@@ -106,7 +108,7 @@ PREDICTIONS = register(ParquetLayout(
             pa.field("prediction", pa.float64(), nullable=False),
         ]
     ),
-    required_meta=("source", "target", "variant", "regime", "seed", "split_hash"),
+    required_meta=(*RUN_ID_FIELDS, "split_hash"),
 ))
 
 ATTENTION = register(ParquetLayout(
@@ -224,8 +226,8 @@ class H5Layout:
         kind: artifact kind name stamped in the metadata.
         description: one line for `crys-pipeline inspect` and the docs.
         row_datasets: dataset name -> dtype ("str" = UTF-8 strings) of the [N] per-row datasets.
-        variants: names of the per-variant dataset families.
-        variant_datasets: suffix -> (dtype, ndim); dataset `{variant}{suffix}` has shape [N] (ndim 1) or
+        views: the text views, one family of datasets each.
+        view_datasets: suffix -> (dtype, ndim); dataset `{view}{suffix}` has shape [N] (ndim 1) or
             [N, D] (ndim 2).
         required_attrs: root attributes every file must carry (besides META_KEY).
     """
@@ -233,28 +235,29 @@ class H5Layout:
     kind: str
     description: str
     row_datasets: dict[str, str]
-    variants: tuple[str, ...]
-    variant_datasets: dict[str, tuple[str, int]]
+    views: tuple[str, ...]
+    view_datasets: dict[str, tuple[str, int]]
     required_attrs: tuple[str, ...] = field(default_factory=tuple)
 
     def datasets(self) -> dict[str, tuple[str, int]]:
         """Every dataset name -> (dtype, ndim)."""
         out = {name: (dtype, 1) for name, dtype in self.row_datasets.items()}
-        for variant in self.variants:
-            out.update({f"{variant}{suffix}": spec for suffix, spec in self.variant_datasets.items()})
+        for view in self.views:
+            out.update({f"{view}{suffix}": spec for suffix, spec in self.view_datasets.items()})
         return out
 
 
-#: Text variants of the sections table and of the embeddings file (docs/method.md §3.2).
-TEXT_VARIANTS = ("full", "global", "local")
+#: Text views of a description: the sections table's columns and the embeddings file's dataset families
+#: (docs/method.md §3.2). A model variant reads one of them (``variants.Variant.text_view``).
+TEXT_VIEWS = ("full", "global", "local")
 
 EMBEDDINGS = H5Layout(
     kind="embeddings",
     description="one row per material of the sections table: frozen-encoder text embedding [N, D] per text "
-    "variant, with untruncated token count, truncated flag and empty-text flag per variant",
+    "view, with untruncated token count, truncated flag and empty-text flag per view",
     row_datasets={"material_id": "str", "status": "str", "error": "str"},
-    variants=TEXT_VARIANTS,
-    variant_datasets={
+    views=TEXT_VIEWS,
+    view_datasets={
         "": ("float32", 2),
         "_token_count": ("int32", 1),
         "_truncated": ("bool", 1),
@@ -307,14 +310,17 @@ class JsonLayout:
         return f"key {extra[0]!r} is not in the {self.kind} layout" if extra else None
 
 
+#: The run's identity (``run_id.RunId``) as every run file records it: its five fields and their JSON types.
+RUN_ID_KEYS = {f.name: "int" if f.type == "int" else "str" for f in fields(RunId)}
+
 RUN_SUMMARY = JsonLayout(
     kind="run_summary",
     description="summary.json of a training run: the val-selected model's MAEs (null for an empty set or a "
     "non-finite value) beside the constant baseline's (the training median) and whether the model underfits, "
-    "the target scaling, split sizes and drops, encoder, stop reason and the sha256 of the run's other files",
+    "the target scaling, split sizes and drops, encoder and the text view it read (`text_variant`), stop reason and "
+    "the sha256 of the run's other files",
     keys={
-        "source": "str", "target": "str", "variant": "str", "regime": "str", "seed": "int",
-        "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",
+        **RUN_ID_KEYS, "test_mae": "number?", "val_mae": "number?", "train_mae": "number?",
         "baseline": "str", "baseline_value": "number?", "baseline_train_mae": "number?",
         "baseline_val_mae": "number?", "baseline_test_mae": "number?", "underfit": "bool", "target_scaling": "str",
         "last_test_mae": "number?", "min_test_mae": "number?",
@@ -327,12 +333,12 @@ RUN_SUMMARY = JsonLayout(
 
 RUN_MODEL = JsonLayout(
     kind="run_model",
-    description="model.json of a training run: what rebuilds and featurises for its model.pt (constructor args, "
-    "graph params, embeddings attributes), the settings, versions and inputs, and model.pt's sha256",
+    description="model.json of a training run: what rebuilds and featurises for its model.pt (`config`: the "
+    "model's settings whole, its variant, text width and fitted target scaling; graph params, embeddings "
+    "attributes), the settings, versions and inputs, and model.pt's sha256",
     keys={
-        "config": "dict", "graph_encoder": "dict?", "variant": "str", "target": "str", "source": "str",
-        "regime": "str", "seed": "int", "best_epoch": "int", "train_config": "dict", "versions": "dict",
-        "device": "str", "graph_params": "dict", "graph_meta": "dict", "embedding_attrs": "dict",
+        **RUN_ID_KEYS, "config": "dict", "graph_encoder": "dict?", "best_epoch": "int", "train_config": "dict",
+        "versions": "dict", "device": "str", "graph_params": "dict", "graph_meta": "dict", "embedding_attrs": "dict",
         "split": "dict", "split_hash": "str", "data_hashes": "dict", "model_sha256": "str",
     },
 )

@@ -26,7 +26,7 @@ import typing
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
-from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.schemas import TEXT_VIEWS
 
 JOB = "job"
 WORKFLOW = "workflow"
@@ -34,6 +34,8 @@ INTERNAL = "internal"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 TARGET_SCALINGS = ("none", "standardize")
+HEADS = ("code", "paper")
+READOUTS = ("mean", "sum")
 NONE_WORDS = ("none", "null", "")
 
 
@@ -143,7 +145,7 @@ class AttentionSettings(Settings):
 
     layer: int = setting(5, "Layer (numbered from 1) of `crys-pipeline attention` when --layer is not given "
                          "(paper: 5 of MatSciBERT's 12)", minimum=1)
-    variant: str = setting("full", "Text variant analysed", choices=TEXT_VARIANTS)
+    text_view: str = setting("full", "Text view analysed: full | global | local", choices=TEXT_VIEWS)
     sample: int | None = setting(50, "Materials of the summary, drawn from the ok sections rows with `seed`; "
                                  "null = all", minimum=1)
     seed: int = setting(0, "Sampling seed (numpy default_rng)")
@@ -166,8 +168,29 @@ class GraphSettings(Settings):
 
 
 @dataclass(frozen=True)
+class ModelSettings(Settings):
+    """The model's hyperparameters: what `build_model` builds, stored whole in model.json (docs/method.md §4).
+
+    A new hyperparameter of the model (of a graph encoder, a text projection, a fusion head) is one field
+    here plus its commented line in config.yaml's `model` block: `build_model` receives this object whole,
+    model.json's `config` stores it, the rule passes it to `crys-pipeline train` and predict rebuilds it.
+    The target scaling is a choice of the training (``TrainSettings.target_scaling``, the scale the loss is
+    computed on); its fitted shift and scale are model state, in model.json's `config` beside these settings
+    and in model.pt's buffers.
+    """
+
+    head: str = setting("code", "Fusion and text heads: code: the released code's projection heads (reference) | "
+                        "paper: the paper's equations", choices=HEADS)
+    hidden_features: int = setting(256, "ALIGNN width (paper: 256)", minimum=1)
+    alignn_layers: int = setting(4, "ALIGNN layers (paper: 4)", minimum=0)
+    gcn_layers: int = setting(4, "Edge-gated GCN layers (paper: 4)", minimum=0)
+    readout: str = setting("mean", "Per-crystal pooling of the ALIGNN and CGCNN encoders: mean (the released code) | "
+                           "sum (paper Eq. 5); MEGNet and GATGNN keep their own", choices=READOUTS)
+
+
+@dataclass(frozen=True)
 class TrainSettings(Settings):
-    """Model and training recipe of one training job (defaults: the paper's recipe)."""
+    """Training recipe of one training job (defaults: the paper's recipe); the model is ``ModelSettings``."""
 
     epochs: int = setting(1000, "Epochs; the one-cycle schedule length is tied to this (paper: 1000)", minimum=1)
     batch_size: int = setting(64, "Training mini-batch size", minimum=1)
@@ -175,14 +198,9 @@ class TrainSettings(Settings):
     weight_decay: float = setting(1.0e-5, "AdamW weight decay (not on biases and norms)", minimum=0)
     seeds: tuple[int, ...] = setting((0,), "Model seeds, one run each (the split seed stays splits.seed)",
                                      scope=WORKFLOW)
-    head: str = setting("code", "code: the released code's projection heads (reference) | paper: the paper's "
-                        "equations", choices=("code", "paper"))
     target_scaling: str = setting("none", "none: MSE on the raw targets (the released code's recipe) | standardize: "
                                   "the model learns (y - mean) / std of the training split; predictions, metrics "
                                   "and files stay in the target's unit", choices=TARGET_SCALINGS)
-    hidden_features: int = setting(256, "ALIGNN width (paper: 256)", minimum=1)
-    alignn_layers: int = setting(4, "ALIGNN layers (paper: 4)", minimum=0)
-    gcn_layers: int = setting(4, "Edge-gated GCN layers (paper: 4)", minimum=0)
     early_stopping_patience: int | None = setting(None, "Epochs without val-MAE improvement before stopping; "
                                                   "null = off", minimum=1)
     num_workers: int = setting(0, "DataLoader worker processes", minimum=0)
@@ -201,7 +219,7 @@ class TrainSettings(Settings):
 #: config.yaml block -> its settings class.
 STAGES: dict[str, type] = {
     "splits": SplitSettings, "describe": DescribeSettings, "sections": SectionsSettings, "embed": EmbedSettings,
-    "attention": AttentionSettings, "graphs": GraphSettings, "train": TrainSettings,
+    "attention": AttentionSettings, "graphs": GraphSettings, "model": ModelSettings, "train": TrainSettings,
 }
 
 

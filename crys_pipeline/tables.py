@@ -33,6 +33,7 @@ import numpy as np
 
 from crys_pipeline import __version__, evidence
 from crys_pipeline.io import read_json, write_text
+from crys_pipeline.run_id import RunId
 from crys_pipeline.run_results import RunResult, aligned_errors, common_test_ids, load_run_result
 from crys_pipeline.schemas import RUN_SUMMARY
 
@@ -113,13 +114,10 @@ def spec_targets(spec: dict[str, Any], units: dict[str, str]) -> list[str]:
 
 
 def _check_folder(path: Path, summary: dict[str, Any]) -> None:
-    """A summary inside a `{source}/{target}/{variant}/{regime}/seed{seed}` run folder must be that run's."""
-    if not path.parent.name.startswith("seed") or len(path.parents) < 6:
-        return
-    folder = [p.name for p in path.parents[:5]][::-1]
-    own = [str(summary[k]) for k in ("source", "target", "variant", "regime")] + [f"seed{summary['seed']}"]
-    if folder != own:
-        raise TableSpecError(f"{path}: the summary of run {'/'.join(own)} lies in the folder of {'/'.join(folder)}; "
+    """A summary inside a run folder (``RunId.from_folder``) must be that run's."""
+    folder, own = RunId.from_folder(path.parent), RunId.of(summary)
+    if folder is not None and folder != own:
+        raise TableSpecError(f"{path}: the summary of run {own.key} lies in the folder of {folder.key}; "
                              "delete the run folder and rerun its training job")
 
 

@@ -1,7 +1,7 @@
 """The model variants: one torch-free table that the Snakefile, the rules, the registry, tables and benches read.
 
 A variant is a graph encoder (or none), a cached text view (or none) and the head that joins them:
-- graph + text (CrysMMNet and its Table 5/6 ablations): the fusion head of ``train.head`` (code | paper);
+- graph + text (CrysMMNet and its Table 5/6 ablations): the fusion head of ``model.head`` (code | paper);
 - text only (CrysTextNet): the projection of the text vector and a small MLP;
 - graph only (the baselines): the original model's own output layer, so they are the published architectures.
 """
@@ -19,19 +19,12 @@ class Variant:
 
     Attributes:
         graph_encoder: one of ``GRAPH_ENCODERS``, or None for text only.
-        text_variant: cached embedding view, one of ``schemas.TEXT_VARIANTS`` ("full" | "global" | "local"),
-            or None for graph only.
+        text_view: the cached text embedding it reads, one of ``schemas.TEXT_VIEWS`` ("full" | "global" |
+            "local"), or None for graph only.
     """
 
     graph_encoder: str | None
-    text_variant: str | None
-
-    @property
-    def head(self) -> str:
-        """Which head joins the inputs: `fusion` (graph + text), `text` (text only) or `graph` (the model's own)."""
-        if self.graph_encoder and self.text_variant:
-            return "fusion"
-        return "graph" if self.graph_encoder else "text"
+    text_view: str | None
 
 
 VARIANTS: dict[str, Variant] = {

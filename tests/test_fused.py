@@ -1,31 +1,34 @@
 """The fused EGGC and optimizer against the reference code, on real JARVIS crystals.
 
 The reference (the unfused layer, line graph and encoder forward as they were before the fused
-kernels) lives in bench/bench_train_throughput.py, loaded here from its file: one copy, used by the
-benchmark and by these tests.
+kernels) lives in tests/train_reference.py: one copy, compared against here and timed by
+bench/bench_train_throughput.py.
 """
 
 from __future__ import annotations
 
 import torch
+import train_reference as reference
 from torch_geometric.data import Batch
 
-from crys_pipeline.models import build_model, param_groups
+from crys_pipeline.models import build_model
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
+from crys_pipeline.settings import ModelSettings
 from crys_pipeline.train import make_optimizer
+from crys_pipeline.train.optim import param_groups
 
-SMALL = {"hidden_features": 16, "alignn_layers": 2, "gcn_layers": 2}
-
-
-def _pair(bench, batch: Batch, **sizes):
-    return bench.new_pair(batch, **(SMALL | sizes))
+SMALL = ModelSettings(hidden_features=16, alignn_layers=2, gcn_layers=2)
 
 
-def test_fused_layer_equals_reference_layer_on_a_real_batch(bench, batch: Batch) -> None:
+def _pair(batch: Batch):
+    return reference.new_pair(batch, SMALL)
+
+
+def test_fused_layer_equals_reference_layer_on_a_real_batch(batch: Batch) -> None:
     """Outputs, input gradients and parameter gradients of one EGGC (float64, training mode) to 1e-6."""
     torch.manual_seed(0)
     conv = EdgeGatedGraphConv(16).double().train()
-    ref = bench.to_reference(conv).double().train()
+    ref = reference.to_reference(conv).double().train()
     gen = torch.Generator().manual_seed(2)
     h = torch.randn(batch.num_nodes, 16, generator=gen, dtype=torch.float64)
     e = torch.randn(batch.edge_index.shape[1], 16, generator=gen, dtype=torch.float64)
@@ -37,7 +40,7 @@ def test_fused_layer_equals_reference_layer_on_a_real_batch(bench, batch: Batch)
         ((o[0] * w[0]).sum() + (torch.tanh(o[1]) * w[1]).sum()).backward()
     for got, exp in ((out[0], want[0]), (out[1], want[1]), (h1.grad, h2.grad), (e1.grad, e2.grad)):
         assert torch.allclose(got, exp, atol=1e-6, rtol=0)
-    grads = bench.reference_grads(ref, conv)
+    grads = reference.reference_grads(ref, conv)
     for name, param in conv.named_parameters():
         assert torch.allclose(param.grad, grads[name], atol=1e-6, rtol=0), name
     for norm in ("bn_nodes", "bn_edges"):  # running statistics updated as nn.BatchNorm1d does
@@ -46,22 +49,22 @@ def test_fused_layer_equals_reference_layer_on_a_real_batch(bench, batch: Batch)
     assert out[0].abs().max() > 0.1 and h1.grad.abs().max() > 0.01
 
 
-def test_model_loss_and_gradients_equal_the_reference(bench, batch: Batch) -> None:
+def test_model_loss_and_gradients_equal_the_reference(batch: Batch) -> None:
     """The whole CrysMMNet (float32) on the real batch: same loss and gradients as the reference code."""
-    same, detail = bench.same_numbers(batch)
+    same, detail = reference.same_numbers(batch)
     assert same, detail
 
 
-def test_compiled_path_equals_the_reference(bench, batch: Batch) -> None:
+def test_compiled_path_equals_the_reference(batch: Batch) -> None:
     """train.compile: torch.compile's kernels of the same math give the reference's loss and gradients."""
-    same, detail = bench.same_numbers(batch, compiled=True)
+    same, detail = reference.same_numbers(batch, compiled=True)
     assert same, detail
 
 
-def test_seed_gives_the_reference_initial_weights_and_old_state_dicts_load(bench, batch: Batch) -> None:
+def test_seed_gives_the_reference_initial_weights_and_old_state_dicts_load(batch: Batch) -> None:
     """Same seed -> the reference's initial weights; a reference-layout state_dict loads and predicts the same."""
     torch.manual_seed(5)
-    ref = bench.ReferenceEdgeGatedGraphConv(16)
+    ref = reference.ReferenceEdgeGatedGraphConv(16)
     torch.manual_seed(5)
     conv = EdgeGatedGraphConv(16)
     for name in ("src_gate", "dst_update", "dst_gate", "src_update"):
@@ -72,9 +75,9 @@ def test_seed_gives_the_reference_initial_weights_and_old_state_dicts_load(bench
     loaded.load_state_dict(ref.state_dict())
     assert torch.equal(loaded.node_linear.weight, conv.node_linear.weight)
     torch.manual_seed(0)
-    model = build_model("crysmmnet", atom_table=None, text_dim=bench.TEXT_DIM, **SMALL)
-    old_layout = bench.reference_model(model).state_dict()
-    fresh = build_model("crysmmnet", atom_table=None, text_dim=bench.TEXT_DIM, **SMALL)
+    model = build_model("crysmmnet", SMALL, atom_table=None, text_dim=reference.TEXT_DIM)
+    old_layout = reference.reference_model(model).state_dict()
+    fresh = build_model("crysmmnet", SMALL, atom_table=None, text_dim=reference.TEXT_DIM)
     fresh.load_state_dict(old_layout)
     model.eval()
     fresh.eval()
@@ -82,11 +85,11 @@ def test_seed_gives_the_reference_initial_weights_and_old_state_dicts_load(bench
         assert torch.equal(fresh(batch), model(batch))
 
 
-def test_bench_atomic_numbers_are_pymatgen_s(bench) -> None:
-    """The benchmark's pymatgen-free symbol table (for the GPU machine) agrees with pymatgen on Z = 1..103."""
+def test_reference_atomic_numbers_are_pymatgen_s() -> None:
+    """The reference batch's pymatgen-free symbol table (for the GPU machine) agrees with pymatgen on Z = 1..103."""
     from crys_pipeline.graphs import atomic_number
 
-    assert len(bench.Z_OF) == 103 and all(atomic_number(s) == z for s, z in bench.Z_OF.items())
+    assert len(reference.Z_OF) == 103 and all(atomic_number(s) == z for s, z in reference.Z_OF.items())
 
 
 def test_default_crysmmnet_keeps_its_parameter_count() -> None:
@@ -98,17 +101,17 @@ def test_default_crysmmnet_keeps_its_parameter_count() -> None:
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4_109_057
 
 
-def test_fused_optimizer_equals_per_tensor_adamw(bench, batch: Batch) -> None:
+def test_fused_optimizer_equals_per_tensor_adamw(batch: Batch) -> None:
     """Five steps of make_optimizer's AdamW == the per-tensor AdamW (same groups, same real gradients).
 
     The gradients of the real batch are computed once and fed to both optimizers at every step (scaled
     per step), so the comparison isolates the optimizer: parameters whose true gradient is zero (the
     biases in front of a BatchNorm) would otherwise follow their rounding noise through Adam.
     """
-    (model, _), _ = _pair(bench, batch)
-    twin = build_model("crysmmnet", atom_table=None, text_dim=bench.TEXT_DIM, **SMALL).train()
+    (model, _), _ = _pair(batch)
+    twin = build_model("crysmmnet", SMALL, atom_table=None, text_dim=reference.TEXT_DIM).train()
     twin.load_state_dict(model.state_dict())
-    bench.loss_of(model, batch).backward()
+    reference.loss_of(model, batch).backward()
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     fused = make_optimizer(model, 1e-3, 1e-2)
     loop = torch.optim.AdamW(param_groups(twin, 1e-2), lr=1e-3, foreach=False, fused=False)

@@ -14,6 +14,7 @@ from conftest import SOURCES, default_config, tiny_records, tiny_snapshot_dir
 
 from crys_pipeline import download, ingest
 from crys_pipeline.io import ArtifactError, read_meta, read_parquet, sha256_file, write_json
+from crys_pipeline.sources.records import RawRecord
 
 
 def test_every_tiny_id_is_kept_with_structure_and_targets(jarvis_structures: Path) -> None:
@@ -304,14 +305,16 @@ def test_every_graph_encoder_reads_the_table_ingest_checks_against() -> None:
     from crys_pipeline.atom_features import MAX_Z, cgcnn_feature_table
     from crys_pipeline.models import build_model
     from crys_pipeline.models.layers import AtomFeatures
+    from crys_pipeline.settings import ModelSettings
     from crys_pipeline.variants import VARIANTS
 
     table = torch.from_numpy(cgcnn_feature_table())
     assert table.shape[0] == MAX_Z + 1
     for name, spec in VARIANTS.items():
-        model = build_model(name, atom_table=table, hidden_features=8, alignn_layers=1, gcn_layers=1, text_dim=8)
+        settings = ModelSettings(hidden_features=8, alignn_layers=1, gcn_layers=1)
+        model = build_model(name, settings, atom_table=table, text_dim=8)
         buffers = [m.atom_table for m in model.modules() if isinstance(m, AtomFeatures)]
         assert len(buffers) == (spec.graph_encoder is not None), name
         for buffer in buffers:
             assert buffer.shape[0] == MAX_Z + 1 and buffer[torch.tensor([MAX_Z])].shape == (1, 92), name
-    assert ingest.validate(ingest.RawRecord("x", np.eye(3) * 4, ["Lr"], [[0, 0, 0]])) is None
+    assert ingest.validate(RawRecord("x", np.eye(3) * 4, ["Lr"], [[0, 0, 0]])) is None

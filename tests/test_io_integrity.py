@@ -21,7 +21,7 @@ from conftest import REPO, SHARED_DATA, default_config
 from train_helpers import build_graph_dir
 
 from crys_pipeline import cli, embed, io
-from crys_pipeline.settings import EmbedSettings
+from crys_pipeline.settings import EmbedSettings, ModelSettings
 
 FIX = "delete it and rerun"
 
@@ -198,8 +198,8 @@ def small_run(jarvis_structures: Path, graphs: Path, tmp_path_factory: pytest.Te
     split = write_split(work / "split.json", "formation_energy_peratom", ids[:20], ids[20:25], ids[25:30])
     train.train(jarvis_structures, split=split, graphs=graphs, embeddings=None, out_dir=work / "run",
                 cfg=train.TrainConfig(target="formation_energy_peratom", variant="alignn", seed=0, epochs=1,
-                                      hidden_features=16, alignn_layers=1, gcn_layers=1, batch_size=8,
-                                      device="cpu", threads=1))
+                                      batch_size=8, device="cpu", threads=1,
+                                      model=ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1)))
     row = io.read_parquet(jarvis_structures, "structures").to_pylist()[0]
     row_to_structure(row).to(filename=str(work / f"{row['material_id']}.vasp"), fmt="poscar")
     return {"split": split, "run": work / "run", "poscar": work / f"{row['material_id']}.vasp"}

@@ -12,6 +12,7 @@ from train_helpers import build_graph_dir, ingest_first, write_split
 
 from crys_pipeline import io, leaderboard, train
 from crys_pipeline.cli import main
+from crys_pipeline.settings import ModelSettings
 from crys_pipeline.splits import official_split
 
 TARGET = "formation_energy_peratom"
@@ -27,8 +28,8 @@ def official_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert split["id_test"], "the first 60 records hold official test materials"
     path = write_split(work / "split.json", TARGET, split["id_train"], split["id_val"], split["id_test"])
     out = work / "run"
-    cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=2, hidden_features=16,
-                            alignn_layers=1, gcn_layers=1, batch_size=8, device="cpu", threads=1)
+    cfg = train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=2, batch_size=8, device="cpu", threads=1,
+                            model=ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1))
     train.train(structures, split=path, graphs=build_graph_dir(structures, work / "graphs"), embeddings=None,
                 out_dir=out, cfg=cfg)
     return out

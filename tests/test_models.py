@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,13 +13,15 @@ from torch_geometric.data import Batch, Data
 
 from crys_pipeline.atom_features import cgcnn_feature_table
 from crys_pipeline.graphs import atomic_number, knn_graph
-from crys_pipeline.models import build_model, decay_split, param_groups
+from crys_pipeline.models import build_from_config, build_model
 from crys_pipeline.models.alignn import EdgeGatedGraphConv
 from crys_pipeline.models.layers import FusionMLP, MLPLayer, ProjectionHead, RBFExpansion
+from crys_pipeline.settings import ModelSettings
+from crys_pipeline.train.optim import decay_split, param_groups
 from crys_pipeline.variants import VARIANTS
 
 TEXT_DIM = 768
-SMALL = {"hidden_features": 32, "alignn_layers": 2, "gcn_layers": 2}
+SMALL = ModelSettings(hidden_features=32, alignn_layers=2, gcn_layers=2)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -171,7 +174,7 @@ def test_rbf_gamma_is_inverse_spacing() -> None:
 def test_batching_equivalence(variant: str, atom_table: torch.Tensor, crystals: list[Data]) -> None:
     """In eval mode a batch predicts what the crystals predict one at a time (1e-5)."""
     torch.manual_seed(0)
-    model = warmed(build_model(variant, atom_table=atom_table, **SMALL), Batch.from_data_list(crystals))
+    model = warmed(build_model(variant, SMALL, atom_table=atom_table), Batch.from_data_list(crystals))
     with torch.no_grad():
         together = model(Batch.from_data_list(crystals))
         alone = torch.cat([model(Batch.from_data_list([c])) for c in crystals])
@@ -200,7 +203,7 @@ def test_permutation_invariance(variant: str, atom_table: torch.Tensor, crystals
     """Relabelling atoms (and reordering edges) of each crystal leaves the predictions unchanged."""
     gen = torch.Generator().manual_seed(3)
     torch.manual_seed(0)
-    model = warmed(build_model(variant, atom_table=atom_table, **SMALL), Batch.from_data_list(crystals))
+    model = warmed(build_model(variant, SMALL, atom_table=atom_table), Batch.from_data_list(crystals))
     shuffled = [permuted(c, gen) for c in crystals]
     assert any(not torch.equal(a.z, b.z) for a, b in zip(crystals, shuffled, strict=True))
     with torch.no_grad():
@@ -212,7 +215,7 @@ def test_permutation_invariance(variant: str, atom_table: torch.Tensor, crystals
 @pytest.mark.parametrize("variant", ["crysmmnet", "crystextnet"])
 def test_batch_of_one(variant: str, atom_table: torch.Tensor, crystals: list[Data]) -> None:
     """One crystal gives shape [1] in train (with backward) and eval mode (no squeeze hazard)."""
-    model = build_model(variant, atom_table=atom_table, **SMALL).train()
+    model = build_model(variant, SMALL, atom_table=atom_table).train()
     out = model(Batch.from_data_list(crystals[:1]))
     assert out.shape == (1,)
     out.sum().backward()
@@ -239,7 +242,7 @@ def test_every_variant_trains(
 ) -> None:
     """Each variant (default sizes) runs forward + backward on real crystals; every used parameter gets a gradient."""
     torch.manual_seed(0)
-    model = build_model(variant, atom_table=atom_table, head=head).train()
+    model = build_model(variant, ModelSettings(head=head), atom_table=atom_table).train()
     out = model(Batch.from_data_list(crystals[:2]))
     assert out.shape == (2,) and torch.isfinite(out).all()
     torch.nn.functional.mse_loss(out, torch.arange(2, dtype=torch.float32)).backward()
@@ -251,18 +254,20 @@ def test_every_variant_trains(
 
 def test_paper_head_dimensions(atom_table: torch.Tensor) -> None:
     """Paper head: z_G is the pooled 256 vector, z_T = Lin(128,64)(ReLU(Lin(768,128))), fusion on 320."""
-    model = build_model("crysmmnet", atom_table=atom_table, head="paper")
+    model = build_model("crysmmnet", ModelSettings(head="paper"), atom_table=atom_table)
     assert isinstance(model.graph_projection, torch.nn.Identity)
     assert n_params(model.text_projection) == 768 * 128 + 128 + 128 * 64 + 64
     assert isinstance(model.head, FusionMLP) and model.head.fc1.in_features == 320
 
 
 def test_config_rebuilds_model(atom_table: torch.Tensor, crystals: list[Data]) -> None:
-    """build_model(**config) + load_state_dict (atom table included) reproduces the predictions."""
-    model = warmed(build_model("crysmmnet", atom_table=atom_table, **SMALL), Batch.from_data_list(crystals))
+    """build_from_config(config) + load_state_dict (atom table included) reproduces the predictions."""
+    settings = ModelSettings(hidden_features=32, alignn_layers=2, gcn_layers=2, head="paper", readout="sum")
+    model = warmed(build_model("crysmmnet", settings, atom_table=atom_table), Batch.from_data_list(crystals))
     config = json.loads(json.dumps(model.config))
-    variant = config.pop("variant")
-    twin = build_model(variant, atom_table=None, **config)
+    assert config == {"variant": "crysmmnet", "text_dim": TEXT_DIM, **asdict(settings),  # the settings whole
+                      "target_scaling": {"method": "none", "shift": 0.0, "scale": 1.0}}
+    twin = build_from_config(config, atom_table=None)
     twin.load_state_dict(model.state_dict())
     twin.eval()
     with torch.no_grad():
@@ -297,6 +302,8 @@ def test_build_model_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match=r"unknown model variant .schnet."):
         build_model("schnet", atom_table=None)
     with pytest.raises(ValueError, match="head"):
-        build_model("crystextnet", atom_table=None, head="other")
+        build_model("crystextnet", ModelSettings(head="other"), atom_table=None)
+    with pytest.raises(ValueError, match=r"unknown settings \['width'\]"):
+        build_from_config({"variant": "alignn", "text_dim": 8, "width": 3}, atom_table=None)
     with pytest.raises(ValueError, match="decay_filter"):
         decay_split(ProjectionHead(4), "other")

@@ -10,12 +10,12 @@ from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, struct
 
 from crys_pipeline import io, predict, splits, train
 from crys_pipeline.cli import main
-from crys_pipeline.folder import read_structure
 from crys_pipeline.ingest import row_to_structure
-from crys_pipeline.settings import SplitSettings
+from crys_pipeline.settings import ModelSettings, SplitSettings
+from crys_pipeline.sources.folder import read_structure
 
 TARGET = "formation_energy_peratom"
-SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8, "epochs": 2,
+SMALL = {"model": ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1), "batch_size": 8, "epochs": 2,
          "device": "cpu", "threads": 1}
 
 
@@ -60,7 +60,7 @@ def _write_inputs(structures: Path, ids: list[str], folder: Path) -> dict[str, s
 def test_predictions_of_written_files_equal_the_runs_own_predictions(alignn_runs: dict) -> None:
     folder = alignn_runs["work"] / "inputs"
     names = _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
-    crystals, table = predict.run_predict(alignn_runs["runs"], paths=[folder])
+    crystals, table = predict.predict_files(alignn_runs["runs"], paths=[folder])
     assert len(crystals) == 4 and not predict.has_failures(crystals)
     assert sorted(c.material_id for c in crystals) == sorted(names)  # the file name, suffix and all
     for run in alignn_runs["runs"]:
@@ -100,7 +100,7 @@ def test_runs_of_different_targets_are_refused(alignn_runs: dict, tmp_path: Path
     io.write_json({**meta, "target": "mbj_bandgap"}, other / "model.json")
     (other / "model.pt").write_bytes((alignn_runs["runs"][0] / "model.pt").read_bytes())
     with pytest.raises(ValueError, match="different targets"):
-        predict.run_predict([alignn_runs["runs"][0], other], paths=[tmp_path])
+        predict.predict_files([alignn_runs["runs"][0], other], paths=[tmp_path])
 
 
 @pytest.mark.slow
@@ -112,7 +112,7 @@ def test_text_model_describes_and_embeds_new_files(tmp_path: Path) -> None:
     train.train(data["structures"], split=split, graphs=data["graphs"], embeddings=data["embeddings"],
                 out_dir=run, cfg=train.TrainConfig(target="e_form", variant="crysmmnet", seed=0, **SMALL))
     _write_inputs(data["structures"], ids[:2], tmp_path / "inputs")
-    crystals, _ = predict.run_predict([run], paths=[tmp_path / "inputs"])
+    crystals, _ = predict.predict_files([run], paths=[tmp_path / "inputs"])
     assert [c.error for c in crystals] == ["", ""]
     assert all(isinstance(c.predictions["crysmmnet/full/seed0"], float) for c in crystals)
 
@@ -129,10 +129,10 @@ def test_runs_of_other_models_or_twice_the_same_seed_are_refused(alignn_runs: di
     seed0 = alignn_runs["runs"][0]
     other = _copy_run(seed0, tmp_path / "crysmmnet" / "full" / "seed0", variant="crysmmnet")
     with pytest.raises(ValueError, match=r"different models .*\('alignn', 'full'\), \('crysmmnet', 'full'\)"):
-        predict.run_predict([seed0, other], paths=[tmp_path])
+        predict.predict_files([seed0, other], paths=[tmp_path])
     twin = _copy_run(seed0, tmp_path / "elsewhere" / "seed0")
     with pytest.raises(ValueError, match="are both alignn/full/seed0; give each seed once"):
-        predict.run_predict([seed0, twin], paths=[tmp_path])
+        predict.predict_files([seed0, twin], paths=[tmp_path])
 
 
 @pytest.mark.parametrize(("key", "value", "trained"), [("hidden_features", 32, 16), ("alignn_layers", 3, 1),
@@ -189,7 +189,7 @@ def test_damaged_run_files_are_named(alignn_runs: dict, tmp_path: Path, edit, me
     run = _copy_run(alignn_runs["runs"][0], tmp_path / "run")
     edit(run)
     with pytest.raises(io.ArtifactError, match=message):
-        predict.load_run(run)
+        predict.load_trained_model(run)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_standardized_run_round_trips_in_the_targets_unit(alignn_runs: dict, sta
     assert summary["train_mae"] == pytest.approx(np.mean(np.abs(preds - y_train)))
     folder = alignn_runs["work"] / "standardized_inputs"
     names = _write_inputs(alignn_runs["structures"], alignn_runs["test_ids"], folder)
-    crystals, _ = predict.run_predict([standardized_run], paths=[folder])
+    crystals, _ = predict.predict_files([standardized_run], paths=[folder])
     own = {r["material_id"]: r["prediction"] for r in rows}
     assert len(crystals) == len(names) == 4
     for crystal in crystals:
@@ -241,7 +241,7 @@ def test_model_json_without_its_scaling_is_refused(standardized_run: Path, tmp_p
     run = _copy_run(standardized_run, tmp_path / "seed0", config=config_edit(meta["config"]))
     with pytest.raises(ValueError, match=rf"{run}: model.pt holds the target scaling shift -?\d.*, scale .*, but "
                        "model.json records .*; the two files do not belong together"):
-        predict.load_run(run)
+        predict.load_trained_model(run)
 
 
 def test_element_beyond_the_feature_table_fails_its_file_only(alignn_runs: dict, tmp_path: Path,

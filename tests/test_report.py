@@ -150,6 +150,8 @@ def test_tables_and_report_from_real_training_runs(tmp_path: Path) -> None:
     from train_helpers import build_graph_dir, ingest_first, structure_ids, write_split
 
     from crys_pipeline import train
+    from crys_pipeline.run_id import RunId
+    from crys_pipeline.settings import ModelSettings
 
     target = "formation_energy_peratom"
     structures = ingest_first(40, tmp_path)
@@ -158,9 +160,9 @@ def test_tables_and_report_from_real_training_runs(tmp_path: Path) -> None:
     split = write_split(tmp_path / "split.json", target, ids[:20], ids[20:25], ids[25:30])
     runs = []
     for seed in (0, 1):
-        out = tmp_path / f"results/train/jarvis_dft_3d_2021/{target}/alignn/full/seed{seed}"
-        cfg = train.TrainConfig(target=target, variant="alignn", seed=seed, epochs=2, batch_size=8, hidden_features=16,
-                                alignn_layers=1, gcn_layers=1, device="cpu", threads=1)
+        out = RunId("jarvis_dft_3d_2021", target, "alignn", "full", seed).folder(tmp_path / "results")
+        cfg = train.TrainConfig(target=target, variant="alignn", seed=seed, epochs=2, batch_size=8, device="cpu",
+                                threads=1, model=ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1))
         train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=out, cfg=cfg)
         runs.append(out / "summary.json")
     spec = {"source": "jarvis_dft_3d_2021", "targets": [target], "variants": ["alignn"], "regime": "full"}

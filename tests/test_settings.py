@@ -12,13 +12,13 @@ from conftest import REPO, default_config
 
 from crys_pipeline import cli, settings
 from crys_pipeline.config import validate_config
-from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.schemas import TEXT_VIEWS
 from crys_pipeline.variants import VARIANTS, variant
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 #: config.yaml block -> the crys-pipeline subcommand that takes its job settings as flags.
 COMMANDS = {"splits": ["splits"], "describe": ["describe", "shard"], "sections": ["sections"], "embed": ["embed"],
-            "graphs": ["graphs"], "train": ["train"]}
+            "graphs": ["graphs"], "model": ["train"], "train": ["train"]}
 
 
 def _commented_keys(block: str) -> dict[str, str]:
@@ -79,11 +79,11 @@ def test_a_setting_change_changes_only_its_stage_params() -> None:
     cfg = default_config()
     validate_config(cfg, SCHEMA)
     before = {block: settings.cli_args(cls, cfg[block]) for block, cls in settings.STAGES.items()}
-    cfg["train"]["hidden_features"] = 48
+    cfg["model"]["hidden_features"] = 48
     cfg["train"]["jobs_per_gpu"] = 4  # a workflow setting: reaches no job
     after = {block: settings.cli_args(cls, cfg[block]) for block, cls in settings.STAGES.items()}
-    assert [b for b in before if before[b] != after[b]] == ["train"]
-    assert "--hidden-features 48" in after["train"] and "jobs-per-gpu" not in after["train"]
+    assert [b for b in before if before[b] != after[b]] == ["model"]
+    assert "--hidden-features 48" in after["model"] and "jobs-per-gpu" not in after["train"]
 
 
 def test_bad_values_name_the_class_field_and_rule() -> None:
@@ -114,11 +114,12 @@ def test_validation_fills_defaults_from_the_dataclasses() -> None:
 def test_variants_table_is_the_only_list(tmp_path: Path) -> None:
     from crys_pipeline.models.registry import build_model
 
+    small = settings.ModelSettings(hidden_features=8, alignn_layers=1, gcn_layers=1)
     schema = settings.config_schema(yaml.safe_load(SCHEMA.read_text()))
     assert schema["$defs"]["table"]["properties"]["variants"]["items"]["enum"] == list(VARIANTS)
-    assert all(v.text_variant in (None, *TEXT_VARIANTS) for v in VARIANTS.values())
+    assert all(v.text_view in (None, *TEXT_VIEWS) for v in VARIANTS.values())
     for name, spec in VARIANTS.items():
-        model = build_model(name, atom_table=None, hidden_features=8, alignn_layers=1, gcn_layers=1, text_dim=4)
+        model = build_model(name, small, atom_table=None, text_dim=4)
         assert (model.graph_encoder is not None) == bool(spec.graph_encoder), name
     with pytest.raises(ValueError, match="unknown model variant 'crysmmnett'"):
         variant("crysmmnett")
@@ -129,5 +130,5 @@ def test_variants_table_is_the_only_list(tmp_path: Path) -> None:
         if path.name != "variants.py" and "crysmmnet_gatgnn" in text:
             repeated.append(str(path.relative_to(REPO)))
         if path.name != "schemas.py" and re.search(r"""["']full["'], ["']global["'], ["']local["']""", text):
-            repeated.append(f"{path.relative_to(REPO)} (text variants)")
-    assert not repeated, f"variant names listed outside variants.py / schemas.TEXT_VARIANTS: {repeated}"
+            repeated.append(f"{path.relative_to(REPO)} (text views)")
+    assert not repeated, f"variant names listed outside variants.py / schemas.TEXT_VIEWS: {repeated}"

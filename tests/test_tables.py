@@ -14,6 +14,7 @@ import pytest
 from conftest import SHARED_DATA, tiny_records
 
 from crys_pipeline import cli, io
+from crys_pipeline.run_id import RunId
 from crys_pipeline.schemas import RUN_SUMMARY
 from crys_pipeline.tables import (
     TableSpecError,
@@ -47,7 +48,7 @@ def make_run(root: Path, target: str, variant: str, seed: int, test_mae: float, 
     `errors`: prediction - target of each of the 24 materials instead.
     The baseline keys of the summary are computed by the training stage's own code.
     """
-    run_dir = root / "results/train" / source / target / variant / regime / f"seed{seed}"
+    run_dir = RunId(source, target, variant, regime, seed).folder(root / "results")
     run_dir.mkdir(parents=True)
     recs = [r for r in tiny_records("jarvis") if r.get(target) is not None][:24]
     splits = ["train"] * 16 + ["val"] * 4 + ["test"] * 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, struct
 
 from crys_pipeline import io, train
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
+from crys_pipeline.settings import ModelSettings
 
 TARGET = "formation_energy_peratom"
-SMALL = {"hidden_features": 16, "alignn_layers": 1, "gcn_layers": 1, "batch_size": 8}
+SMALL = ModelSettings(hidden_features=16, alignn_layers=1, gcn_layers=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def split30(jarvis40: dict[str, Path]) -> Path:
 
 def _cfg(**kw) -> train.TrainConfig:
     return train.TrainConfig(**{"target": TARGET, "variant": "alignn", "seed": 0, "epochs": 3, "device": "cpu",
-                                "threads": 1, **SMALL, **kw})
+                                "threads": 1, "batch_size": 8, "model": SMALL, **kw})
 
 
 def _run(jarvis40: dict[str, Path], split: Path, out: Path, **kw) -> dict:
@@ -176,7 +178,7 @@ def test_model_json_of_the_old_layout_is_refused(run3: Path, tmp_path: Path) -> 
     run = _copied_run(run3, tmp_path / "run", "model.json", old_layout)
     with pytest.raises(io.ArtifactError, match=re.escape(f"{run / 'model.json'}: key 'schema_version' is None, this "
                                                          "crys_pipeline reads run_model files of schema version '4'")):
-        predict.load_run(run)
+        predict.load_trained_model(run)
 
 
 def test_a_summary_breaking_its_layout_is_not_written(run3: Path, tmp_path: Path) -> None:
@@ -198,14 +200,16 @@ def test_one_cycle_recipe_steps_exactly_epochs_times_batches(run3: Path) -> None
     assert metrics[-1]["lr"] == pytest.approx(4e-9, rel=1e-6)
     assert max(m["lr"] for m in metrics) <= 1e-3 + 1e-12
     model_json = io.read_json(run3 / "model.json")
-    assert model_json["config"]["variant"] == "alignn" and model_json["config"]["hidden_features"] == 16
+    assert model_json["config"] == {"variant": "alignn", "text_dim": 768, **asdict(SMALL),  # the settings whole
+                                    "target_scaling": {"method": "none", "shift": 0.0, "scale": 1.0}}
+    assert model_json["train_config"]["model"] == asdict(SMALL)
     assert set(model_json["data_hashes"]) == {"structures", "split", "graphs"}
 
 
 def test_optimizer_groups_and_schedule_follow_the_reference() -> None:
     from crys_pipeline.models import build_model
 
-    model = build_model("crysmmnet", atom_table=None, text_dim=384, hidden_features=16, alignn_layers=1, gcn_layers=1)
+    model = build_model("crysmmnet", SMALL, atom_table=None, text_dim=384)
     opt = train.make_optimizer(model, 1e-3, 1e-5)
     decays = {id(p): g["weight_decay"] for i, g in enumerate(opt.param_groups) for p in opt.model_params(i)}
     named = dict(model.named_parameters())
@@ -375,7 +379,7 @@ def mp_text(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.parametrize("variant", ["crysmmnet", "crystextnet", "crysmmnet_megnet", "crysmmnet_gatgnn"])
-def test_text_variants_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
+def test_variants_with_text_train_on_cached_embeddings(mp_text: dict, variant: str, tmp_path: Path) -> None:
     with_graph = variant != "crystextnet"
     graphs = mp_text["graphs"] if with_graph else None
     summary = train.train(mp_text["structures"], split=mp_text["split"], graphs=graphs,
@@ -405,7 +409,8 @@ def test_overfits_200_real_crystals(tmp_path: Path) -> None:
     graphs = build_graph_dir(structures, tmp_path / "graphs")
     ids = structure_ids(structures, TARGET)
     split = write_split(tmp_path / "split.json", TARGET, ids[:200], ids[200:210], ids[210:220])
-    cfg = _cfg(epochs=30, hidden_features=32, batch_size=16, learning_rate=3e-3, threads=2)
+    cfg = _cfg(epochs=30, model=ModelSettings(hidden_features=32, alignn_layers=1, gcn_layers=1), batch_size=16,
+               learning_rate=3e-3, threads=2)
     summary = train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=tmp_path / "run",
                           cfg=cfg)
     preds = io.read_parquet(tmp_path / "run" / "predictions.parquet", "predictions").to_pylist()

@@ -48,7 +48,8 @@ def test_dry_run_plans_all_six_table5_variants(tmp_path: Path) -> None:
     planned = set(re.findall(r"results/train/jarvis_dft_3d_2021/(\w+)/(\w+)/full/seed0/summary\.json", result.stdout))
     targets = cfg["sources"]["jarvis_dft_3d_2021"]["targets"]
     assert planned == {(t, v) for t in targets for v in variants}
-    assert job_counts(result.stdout)["train"] == len(targets) * len(variants) and len(targets) == 6
+    seeds = cfg["train"]["seeds"]
+    assert job_counts(result.stdout)["train"] == len(targets) * len(variants) * len(seeds) and len(targets) == 6
 
 
 def test_graph_only_table_needs_no_text_stages(tmp_path: Path) -> None:
@@ -267,6 +268,18 @@ def test_jobs_per_gpu_lets_training_jobs_share_a_card(tmp_path: Path, jobs_per_g
         assert caps["gpu_share"] // int(res["gpu_share"]) == jobs_per_gpu  # that many fit under the cap at once
     assert [(r["gpu"], r["gpu_share"]) for r in _job_resources(result.stdout, "embed")] == [("1", "100")]
     assert caps["gpu"] == 1 and profile["set-resource-scopes"] == {"gpu": "local", "gpu_share": "local"}
+
+
+@pytest.mark.parametrize(("device", "want"), [("cpu", ("0", "0")), ("cuda", ("1", "100"))])
+def test_attention_asks_for_a_gpu_as_embed_does(tmp_path: Path, device: str, want: tuple) -> None:
+    """The attention rules run the text encoder where embed does: gpu_resources of embed.device."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["embed"]["device"] = device
+    targets = ["results/attention/mp_2018/summary.csv", "results/attention/mp_2018/mp-1217910_L5.png"]
+    result = snakemake_in(tmp_path, "-n", *targets, config=cfg)
+    assert result.returncode == 0, result.stderr
+    for rule in ("attention_summary", "attention"):
+        assert [(r["gpu"], r["gpu_share"]) for r in _job_resources(result.stdout, rule)] == [want], rule
 
 
 def test_workflow_included_from_another_snakefile_plans(tmp_path: Path) -> None:

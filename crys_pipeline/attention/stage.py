@@ -34,13 +34,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _params(settings: EmbedSettings, variant: str) -> dict[str, Any]:
+def _params(settings: EmbedSettings, view: str) -> dict[str, Any]:
     """Artifact params naming the encoder and the text it read."""
     return {
         "encoder": encoder_label(settings),
         "max_length": settings.max_length,
         "normalizer": settings.normalizer,
-        "variant": variant,
+        "text_view": view,
     }
 
 
@@ -82,7 +82,7 @@ def plot_material(
     *,
     material_id: str,
     layer: int,
-    variant: str,
+    view: str,
     settings: EmbedSettings,
     out_png: Path,
     out_parquet: Path,
@@ -94,7 +94,7 @@ def plot_material(
         sections: sections table (results/text/{source}/sections.parquet).
         material_id: the material to show; it must have status ok.
         layer: transformer layer, numbered from 1.
-        variant: text variant (full | global | local).
+        view: text view (full | global | local).
         settings: the encoder to load.
         out_png: plot path.
         out_parquet: (token, word, head, weight) table path.
@@ -105,15 +105,15 @@ def plot_material(
     row = _material_row(sections, material_id)
     encoder = load_encoder(settings)
     _check_layer(encoder, layer)
-    item = section_text(row, variant, encoder.normalize)
+    item = section_text(row, view, encoder.normalize)
     enc = encoder.encode(item.text)
     title = (
-        f"{material_id} ({variant} text): [CLS] attention in layer {layer} of {encoder.num_layers}, "
+        f"{material_id} ({view} text): [CLS] attention in layer {layer} of {encoder.num_layers}, "
         f"mean over {enc.weights.shape[1]} heads; encoder {encoder_label(settings)}; {len(enc.tokens)} tokens"
         + (f", truncated to {settings.max_length}" if enc.truncated else "")
     )
     plot_layer(enc, layer=layer, global_len=item.global_len, title=title, path=out_png, wrap=wrap)
-    params = {**_params(settings, variant), "layer": layer, "material_id": material_id}
+    params = {**_params(settings, view), "layer": layer, "material_id": material_id}
     extra = {
         "text": enc.text,
         "global_len": item.global_len,
@@ -141,7 +141,7 @@ def _material_row(sections: Path, material_id: str) -> dict[str, Any]:
 def summarize(
     sections: Path,
     *,
-    variant: str,
+    view: str,
     sample: int | None,
     seed: int,
     settings: EmbedSettings,
@@ -153,7 +153,7 @@ def summarize(
 
     Args:
         sections: sections table (results/text/{source}/sections.parquet).
-        variant: text variant (full | global | local).
+        view: text view (full | global | local).
         sample: materials drawn from the ok rows (see `sample_texts`); None = all.
         seed: sampling seed.
         settings: the encoder to load.
@@ -168,13 +168,13 @@ def summarize(
 
     rows_in = read_sections(sections)
     encoder = load_encoder(settings)
-    texts = [section_text(r, variant, encoder.normalize) for r in rows_in if r["status"] == STATUS_OK]
+    texts = [section_text(r, view, encoder.normalize) for r in rows_in if r["status"] == STATUS_OK]
     items = sample_texts(texts, sample, seed)
     rows = collect_shares(encoder, items)
     n_ok = len({r["material_id"] for r in rows if r["status"] == STATUS_OK})
     if n_ok == 0:
         raise RuntimeError(f"no material of {sections} could be analysed ({len(items)} sampled)")
-    params = {**_params(settings, variant), "sample": sample, "seed": seed}
+    params = {**_params(settings, view), "sample": sample, "seed": seed}
     counts = {"rows": len(rows_in), "sections_ok": len(texts), "sampled": len(items), "analysed": n_ok}
     io.write_parquet(
         pa.Table.from_pylist(rows),
@@ -187,7 +187,7 @@ def summarize(
     io.write_text(summary.write_csv(float_precision=5), out_csv)
     plot_summary(
         summary,
-        f"[CLS] attention by token category, {variant} text, {n_ok} materials; "
+        f"[CLS] attention by token category, {view} text, {n_ok} materials; "
         f"encoder {encoder_label(settings)}",
         out_png,
     )

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crys_pipeline.schemas import TEXT_VARIANTS
+from crys_pipeline.schemas import TEXT_VIEWS
 
 if TYPE_CHECKING:
     from crys_pipeline.attention.encoder import EncodedAttention
@@ -191,7 +191,7 @@ def global_prefix_length(normalize: Callable[[str], str], full: str, global_text
 
 @dataclass(frozen=True)
 class SectionText:
-    """One material's text of the chosen variant and where its global section ends."""
+    """One material's text of the chosen view and where its global section ends."""
 
     material_id: str
     text: str
@@ -202,18 +202,18 @@ def read_sections(sections: Path) -> list[dict[str, Any]]:
     """Rows (material_id, status, error, full, global, local) of a sections table, sorted by material id."""
     from crys_pipeline import io
 
-    table = io.read_parquet(sections, "sections", columns=["material_id", "status", "error", *TEXT_VARIANTS])
+    table = io.read_parquet(sections, "sections", columns=["material_id", "status", "error", *TEXT_VIEWS])
     return sorted(table.to_pylist(), key=lambda r: r["material_id"])
 
 
-def section_text(row: dict[str, Any], variant: str, normalize: Callable[[str], str]) -> SectionText:
-    """The `variant` text of a sections row; `global_len` counts normalised characters."""
-    if variant not in TEXT_VARIANTS:
-        raise ValueError(f"unknown text variant {variant!r}; known: {', '.join(TEXT_VARIANTS)}")
+def section_text(row: dict[str, Any], view: str, normalize: Callable[[str], str]) -> SectionText:
+    """The `view` text of a sections row; `global_len` counts normalised characters."""
+    if view not in TEXT_VIEWS:
+        raise ValueError(f"unknown text view {view!r}; known: {', '.join(TEXT_VIEWS)}")
     full, glob = row["full"] or "", row["global"] or ""
     glen = {
         "full": global_prefix_length(normalize, full, glob) if glob else 0,
         "global": len(normalize(glob)),
         "local": 0,
-    }[variant]
-    return SectionText(row["material_id"], row[variant] or "", glen)
+    }[view]
+    return SectionText(row["material_id"], row[view] or "", glen)

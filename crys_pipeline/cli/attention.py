@@ -44,11 +44,11 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
         description="Writes OUT_DIR/{source}/{id}_L{layer}.png (the text word by word, word pieces merged, "
         "coloured by [CLS] attention averaged over heads, encoder named in the title) and "
         "{id}_L{layer}.parquet (kind `attention`: token, word, category, head, weight). Encoder options "
-        "default to the `embed` block of --config, --layer/--variant to its `attention` block.",
+        "default to the `embed` block of --config, --layer/--text-view to its `attention` block.",
     )
     p.add_argument("--source", required=True, help="source name (config key)")
     p.add_argument("--id", dest="material_id", required=True, help="material id")
-    settings.add_arguments(p, settings.AttentionSettings, names=("layer", "variant"))
+    settings.add_arguments(p, settings.AttentionSettings, names=("layer", "text_view"))
     p.add_argument("--sections", type=Path, default=None,
                    help="sections table (default: results/text/{source}/sections.parquet)")
     p.add_argument("--out-dir", type=Path, default=Path("results/attention"))
@@ -65,7 +65,7 @@ def _run_attention(a: argparse.Namespace) -> None:
     encoder, analysis = _encoder_and_analysis(a)
     stem = a.out_dir / a.source / f"{a.material_id}_L{analysis.layer}"
     attention.plot_material(a.sections or Path(f"results/text/{a.source}/sections.parquet"),
-                            material_id=a.material_id, layer=analysis.layer, variant=analysis.variant,
+                            material_id=a.material_id, layer=analysis.layer, view=analysis.text_view,
                             settings=encoder, out_png=a.out_png or stem.with_suffix(".png"),
                             out_parquet=a.out_table or stem.with_suffix(".parquet"), wrap=a.wrap)
 
@@ -78,7 +78,7 @@ def _add_attention_summary(sub: argparse._SubParsersAction) -> None:
         "its heatmap PNG and a per-material Parquet (kind `attention_shares`; failed rows with the reason).",
     )
     p.add_argument("--sections", type=Path, required=True)
-    settings.add_arguments(p, settings.AttentionSettings, names=("variant", "sample", "seed"))
+    settings.add_arguments(p, settings.AttentionSettings, names=("text_view", "sample", "seed"))
     p.add_argument("--out-csv", type=Path, required=True)
     p.add_argument("--out-png", type=Path, required=True)
     p.add_argument("--out-shares", type=Path, required=True)
@@ -90,7 +90,7 @@ def _run_attention_summary(a: argparse.Namespace) -> None:
     from crys_pipeline import attention
 
     encoder, analysis = _encoder_and_analysis(a)
-    attention.summarize(a.sections, variant=analysis.variant, sample=analysis.sample, seed=analysis.seed,
+    attention.summarize(a.sections, view=analysis.text_view, sample=analysis.sample, seed=analysis.seed,
                         settings=encoder, out_csv=a.out_csv, out_png=a.out_png, out_shares=a.out_shares)
 
 

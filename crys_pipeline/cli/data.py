@@ -35,7 +35,8 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_download(a: argparse.Namespace) -> None:
-    from crys_pipeline import download, folder
+    from crys_pipeline import download
+    from crys_pipeline.sources import folder
 
     if a.provider == "folder":
         if a.root_dir is None:
@@ -164,8 +165,8 @@ def _run_sections(a: argparse.Namespace) -> None:
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed",
-        help="frozen text-encoder embeddings of every text variant -> results/embeddings/{source}.h5",
-        description="HDF5 with `material_id`, `status`, `error` [N] and per text variant (full, global, local) a "
+        help="frozen text-encoder embeddings of every text view -> results/embeddings/{source}.h5",
+        description="HDF5 with `material_id`, `status`, `error` [N] and per text view (full, global, local) a "
         "float32 [N, D] matrix plus untruncated token counts, truncated and empty flags; attributes record the "
         "encoder, revision, pooling, max length, normaliser, dtype and versions. Built in OUT.partial in chunks: "
         "a killed job resumes after its last finished chunk.",
@@ -229,9 +230,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(a: argparse.Namespace) -> None:
-    from crys_pipeline import inspect
+    from crys_pipeline import inspection
 
-    print(inspect.describe_artifact(a.path, a.rows, verify=a.verify))
+    print(inspection.describe_artifact(a.path, a.rows, verify=a.verify))
 
 
 #: This module's subcommands, in `crys-pipeline --help` order.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from crys_pipeline import settings
 from crys_pipeline.cli.common import optional_path
+from crys_pipeline.run_id import RunId
 from crys_pipeline.variants import VARIANTS
 
 
@@ -18,9 +19,9 @@ from crys_pipeline.variants import VARIANTS
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="fit one variant on one (source, target, regime, seed) -> results/train/.../seed{seed}/",
-        description="Writes model.pt (val-best state dict), model.json (constructor args, versions, input "
-        "params and hashes), metrics.jsonl (per epoch: train loss, val MAE, test MAE, lr, seconds), "
+        help=f"fit one variant on one (source, target, regime, seed) -> {RunId.PATTERN}/",
+        description="Writes model.pt (val-best state dict), model.json (the model's settings whole, versions, "
+        "input params and hashes), metrics.jsonl (per epoch: train loss, val MAE, test MAE, lr, seconds), "
         "predictions.parquet (material_id, split, target, prediction) and summary.json (val-selected, "
         "last-epoch and min test MAE, counts, dropped ids with reasons). A checkpoint.pt in --out-dir "
         "makes a killed job resume after its last finished epoch.",
@@ -33,6 +34,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", required=True, choices=list(VARIANTS), help="model variant")
     p.add_argument("--seed", type=int, required=True, help="model seed (torch, numpy, random)")
     settings.add_arguments(p, settings.TrainSettings)
+    settings.add_arguments(p, settings.ModelSettings)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(handler=_run_train)
@@ -41,8 +43,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(a: argparse.Namespace) -> None:
     from crys_pipeline import train
 
+    model = settings.from_arguments(settings.ModelSettings, a)
     cfg = settings.from_arguments(train.TrainConfig, a, {"target": a.target, "variant": a.variant, "seed": a.seed,
-                                                         "threads": a.threads})
+                                                         "model": model, "threads": a.threads})
     train.train(a.structures, split=a.split, graphs=a.graphs, embeddings=a.embeddings, out_dir=a.out_dir,
                 cfg=cfg)
 
@@ -60,7 +63,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "are still reported) or a folder holds no structure file.",
     )
     p.add_argument("--model", type=Path, nargs="+", required=True, metavar="RUN_DIR",
-                   help="run folders results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
+                   help=f"run folders {RunId.PATTERN}")
     p.add_argument("files", type=Path, nargs="*", help="CIF, POSCAR/CONTCAR, *.vasp or extended XYZ files, or folders "
                    "of them (may also follow the run folders: paths after --model without a model.json are inputs)")
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
@@ -76,7 +79,7 @@ def _run_predict(a: argparse.Namespace) -> int:
         raise ValueError(f"no run folder (with model.json) among --model {[str(p) for p in a.model]}")
     if not files:
         raise ValueError("no structure files given")
-    crystals, table = predict.run_predict(runs, paths=files)
+    crystals, table = predict.predict_files(runs, paths=files)
     print(table)
     if a.out:
         predict.write_csv(crystals, a.out)
@@ -160,7 +163,7 @@ def _add_export_leaderboard(sub: argparse._SubParsersAction) -> None:
         "export-leaderboard",
         help="write a run's test predictions as a JARVIS-Leaderboard contribution (csv.zip + metadata.json)",
     )
-    p.add_argument("run_dir", type=Path, help="results/train/{source}/{target}/{variant}/{regime}/seed{seed}")
+    p.add_argument("run_dir", type=Path, help=RunId.PATTERN)
     p.add_argument("--out-dir", type=Path, default=None, help="contribution folder (default: RUN_DIR/leaderboard)")
     p.add_argument("--project-url", default="", help="metadata project_url")
     p.add_argument("--author-email", default="", help="metadata author_email")

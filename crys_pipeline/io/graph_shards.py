@@ -4,7 +4,7 @@ A graph stage output folder holds ``shard-NNNNN.parquet`` files in the ``graphs`
 ``manifest.json`` listing every shard with its sha256. `encode_graphs` turns the builder's per-crystal
 rows into one shard's Arrow table, `decode_graphs` turns a table back into per-material numpy arrays,
 and `read_graph_dir` reads and verifies a whole folder. The graph construction itself is
-`crys_pipeline.graphs`; training data (`crys_pipeline.data`) decodes the tables it reads here.
+`crys_pipeline.graphs`; training data (`crys_pipeline.train.data`) decodes the tables it reads here.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def _h5_attrs_dict(attrs: Any) -> dict[str, Any]:
 class EmbeddingsPartial:
     """An embeddings file under construction at `<out>.partial`, resumable row by row.
 
-    Every dataset of `schemas.EMBEDDINGS` is allocated up front; `_progress/{variant}` marks the rows
+    Every dataset of `schemas.EMBEDDINGS` is allocated up front; `_progress/{view}` marks the rows
     written so far and is flushed with them, so a killed job keeps every finished chunk. `finalize`
     checks that every row is written, drops the bookkeeping and renames the file to its final name.
     """
@@ -78,15 +78,15 @@ class EmbeddingsPartial:
         self._h5 = handle
         self.final = final
 
-    def done(self, variant: str) -> Any:
-        """Boolean mask [N]: rows of `variant` already written."""
-        return self._h5[f"{_PROGRESS}/{variant}"][()]
+    def done(self, view: str) -> Any:
+        """Boolean mask [N]: rows of `view` already written."""
+        return self._h5[f"{_PROGRESS}/{view}"][()]
 
-    def write_rows(self, variant: str, rows: Any, values: dict[str, Any]) -> None:
-        """Write rows `rows` (strictly increasing int indices) of `variant` and mark them done.
+    def write_rows(self, view: str, rows: Any, values: dict[str, Any]) -> None:
+        """Write rows `rows` (strictly increasing int indices) of `view` and mark them done.
 
         Args:
-            variant: text variant name.
+            view: text view name.
             rows: int [k] row indices, strictly increasing.
             values: suffix -> array with k leading rows, for every suffix of the layout
                 ("" embedding [k, D], "_token_count", "_truncated", "_empty").
@@ -94,9 +94,9 @@ class EmbeddingsPartial:
         from crys_pipeline.schemas import EMBEDDINGS
 
         with naming_a_full_disk(self._h5.filename):
-            for suffix in EMBEDDINGS.variant_datasets:
-                self._h5[f"{variant}{suffix}"][rows] = values[suffix]
-            self._h5[f"{_PROGRESS}/{variant}"][rows] = True
+            for suffix in EMBEDDINGS.view_datasets:
+                self._h5[f"{view}{suffix}"][rows] = values[suffix]
+            self._h5[f"{_PROGRESS}/{view}"][rows] = True
             self._h5.flush()
 
     def close_if_open(self) -> None:
@@ -115,9 +115,9 @@ class EmbeddingsPartial:
         """Check completeness, seal the file (`attrs`, digests, no bookkeeping) and rename it to the final path."""
         from crys_pipeline.schemas import EMBEDDINGS
 
-        missing = {v: int((~self.done(v)).sum()) for v in EMBEDDINGS.variants if not self.done(v).all()}
+        missing = {v: int((~self.done(v)).sum()) for v in EMBEDDINGS.views if not self.done(v).all()}
         if missing:
-            raise RuntimeError(f"{self.final}: rows still missing per variant {missing}")
+            raise RuntimeError(f"{self.final}: rows still missing per view {missing}")
         partial = Path(self._h5.filename)
         with naming_a_full_disk(partial):
             write_atomic(self.final, lambda _: self._seal(attrs), staging=partial)
@@ -203,10 +203,10 @@ def _create_partial(partial: Path, rows: dict[str, list[str]], dim: int, meta: d
         n = len(rows["material_id"])
         for name, values in rows.items():
             handle.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        for variant in EMBEDDINGS.variants:
-            for suffix, (dtype, ndim) in EMBEDDINGS.variant_datasets.items():
-                handle.create_dataset(f"{variant}{suffix}", shape=(n, dim) if ndim == 2 else (n,), dtype=dtype)
-            handle.create_dataset(f"{_PROGRESS}/{variant}", shape=(n,), dtype=bool)
+        for view in EMBEDDINGS.views:
+            for suffix, (dtype, ndim) in EMBEDDINGS.view_datasets.items():
+                handle.create_dataset(f"{view}{suffix}", shape=(n, dim) if ndim == 2 else (n,), dtype=dtype)
+            handle.create_dataset(f"{_PROGRESS}/{view}", shape=(n,), dtype=bool)
         handle.attrs[META_KEY] = json.dumps(meta, sort_keys=True)
         handle.flush()
     except BaseException:
@@ -243,7 +243,7 @@ def np_dtype(name: str) -> Any:
     return np.dtype(name)
 
 
-def _open_embeddings(path: str | Path, variant: str, expect: dict[str, Any] | None) -> Any:
+def _open_embeddings(path: str | Path, view: str, expect: dict[str, Any] | None) -> Any:
     """Open an embeddings HDF5 read-only after checking kind, version, params and layout."""
     import h5py
 
@@ -252,8 +252,8 @@ def _open_embeddings(path: str | Path, variant: str, expect: dict[str, Any] | No
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: no such artifact")
-    if variant not in EMBEDDINGS.variants:
-        raise ValueError(f"unknown text variant {variant!r}; choose one of {EMBEDDINGS.variants}")
+    if view not in EMBEDDINGS.views:
+        raise ValueError(f"unknown text view {view!r}; choose one of {EMBEDDINGS.views}")
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -305,31 +305,31 @@ def _read_verified(handle: Any, names: list[str], path: Path) -> dict[str, Any]:
 
 
 def read_embeddings(
-    path: str | Path, variant: str, expect: dict[str, Any] | None = None
+    path: str | Path, view: str, expect: dict[str, Any] | None = None
 ) -> tuple[list[str], Any, dict[str, Any]]:
-    """Read one text variant of an embeddings HDF5, checked against `schemas.EMBEDDINGS`.
+    """Read one text view of an embeddings HDF5, checked against `schemas.EMBEDDINGS`.
 
     Args:
         path: `results/embeddings/{source}.h5`.
-        variant: `full`, `global` or `local`.
+        view: `full`, `global` or `local`.
         expect: params the file must have been made with (e.g. {"model": ..., "max_length": 512}).
 
     Returns:
         (ids [N], float32 matrix [N, D] with row i belonging to ids[i], attrs): attrs holds the file's
-        attributes (model, revision, pooling, max_length, normalizer, dtype, dim, versions, per-variant
+        attributes (model, revision, pooling, max_length, normalizer, dtype, dim, versions, per-view
         `stats`), `params`, `inputs` (the sections file's sha256 and params, i.e. the robocrys and section
-        settings of the texts), `variant` and `encoder` (model@revision). Per-row flags: `read_embedding_flags`.
+        settings of the texts), `text_view` and `encoder` (model@revision). Per-row flags: `read_embedding_flags`.
     """
     import numpy as np
 
-    with _open_embeddings(path, variant, expect) as handle:
-        data = _read_verified(handle, ["material_id", variant], Path(path))
+    with _open_embeddings(path, view, expect) as handle:
+        data = _read_verified(handle, ["material_id", view], Path(path))
         ids = list(data["material_id"])
-        matrix = np.asarray(data[variant], dtype=np.float32)
+        matrix = np.asarray(data[view], dtype=np.float32)
         attrs = {k: v for k, v in _h5_attrs_dict(handle.attrs).items() if k not in (META_KEY, DIGESTS)}
         meta = json.loads(handle.attrs[META_KEY])
         attrs["params"], attrs["inputs"] = meta["params"], meta.get("inputs", {})
-    attrs["variant"] = variant
+    attrs["text_view"] = view
     attrs["encoder"] = attrs["model"] + (f"@{attrs['revision']}" if attrs.get("revision") else "")
     return ids, matrix, attrs
 
@@ -346,20 +346,20 @@ def verify_embeddings(path: str | Path) -> int:
     from crys_pipeline.schemas import EMBEDDINGS
 
     names = list(EMBEDDINGS.datasets())
-    with _open_embeddings(path, EMBEDDINGS.variants[0], None) as handle:
+    with _open_embeddings(path, EMBEDDINGS.views[0], None) as handle:
         _read_verified(handle, names, Path(path))
     return len(names)
 
 
-def read_embedding_flags(path: str | Path, variant: str) -> dict[str, Any]:
-    """Per-row arrays of one variant.
+def read_embedding_flags(path: str | Path, view: str) -> dict[str, Any]:
+    """Per-row arrays of one view.
 
     They are `material_id`, `status`, `error` (str [N]), `token_count` (int32 [N], untruncated, special
     tokens included), `truncated` and `empty` (bool [N]).
     """
     keys = ("token_count", "truncated", "empty")
-    with _open_embeddings(path, variant, None) as handle:
-        data = _read_verified(handle, ["material_id", "status", "error", *(f"{variant}_{k}" for k in keys)], Path(path))
+    with _open_embeddings(path, view, None) as handle:
+        data = _read_verified(handle, ["material_id", "status", "error", *(f"{view}_{k}" for k in keys)], Path(path))
     out: dict[str, Any] = {name: list(data[name]) for name in ("material_id", "status", "error")}
-    out.update({key: data[f"{variant}_{key}"] for key in keys})
+    out.update({key: data[f"{view}_{key}"] for key in keys})
     return out

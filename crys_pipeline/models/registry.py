@@ -1,9 +1,11 @@
 """Model variants by name and the graph-encoder registry (docs/method.md §4.5, §7.3-7.5).
 
 ``build_model`` assembles the ``PropertyModel`` of a variant of ``crys_pipeline.variants.VARIANTS`` (which
-graph encoder and which cached text embedding it uses). Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
-plug in with ``register_encoder`` behind the same interface: a factory returning a module with
-``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
+graph encoder and which cached text embedding it uses) with the model's hyperparameters, one
+``crys_pipeline.settings.ModelSettings`` taken whole: the encoder factory and the heads read what they need
+from it, and the model's ``config`` (model.json) stores it. Graph encoders (ALIGNN, CGCNN, MEGNet, GATGNN)
+plug in with ``register_encoder`` behind the same interface: a factory ``(atom_table, settings)`` returning a
+module with ``out_features`` whose ``forward(batch)`` gives pooled crystal vectors [B, out_features].
 
 Heads (documented choices):
 - graph + text, head "code" (reference): PH_G(z_G) ; PH_768(c) -> Lin(128, 64) -> ReLU -> Lin(64, 1).
@@ -18,6 +20,7 @@ Heads (documented choices):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -29,7 +32,7 @@ from crys_pipeline.models.crysmmnet import PropertyModel, TargetScale
 from crys_pipeline.models.gatgnn import GATGNNEncoder
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
 from crys_pipeline.models.megnet import MEGNetEncoder
-from crys_pipeline.settings import TrainSettings
+from crys_pipeline.settings import ModelSettings, make
 from crys_pipeline.variants import Variant
 from crys_pipeline.variants import variant as lookup_variant
 
@@ -37,43 +40,32 @@ from crys_pipeline.variants import variant as lookup_variant
 PROJECTION_DIM = 64
 #: The target scaling `none`: the head predicts the target's unit directly (the released code's recipe).
 NO_SCALING = {"method": "none", "shift": 0.0, "scale": 1.0}
-#: The recipe's defaults (the paper's model), declared once in crys_pipeline.settings.
-PAPER = TrainSettings()
+#: The paper's model (the defaults of ``ModelSettings``, declared once in crys_pipeline.settings).
+PAPER = ModelSettings()
+#: Keys of a model's ``config`` besides its ``ModelSettings``: what it was built for and its fitted scaling.
+CONFIG_KEYS = ("variant", "text_dim", "target_scaling")
 
-EncoderFactory = Callable[..., nn.Module]
-
-
-def _alignn_encoder(
-    atom_table: torch.Tensor | None,
-    *,
-    hidden_features: int,
-    alignn_layers: int,
-    gcn_layers: int,
-    readout: str,
-) -> nn.Module:
-    return ALIGNNEncoder(atom_table, hidden_features, alignn_layers, gcn_layers, readout=readout)
+EncoderFactory = Callable[[torch.Tensor | None, ModelSettings], nn.Module]
 
 
-def _cgcnn_encoder(
-    atom_table: torch.Tensor | None,
-    *,
-    hidden_features: int,
-    alignn_layers: int,
-    gcn_layers: int,
-    readout: str,
-) -> nn.Module:
-    """CGCNN with its original defaults; the ALIGNN width/depth arguments do not apply."""
-    return CGCNNEncoder(atom_table, readout=readout)
+def _alignn_encoder(atom_table: torch.Tensor | None, settings: ModelSettings) -> nn.Module:
+    return ALIGNNEncoder(atom_table, settings.hidden_features, settings.alignn_layers, settings.gcn_layers,
+                         readout=settings.readout)
+
+
+def _cgcnn_encoder(atom_table: torch.Tensor | None, settings: ModelSettings) -> nn.Module:
+    """CGCNN with its original defaults; the ALIGNN width/depth settings do not apply."""
+    return CGCNNEncoder(atom_table, readout=settings.readout)
 
 
 def _paper_defaults(encoder: Callable[[torch.Tensor | None], nn.Module]) -> EncoderFactory:
     """A factory for an encoder built with its own paper's defaults.
 
-    MEGNet: Set2Set readouts; GATGNN: global attention pooling. The ALIGNN width/depth/readout arguments
+    MEGNet: Set2Set readouts; GATGNN: global attention pooling. The ALIGNN width/depth/readout settings
     do not apply.
     """
 
-    def factory(atom_table: torch.Tensor | None, **_alignn_args: object) -> nn.Module:
+    def factory(atom_table: torch.Tensor | None, _settings: ModelSettings) -> nn.Module:
         return encoder(atom_table)
 
     return factory
@@ -88,7 +80,7 @@ ENCODERS: dict[str, EncoderFactory] = {
 
 
 def register_encoder(name: str, factory: EncoderFactory) -> None:
-    """Add a graph encoder ``factory(atom_table, *, hidden_features, alignn_layers, gcn_layers, readout)``."""
+    """Add a graph encoder ``factory(atom_table, settings)``; its hyperparameters are ``ModelSettings`` fields."""
     if name in ENCODERS:
         raise ValueError(f"graph encoder {name!r} is already registered")
     ENCODERS[name] = factory
@@ -109,72 +101,60 @@ def _text_projection(head: str, text_dim: int) -> nn.Module:
     return PaperTextProjection(text_dim, projection_dim=PROJECTION_DIM)
 
 
-def _assemble(config: dict, spec: Variant, encoder: nn.Module | None) -> PropertyModel:
-    head, text_dim = config["head"], config["text_dim"]
-    scale = TargetScale(config["target_scaling"]["shift"], config["target_scaling"]["scale"])
+def _heads(spec: Variant, settings: ModelSettings, encoder: nn.Module | None,
+           text_dim: int) -> tuple[nn.Module | None, nn.Module | None, nn.Module]:
+    """(graph projection, text projection, head) that join the variant's inputs, built in this order (seeded init)."""
     if encoder is None:
-        return PropertyModel(config, None, None, _text_projection(head, text_dim), FusionMLP(PROJECTION_DIM), scale)
+        return None, _text_projection(settings.head, text_dim), FusionMLP(PROJECTION_DIM)
     width = encoder.out_features
-    if spec.text_variant is None:
-        return PropertyModel(config, encoder, nn.Identity(), None, nn.Linear(width, 1), scale)
-    if head == "code":
+    if spec.text_view is None:
+        return nn.Identity(), None, nn.Linear(width, 1)
+    if settings.head == "code":
         graph_proj: nn.Module = ProjectionHead(width, PROJECTION_DIM)
         fused = 2 * PROJECTION_DIM
     else:
         graph_proj = nn.Identity()
         fused = width + PROJECTION_DIM
-    return PropertyModel(config, encoder, graph_proj, _text_projection(head, text_dim), FusionMLP(fused), scale)
+    return graph_proj, _text_projection(settings.head, text_dim), FusionMLP(fused)
 
 
 def build_model(
     variant: str,
+    settings: ModelSettings = PAPER,
     *,
     atom_table: torch.Tensor | None,
     text_dim: int = 768,
-    hidden_features: int = PAPER.hidden_features,
-    alignn_layers: int = PAPER.alignn_layers,
-    gcn_layers: int = PAPER.gcn_layers,
-    head: str = PAPER.head,
-    readout: str = "mean",
     target_scaling: dict[str, Any] | None = None,
 ) -> PropertyModel:
-    """Build a model variant by name.
+    """Build a model variant by name with the model's hyperparameters.
 
     Args:
         variant: a key of ``crys_pipeline.variants.VARIANTS``.
+        settings: the model's hyperparameters (width, depth, head, readout, ...); default the paper's model.
         atom_table: float [104, 92] CGCNN atom table (``atom_features.cgcnn_feature_table()``), stored as a
             buffer; None registers zeros (when a state_dict will be loaded). Ignored by text-only variants.
         text_dim: width of the cached text embedding (768 for MatSciBERT).
-        hidden_features: ALIGNN width H.
-        alignn_layers: ALIGNN layers.
-        gcn_layers: EGGC layers after them.
-        head: "code" (released code, reference) or "paper" (the paper's equations), docs/method.md §4.5.
-        readout: per-crystal pooling, "mean" (reference) or "sum" (paper Eq. 5).
         target_scaling: {"method", "shift", "scale"} of the target scaling (``TargetScale``); None = `none`.
 
     Returns:
-        A ``PropertyModel`` whose ``.config`` (these arguments minus atom_table) rebuilds it.
+        A ``PropertyModel`` whose ``.config`` (variant, text_dim, every field of `settings` and the target
+        scaling: model.json's `config`) rebuilds it through ``build_from_config``.
     """
-    TrainSettings(head=head)  # an unknown head raises, naming the choices
     spec = lookup_variant(variant)
-    config = {
-        "variant": variant,
-        "text_dim": text_dim,
-        "hidden_features": hidden_features,
-        "alignn_layers": alignn_layers,
-        "gcn_layers": gcn_layers,
-        "head": head,
-        "readout": readout,
-        "target_scaling": dict(target_scaling or NO_SCALING),
-    }
-    encoder = None
-    if spec.graph_encoder is not None:
-        factory = ENCODERS[spec.graph_encoder]
-        encoder = factory(
-            atom_table,
-            hidden_features=hidden_features,
-            alignn_layers=alignn_layers,
-            gcn_layers=gcn_layers,
-            readout=readout,
-        )
-    return _assemble(config, spec, encoder)
+    scaling = dict(target_scaling or NO_SCALING)
+    config = {"variant": variant, "text_dim": text_dim, **asdict(settings), "target_scaling": scaling}
+    encoder = ENCODERS[spec.graph_encoder](atom_table, settings) if spec.graph_encoder is not None else None
+    return PropertyModel(config, encoder, *_heads(spec, settings, encoder, text_dim),
+                         TargetScale(scaling["shift"], scaling["scale"]))
+
+
+def build_from_config(config: dict[str, Any], *, atom_table: torch.Tensor | None) -> PropertyModel:
+    """The model a ``PropertyModel.config`` (model.json's `config`) describes.
+
+    A setting the config lacks (a model.json written before the setting existed) takes its default; an unknown
+    key is a ValueError naming it. A config without `target_scaling` builds the identity scaling (a reader
+    checks it against the weights: ``predict.check_target_scale``).
+    """
+    settings = make(ModelSettings, {k: v for k, v in config.items() if k not in CONFIG_KEYS})
+    return build_model(config["variant"], settings, atom_table=atom_table, text_dim=config["text_dim"],
+                       target_scaling=config.get("target_scaling"))

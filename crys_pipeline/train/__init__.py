@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from crys_pipeline.data import TrainingData, load_training_data
 from crys_pipeline.train.checkpoint import (
     CHECKPOINT,
     fingerprint,
@@ -31,35 +30,36 @@ from crys_pipeline.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from crys_pipeline.train.data import TrainingData, load_training_data
 from crys_pipeline.train.loop import (
     Loaders,
     RunState,
+    Session,
     TrainConfig,
     build,
     mae,
     make_loaders,
-    make_optimizer,
-    make_scheduler,
-    predict,
+    predict_loader,
     run_epoch,
     seed_everything,
     should_stop,
     train_epoch,
 )
-from crys_pipeline.train.outputs import write_metrics, write_outputs
+from crys_pipeline.train.optim import make_optimizer, make_scheduler, param_groups
+from crys_pipeline.train.outputs import run_id, write_metrics, write_outputs
 from crys_pipeline.variants import variant
 
 __all__ = [
-    "CHECKPOINT", "Loaders", "RunState", "TrainConfig", "build", "fingerprint", "fit", "load_checkpoint", "mae",
-    "make_loaders", "make_optimizer", "make_scheduler", "predict", "rng_states", "run_epoch", "save_checkpoint",
-    "seed_everything", "set_rng_states", "train", "train_epoch", "write_outputs",
+    "CHECKPOINT", "Loaders", "RunState", "Session", "TrainConfig", "build", "fingerprint", "fit", "load_checkpoint",
+    "mae", "make_loaders", "make_optimizer", "make_scheduler", "param_groups", "predict_loader", "rng_states",
+    "run_epoch", "save_checkpoint", "seed_everything", "set_rng_states", "train", "train_epoch", "write_outputs",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.device) -> tuple[Any, RunState, Loaders]:
-    """Train (resuming from `out_dir`'s checkpoint when it matches); returns (val-best model, state, loaders).
+def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.device) -> tuple[Session, RunState]:
+    """Train (resuming from `out_dir`'s checkpoint when it matches); returns (session of the val-best model, state).
 
     Raises:
         ValueError: no train batch or an empty validation set after the drops.
@@ -76,24 +76,25 @@ def fit(data: TrainingData, cfg: TrainConfig, out_dir: Path, device: torch.devic
         raise ValueError(f"nothing to train on: {len(data.splits['train'].ids)} train and "
                          f"{len(data.splits['val'].ids)} val materials after the drops")
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.learning_rate, cfg.epochs * len(loaders.train))
+    session = Session(model, optimizer, make_scheduler(optimizer, cfg.learning_rate, cfg.epochs * len(loaders.train)),
+                      loaders, device)
     stamp = fingerprint(cfg, data, device)
     ckpt = out_dir / CHECKPOINT
-    state = load_checkpoint(ckpt, RunState(history=[]), model, optimizer, scheduler, loaders, stamp)
+    state = load_checkpoint(ckpt, RunState(history=[]), session, stamp)
     from tqdm import tqdm
 
     clock = state.wall_seconds - time.perf_counter()
     with tqdm(total=cfg.epochs, initial=state.epoch, desc="epochs", disable=not sys.stderr.isatty()) as bar:
         while state.epoch < cfg.epochs and not should_stop(state, cfg.early_stopping_patience):
-            record = run_epoch(state, model, optimizer, scheduler, loaders, device, cfg.test_each_epoch)
+            record = run_epoch(state, session, test_each_epoch=cfg.test_each_epoch)
             state.wall_seconds = clock + time.perf_counter()
-            save_checkpoint(ckpt, state, model, optimizer, scheduler, loaders, stamp)
+            save_checkpoint(ckpt, state, session, stamp)
             write_metrics(state.history, out_dir / "metrics.jsonl")
             bar.update(1)
             bar.set_postfix(val_mae=record["val_mae"], test_mae=record["test_mae"])
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
-    return model, state, loaders
+    return session, state
 
 
 def train(
@@ -111,7 +112,7 @@ def train(
         structures: results/structures/{source}.parquet.
         split: results/splits/{source}/{target}/{regime}.json.
         graphs: graph shard folder (graph variants) or None.
-        embeddings: embeddings HDF5 (text variants) or None.
+        embeddings: embeddings HDF5 (variants with text) or None.
         out_dir: run folder; holds the checkpoint while training.
         cfg: hyper-parameters and run settings.
 
@@ -122,9 +123,9 @@ def train(
     from crys_pipeline.devices import keep_cpu_memory, resolve_device, set_threads
 
     spec = variant(cfg.variant)
-    if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_variant is None):
+    if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_view is None):
         raise ValueError(f"variant {cfg.variant} needs graphs={spec.graph_encoder is not None} and "
-                         f"embeddings={spec.text_variant is not None}; got graphs={graphs}, embeddings={embeddings}")
+                         f"embeddings={spec.text_view is not None}; got graphs={graphs}, embeddings={embeddings}")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
@@ -132,15 +133,14 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = load_training_data(structures, split=split, target=cfg.target, graphs=graphs,
-                              embeddings=embeddings, text_variant=spec.text_variant)
+                              embeddings=embeddings, text_view=spec.text_view)
     load_seconds = time.perf_counter() - start
-    model, state, loaders = fit(data, cfg, out_dir, device)
-    summary = write_outputs(model, cfg, data, state, loaders, out_dir, device, load_seconds + state.wall_seconds)
+    session, state = fit(data, cfg, out_dir, device)
+    summary = write_outputs(session, state, cfg=cfg, data=data, out_dir=out_dir, wall=load_seconds + state.wall_seconds)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     if summary["stop_reason"].startswith("diverged"):
         raise RuntimeError(f"{out_dir}: training {summary['stop_reason']}; summary.json records it. Look for extreme "
                            f"{cfg.target} values in {structures} or lower the learning rate, then rerun")
-    log.info("%s/%s %s seed %d: val-selected test MAE %s (epoch %d), last %s, min %s", data.source, cfg.target,
-             cfg.variant, cfg.seed, summary["test_mae"], summary["best_epoch"], summary["last_test_mae"],
-             summary["min_test_mae"])
+    log.info("%s: val-selected test MAE %s (epoch %d), last %s, min %s", run_id(cfg, data).key, summary["test_mae"],
+             summary["best_epoch"], summary["last_test_mae"], summary["min_test_mae"])
     return summary

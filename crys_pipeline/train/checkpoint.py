@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from crys_pipeline import __version__, io, settings
-from crys_pipeline.data import TrainingData
-from crys_pipeline.train.loop import Loaders, RunState, TrainConfig
+from crys_pipeline.train.data import TrainingData
+from crys_pipeline.train.loop import RunState, Session, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,12 @@ def fingerprint(cfg: TrainConfig, data: TrainingData, device: torch.device) -> d
     return {"config": numeric, "device": device.type, "inputs": data.hashes, "package_version": __version__}
 
 
-def save_checkpoint(path: Path, state: RunState, model, optimizer, scheduler, loaders: Loaders,
-                    stamp: dict[str, Any]) -> None:
-    """Atomically write the end-of-epoch checkpoint."""
+def save_checkpoint(path: Path, state: RunState, session: Session, stamp: dict[str, Any]) -> None:
+    """Atomically write the end-of-epoch checkpoint of `session` (with the fingerprint `stamp`)."""
     io.write_torch({
-        "fingerprint": stamp, "run": asdict(state), "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "generator": loaders.generator.get_state(), "rng": rng_states(),
+        "fingerprint": stamp, "run": asdict(state), "model": session.model.state_dict(),
+        "optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
+        "generator": session.loaders.generator.get_state(), "rng": rng_states(),
     }, path)
 
 
@@ -91,9 +90,10 @@ def _read_or_move_aside(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def load_checkpoint(path: Path, state: RunState, model, optimizer, scheduler, loaders: Loaders,
-                    stamp: dict[str, Any]) -> RunState:
-    """Restore a matching checkpoint; returns the fresh `state` when none exists, it does not match or is unreadable.
+def load_checkpoint(path: Path, state: RunState, session: Session, stamp: dict[str, Any]) -> RunState:
+    """Restore the checkpoint at `path` into `session` when it matches `stamp`; returns the run state to go on from.
+
+    Without a checkpoint, with one of other settings or inputs, or with an unreadable one, the fresh `state`.
 
     An unreadable checkpoint is moved aside to `checkpoint.pt.unreadable` (never loaded as code), so the
     run and every later rerun start from epoch 0 instead of failing on it.
@@ -106,10 +106,10 @@ def load_checkpoint(path: Path, state: RunState, model, optimizer, scheduler, lo
     if ckpt["fingerprint"] != stamp:
         log.warning("%s was made with other settings or inputs: starting from scratch", path)
         return state
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    loaders.generator.set_state(ckpt["generator"])
+    session.model.load_state_dict(ckpt["model"])
+    session.optimizer.load_state_dict(ckpt["optimizer"])
+    session.scheduler.load_state_dict(ckpt["scheduler"])
+    session.loaders.generator.set_state(ckpt["generator"])
     set_rng_states(ckpt["rng"])
     log.info("resuming after epoch %d from %s", ckpt["run"]["epoch"], path)
     return RunState(**ckpt["run"])

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from crys_pipeline.data import SplitData, TrainingData, make_loader
-from crys_pipeline.settings import TrainSettings
+from crys_pipeline.settings import ModelSettings, TrainSettings
+from crys_pipeline.train.data import SplitData, TrainingData, make_loader
 from crys_pipeline.variants import variant
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(TrainSettings):
-    """One training job: the recipe plus which target, variant and model seed it fits.
+    """One training job: the recipe, the model, and which target, variant and model seed it fits.
 
-    The recipe is every field of ``TrainSettings``, the only home of its defaults; `threads` are the job's
-    CPU threads.
+    The recipe is every field of ``TrainSettings`` and `model` the model's hyperparameters
+    (``ModelSettings``), the only homes of their defaults; `threads` are the job's CPU threads.
 
     ``eval_batch_size`` batches the val / test / final passes (eval-mode BatchNorm: the predictions do
     not depend on it beyond float rounding). ``test_each_epoch=False`` skips the per-epoch test pass:
@@ -45,6 +45,7 @@ class TrainConfig(TrainSettings):
     target: str
     variant: str
     seed: int
+    model: ModelSettings = ModelSettings()
     threads: int = 0  # torch intra-op threads; 0 = torch's default
 
 
@@ -57,6 +58,21 @@ class Loaders:
     val: Any
     test: Any
     generator: torch.Generator
+
+
+@dataclass
+class Session:
+    """What one training job works with: the model, its optimiser and one-cycle schedule, the loaders, the device.
+
+    ``fit`` builds it; an epoch (``run_epoch``), the checkpoint (``checkpoint.save_checkpoint`` /
+    ``load_checkpoint``) and the outputs (``outputs.write_outputs``) take it whole.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loaders: Loaders
+    device: torch.device
 
 
 @dataclass
@@ -77,27 +93,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed).
-
-    ``FlatAdamW``: each group's parameters and gradients live in one flat buffer, and the update is
-    the fused (else multi-tensor) AdamW kernel on those buffers: the same update to float32 rounding,
-    a handful of ops per step. Build it after ``model.to(device)``.
-    """
-    from crys_pipeline.models import param_groups
-    from crys_pipeline.optim import FlatAdamW
-
-    return FlatAdamW(param_groups(model, weight_decay), lr=lr)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
-    """OneCycleLR of the reference: pct_start 0.3, cosine, div 25, final div 1e4, momentum cycling on."""
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.3, anneal_strategy="cos",
-        div_factor=25.0, final_div_factor=1e4, cycle_momentum=True,
-    )
-
 
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA, nothing on CPU."""
@@ -130,7 +125,7 @@ def train_epoch(model, loader, optimizer, scheduler, device: torch.device) -> tu
 
 
 @torch.no_grad()
-def predict(model, loader, device: torch.device) -> tuple[list[str], np.ndarray, np.ndarray]:
+def predict_loader(model, loader, device: torch.device) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(material ids, targets float64 [n], predictions float64 [n]) over a loader, ids carried per sample."""
     model.eval()
     ids: list[str] = []
@@ -191,7 +186,7 @@ def target_scaling(method: str, y_train: np.ndarray) -> dict[str, Any]:
 
 
 def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
-    """The variant's model, with the CGCNN atom table for graph encoders, the embeddings' width and the scaling."""
+    """The variant's model of `cfg.model`: CGCNN atom table for graph encoders, scaling fitted on the train targets."""
     from crys_pipeline.models import build_model
 
     spec = variant(cfg.variant)
@@ -201,34 +196,33 @@ def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
 
         atom_table = torch.from_numpy(cgcnn_feature_table())
     text = data.splits["train"].text
-    return build_model(
-        cfg.variant, atom_table=atom_table, text_dim=int(text.shape[1]) if text is not None else 768,
-        hidden_features=cfg.hidden_features, alignn_layers=cfg.alignn_layers, gcn_layers=cfg.gcn_layers,
-        head=cfg.head, target_scaling=target_scaling(cfg.target_scaling, data.splits["train"].y),
-    )
+    return build_model(cfg.variant, cfg.model, atom_table=atom_table,
+                       text_dim=int(text.shape[1]) if text is not None else 768,
+                       target_scaling=target_scaling(cfg.target_scaling, data.splits["train"].y))
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _epoch_record(epoch: int, loss: float, val_mae: float | None, test_mae: float | None, lr: float,
+def _epoch_record(epoch: int, *, loss: float, val_mae: float | None, test_mae: float | None, lr: float,
                   seconds: float) -> dict[str, Any]:
     return {"epoch": epoch, "train_loss": loss if math.isfinite(loss) else None, "val_mae": val_mae,
             "test_mae": test_mae, "lr": lr, "seconds": round(seconds, 3)}
 
 
-def run_epoch(state: RunState, model, optimizer, scheduler, loaders: Loaders, device: torch.device,
-              test_each_epoch: bool = True) -> dict:
+def run_epoch(state: RunState, session: Session, *, test_each_epoch: bool = True) -> dict:
     """Train one epoch, evaluate val (and test), update the val-best state; returns the epoch's record."""
     start = time.perf_counter()
-    loss, lr = train_epoch(model, loaders.train, optimizer, scheduler, device)
-    val_mae = mae(*predict(model, loaders.val, device)[1:])
-    test_mae = mae(*predict(model, loaders.test, device)[1:]) if test_each_epoch else None
+    model, loaders, device = session.model, session.loaders, session.device
+    loss, lr = train_epoch(model, loaders.train, session.optimizer, session.scheduler, device)
+    val_mae = mae(*predict_loader(model, loaders.val, device)[1:])
+    test_mae = mae(*predict_loader(model, loaders.test, device)[1:]) if test_each_epoch else None
     state.epoch += 1
     if val_mae is not None and val_mae < state.best_val_mae:
         state.best_epoch, state.best_val_mae, state.best_state = state.epoch, val_mae, _cpu_state(model)
-    record = _epoch_record(state.epoch, loss, val_mae, test_mae, lr, time.perf_counter() - start)
+    record = _epoch_record(state.epoch, loss=loss, val_mae=val_mae, test_mae=test_mae, lr=lr,
+                           seconds=time.perf_counter() - start)
     state.history.append(record)
     if not math.isfinite(loss):
         state.stop_reason = f"diverged (non-finite train loss in epoch {state.epoch})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,16 @@ import numpy as np
 import torch
 
 from crys_pipeline import __version__, evidence, io
-from crys_pipeline.data import SPLITS, TrainingData
+from crys_pipeline.run_id import RunId
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
 from crys_pipeline.settings import stamp
-from crys_pipeline.train.loop import Loaders, RunState, TrainConfig, mae, predict
+from crys_pipeline.train.data import SPLITS, TrainingData
+from crys_pipeline.train.loop import RunState, Session, TrainConfig, mae, predict_loader
+
+
+def run_id(cfg: TrainConfig, data: TrainingData) -> RunId:
+    """The run a job trains: its target, variant and seed, and the source and regime of its data."""
+    return RunId(data.source, cfg.target, cfg.variant, data.split_meta["regime"], cfg.seed)
 
 
 def write_metrics(history: list[dict[str, Any]], path: Path) -> None:
@@ -44,8 +51,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _predictions(model, loaders: Loaders, device: torch.device) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    return {name: predict(model, loader, device)
+def _predictions(session: Session) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    loaders = session.loaders
+    return {name: predict_loader(session.model, loader, session.device)
             for name, loader in (("train", loaders.train_eval), ("val", loaders.val), ("test", loaders.test))}
 
 
@@ -71,7 +79,7 @@ def _versions() -> dict[str, str]:
             "python": sys.version.split()[0], "numpy": np.__version__}
 
 
-def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, device: torch.device) -> dict:
+def _model_json(session: Session, state: RunState, cfg: TrainConfig, data: TrainingData) -> dict:
     """The content of model.json (layout `schemas.RUN_MODEL`) without `model_sha256`.
 
     The graph shards' params are `graph_params`, the rest of their stamp `graph_meta`.
@@ -80,9 +88,9 @@ def _model_json(model, cfg: TrainConfig, data: TrainingData, state: RunState, de
 
     shard_meta = _jsonable(data.graph_meta)
     return {
-        "config": model.config, "graph_encoder": encoder_settings(model), "variant": cfg.variant,
-        "target": cfg.target, "source": data.source, "regime": data.split_meta["regime"], "seed": cfg.seed,
-        "best_epoch": state.best_epoch, "train_config": stamp(cfg), "versions": _versions(), "device": str(device),
+        **asdict(run_id(cfg, data)), "config": session.model.config, "graph_encoder": encoder_settings(session.model),
+        "best_epoch": state.best_epoch, "train_config": stamp(cfg), "versions": _versions(),
+        "device": str(session.device),
         "graph_params": shard_meta.pop("params", {}), "graph_meta": shard_meta,
         "embedding_attrs": _jsonable(data.embed_attrs),
         "split": data.split_meta, "split_hash": data.split_meta["hash"], "data_hashes": data.hashes,
@@ -116,34 +124,34 @@ def _summary(cfg: TrainConfig, data: TrainingData, state: RunState, preds: dict,
     tests = [h["test_mae"] for h in state.history if h["test_mae"] is not None]
     last = state.history[-1] if state.history else {}
     return {
-        "source": data.source, "target": cfg.target, "variant": cfg.variant, "regime": data.split_meta["regime"],
-        "seed": cfg.seed, "test_mae": mae(*preds["test"][1:]), "val_mae": mae(*preds["val"][1:]),
+        **asdict(run_id(cfg, data)), "test_mae": mae(*preds["test"][1:]), "val_mae": mae(*preds["val"][1:]),
         "train_mae": mae(*preds["train"][1:]), **baseline_summary(preds), "target_scaling": cfg.target_scaling,
         "last_test_mae": last.get("test_mae"),
         "min_test_mae": min(tests) if tests else None, "best_epoch": state.best_epoch,
         "epochs_run": state.epoch, "epochs": cfg.epochs, "stop_reason": state.stop_reason,
         **{f"n_{name}": len(data.splits[name].ids) for name in SPLITS},
         "dropped": data.dropped, "encoder": _encoder_name(data.embed_attrs),
-        "text_variant": data.embed_attrs.get("variant"), "split_hash": data.split_meta["hash"],
+        "text_variant": data.embed_attrs.get("text_view"), "split_hash": data.split_meta["hash"],
         "split_method": data.split_meta["method"], "wall_seconds": round(wall, 3),
     }
 
 
-def write_outputs(model, cfg: TrainConfig, data: TrainingData, state: RunState, loaders: Loaders,
-                  out_dir: Path, device: torch.device, wall: float) -> dict[str, Any]:
-    """model.pt, model.json, predictions.parquet and summary.json of the val-best model; returns the summary.
+def write_outputs(session: Session, state: RunState, *, cfg: TrainConfig, data: TrainingData, out_dir: Path,
+                  wall: float) -> dict[str, Any]:
+    """model.pt, model.json, predictions.parquet and summary.json of the session's model; returns the summary.
+
+    The session's model is the val-best one (``fit`` loads it).
 
     model.json and summary.json are checked against their layouts (`schemas.RUN_MODEL`, `schemas.RUN_SUMMARY`)
     before they are written.
 
     `wall` is the job's wall time (input loading plus every epoch, over all resumed sessions).
     """
-    preds = _predictions(model, loaders, device)
-    extra = {"source": data.source, "target": cfg.target, "variant": cfg.variant,
-             "regime": data.split_meta["regime"], "seed": cfg.seed, "split_hash": data.split_meta["hash"]}
+    preds = _predictions(session)
+    extra = {**asdict(run_id(cfg, data)), "split_hash": data.split_meta["hash"]}
     _write_predictions(preds, out_dir / "predictions.parquet", stamp(cfg), extra)
-    io.write_torch(model.state_dict(), out_dir / "model.pt")
-    model_json = {**_model_json(model, cfg, data, state, device), "model_sha256": io.sha256_file(out_dir / "model.pt")}
+    io.write_torch(session.model.state_dict(), out_dir / "model.pt")
+    model_json = {**_model_json(session, state, cfg, data), "model_sha256": io.sha256_file(out_dir / "model.pt")}
     io.write_json(model_json, out_dir / "model.json", layout=RUN_MODEL)
     summary = _summary(cfg, data, state, preds, wall)
     files = ("model.pt", "model.json", "metrics.jsonl", "predictions.parquet")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from crys_pipeline import settings
+from crys_pipeline.run_id import RunId
 from crys_pipeline.variants import VARIANTS
 
 
@@ -31,18 +32,40 @@ def table_targets(table):
     return list(config["sources"][block["source"]]["targets"]) if names == "all" else names
 
 
-def run_dir(source, target, variant, regime, seed):
-    """Folder of one training job."""
-    return f"results/train/{source}/{target}/{variant}/{regime}/seed{seed}"
-
-
 def table_runs(wildcards):
     """summary.json of every run one table is assembled from."""
     block = config["tables"][wildcards.table]
-    return [f"{run_dir(block['source'], t, v, block['regime'], s)}/summary.json"
-            for t in table_targets(wildcards.table)
-            for v in block["variants"]
-            for s in config["train"]["seeds"]]
+    return [
+        str(RunId(block["source"], t, v, block["regime"], s).folder() / "summary.json")
+        for t in table_targets(wildcards.table)
+        for v in block["variants"]
+        for s in config["train"]["seeds"]
+    ]
+
+
+def table_spec(wildcards):
+    """The table block of `{table}` as one JSON string (a rule param)."""
+    return json.dumps(config["tables"][wildcards.table], sort_keys=True)
+
+
+def units_of(source):
+    """{target: unit} of one source, in the config's order."""
+    return {target: spec["unit"] for target, spec in config["sources"][source]["targets"].items()}
+
+
+def table_units(wildcards):
+    """{target: unit} of the source of `{table}` as one JSON string (a rule param; the config's target order)."""
+    return json.dumps(units_of(config["tables"][wildcards.table]["source"]))
+
+
+def report_specs(wildcards):
+    """The blocks of the report's tables as one JSON string {table: block} (a rule param)."""
+    return json.dumps({t: config["tables"][t] for t in config["report"]["tables"]}, sort_keys=True)
+
+
+def source_units(wildcards):
+    """{source: {target: unit}} of every source as one JSON string (a rule param; the config's target order)."""
+    return json.dumps({source: units_of(source) for source in config["sources"]})
 
 
 def report_runs(wildcards):
@@ -61,7 +84,7 @@ def train_inputs(wildcards):
     variant = VARIANTS[wildcards.variant]
     if variant.graph_encoder:
         inputs["graphs"] = f"results/graphs/{wildcards.source}"
-    if variant.text_variant:
+    if variant.text_view:
         inputs["embeddings"] = f"results/embeddings/{wildcards.source}.h5"
     return inputs
 
@@ -79,7 +102,7 @@ def stratify_target(wildcards):
 
 def split_method(wildcards):
     """The split method of `{target}`: `auto` resolved to official (jarvis, mp, a folder with split labels) or random123."""
-    from crys_pipeline.folder import has_split_labels
+    from crys_pipeline.sources.folder import has_split_labels
 
     src = source_cfg(wildcards)
     method = src["targets"][wildcards.target].get("split", "auto")
@@ -98,8 +121,10 @@ def download_args(wildcards):
     src = source_cfg(wildcards)
     if src["provider"] == "folder":
         split_ids = json.dumps(src.get("split_ids"), sort_keys=True)
-        return (f"--root-dir {shlex.quote(src['root_dir'])} --id-prop {shlex.quote(src.get('id_prop', 'id_prop.csv'))}"
-                f" --file-format {src.get('file_format', 'auto')} --split-ids {shlex.quote(split_ids)}")
+        return (
+            f"--root-dir {shlex.quote(src['root_dir'])} --id-prop {shlex.quote(src.get('id_prop', 'id_prop.csv'))}"
+            f" --file-format {src.get('file_format', 'auto')} --split-ids {shlex.quote(split_ids)}"
+        )
     return f"--jarvis-key {src['jarvis_key']} --snapshot-dir {shlex.quote(src.get('snapshot_dir') or '')}"
 
 
@@ -110,7 +135,7 @@ def snapshot_files(wildcards):
     downloads (`snapshot_dir: null`) or the folder does not hold it (then download).
     """
     from crys_pipeline.download import local_snapshot_candidates
-    from crys_pipeline.folder import listed_files
+    from crys_pipeline.sources.folder import listed_files
 
     src = source_cfg(wildcards)
     if src["provider"] == "folder":
@@ -128,8 +153,6 @@ def snapshot_checksum(wildcards):
     from crys_pipeline.download import snapshot_digest
 
     return snapshot_digest(snapshot_files(wildcards))
-
-
 
 
 def machine_has_gpu():

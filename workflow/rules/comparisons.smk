@@ -7,13 +7,13 @@ rule comparisons:
         runs=report_runs,
     output:
         csv="results/comparisons.csv",
-    params:
-        specs=lambda w: json.dumps({t: config["tables"][t] for t in config["report"]["tables"]}, sort_keys=True),
-        units=lambda w: json.dumps({s: {t: d["unit"] for t, d in src["targets"].items()} for s, src in config["sources"].items()}),
     log:
         "logs/comparisons.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        specs=report_specs,
+        units=source_units,
     shell:
         "crys-pipeline comparisons --specs '{params.specs}' --units '{params.units}' --out-csv {output.csv}"
         " {input.runs} 2> {log}"

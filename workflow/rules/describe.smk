@@ -6,15 +6,15 @@ rule describe:
         structures="results/structures/{source}.parquet",
     output:
         shard="results/text/{source}/describe/{scatteritem}.parquet",
-    params:
-        settings=settings_args("describe"),
-    threads: 2
     log:
         "logs/describe/{source}/{scatteritem}.log",
     benchmark:
         "benchmarks/describe/{source}/{scatteritem}.tsv"
     conda:
         "../../envs/describe.yaml"
+    threads: 2
+    params:
+        settings=settings_args("describe"),
     shell:
         "crys-pipeline describe shard --structures {input.structures} --shard {wildcards.scatteritem}"
         " {params.settings} --workers {threads} --out {output.shard} 2> {log}"

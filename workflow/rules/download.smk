@@ -8,16 +8,16 @@ rule download:
         snapshot=snapshot_files,
     output:
         manifest="resources/snapshots/{source}.json",
-    params:
-        provider=lambda w: source_cfg(w)["provider"],
-        where=download_args,
-        checksum=snapshot_checksum,
     log:
         "logs/download/{source}.log",
     benchmark:
         "benchmarks/download/{source}.tsv"
     conda:
         "../../envs/describe.yaml"
+    params:
+        provider=lambda w: source_cfg(w)["provider"],
+        where=download_args,
+        checksum=snapshot_checksum,
     shell:
         "crys-pipeline download --source {wildcards.source} --provider {params.provider}"
         " {params.where}"

@@ -1,4 +1,4 @@
-# Stage `embed`: frozen transformer embeddings of every text variant into HDF5.
+# Stage `embed`: frozen transformer embeddings of every text view into HDF5.
 
 
 rule embed:
@@ -7,18 +7,18 @@ rule embed:
         structures="results/structures/{source}.parquet",
     output:
         embeddings="results/embeddings/{source}.h5",
-    params:
-        settings=settings_args("embed"),
-    threads: 2
-    resources:
-        gpu=lambda wildcards: gpu_resources(config["embed"]["device"])[0],
-        gpu_share=lambda wildcards: gpu_resources(config["embed"]["device"])[1],
     log:
         "logs/embed/{source}.log",
     benchmark:
         "benchmarks/embed/{source}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wildcards: gpu_resources(config["embed"]["device"])[0],
+        gpu_share=lambda wildcards: gpu_resources(config["embed"]["device"])[1],
+    params:
+        settings=settings_args("embed"),
     shell:
         "crys-pipeline embed --sections {input.sections} --structures {input.structures}"
         " {params.settings} --threads {threads}"

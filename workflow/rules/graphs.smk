@@ -6,14 +6,14 @@ rule graphs:
         structures="results/structures/{source}.parquet",
     output:
         shards=directory("results/graphs/{source}"),
-    params:
-        settings=settings_args("graphs"),
-    threads: 2
     log:
         "logs/graphs/{source}.log",
     benchmark:
         "benchmarks/graphs/{source}.tsv"
     conda:
         "../../envs/describe.yaml"
+    threads: 2
+    params:
+        settings=settings_args("graphs"),
     shell:
         "crys-pipeline graphs --structures {input.structures} {params.settings} --workers {threads} --out-dir {output.shards} 2> {log}"

@@ -7,16 +7,16 @@ rule ingest:
     output:
         structures="results/structures/{source}.parquet",
         rejected="results/structures/{source}.rejected.parquet",
-    params:
-        targets=targets_json,
-        subset=lambda w: json.dumps(source_cfg(w).get("subset")),
-        stratify=stratify_target,
     log:
         "logs/ingest/{source}.log",
     benchmark:
         "benchmarks/ingest/{source}.tsv"
     conda:
         "../../envs/describe.yaml"
+    params:
+        targets=targets_json,
+        subset=lambda w: json.dumps(source_cfg(w).get("subset")),
+        stratify=stratify_target,
     shell:
         "crys-pipeline ingest --manifest {input.manifest} --targets '{params.targets}'"
         " --subset '{params.subset}' --stratify-target {params.stratify}"

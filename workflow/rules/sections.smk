@@ -7,12 +7,12 @@ rule sections:
         structures="results/structures/{source}.parquet",
     output:
         sections="results/text/{source}/sections.parquet",
-    params:
-        settings=settings_args("sections"),
     log:
         "logs/sections/{source}.log",
     conda:
         "../../envs/describe.yaml"
+    params:
+        settings=settings_args("sections"),
     shell:
         "crys-pipeline sections --descriptions {input.descriptions} --structures {input.structures} {params.settings}"
         " --out {output.sections} 2> {log}"

@@ -7,13 +7,13 @@ rule splits:
     output:
         full="results/splits/{source}/{target}/full.json",
         low20="results/splits/{source}/{target}/low20.json",
-    params:
-        method=split_method,
-        settings=settings_args("splits"),
     log:
         "logs/splits/{source}/{target}.log",
     conda:
         "../../envs/describe.yaml"
+    params:
+        method=split_method,
+        settings=settings_args("splits"),
     shell:
         "crys-pipeline splits --structures {input.structures} --target {wildcards.target}"
         " --method {params.method} {params.settings}"

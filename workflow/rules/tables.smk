@@ -7,13 +7,13 @@ rule tables:
     output:
         csv="results/{table}.csv",
         md="results/{table}.md",
-    params:
-        spec=lambda w: json.dumps(config["tables"][w.table], sort_keys=True),
-        units=lambda w: json.dumps({t: d["unit"] for t, d in config["sources"][config["tables"][w.table]["source"]]["targets"].items()}),
     log:
         "logs/tables/{table}.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        spec=table_spec,
+        units=table_units,
     shell:
         "crys-pipeline tables --table {wildcards.table} --spec '{params.spec}' --units '{params.units}'"
         " --out-csv {output.csv} --out-md {output.md} {input.runs} 2> {log}"
@@ -27,12 +27,12 @@ rule report:
     output:
         md="results/report.md",
         figs=directory("results/report"),
-    params:
-        tables=lambda w, input: " ".join(f"--table {path}" for path in input.tables),
     log:
         "logs/report.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        tables=lambda w, input: " ".join(f"--table {path}" for path in input.tables),
     shell:
         "crys-pipeline report {params.tables} --comparisons {input.comparisons} --out-md {output.md}"
         " --fig-dir {output.figs} {input.runs} 2> {log}"

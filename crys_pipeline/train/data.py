@@ -1,7 +1,7 @@
 """Training data: graph shards + cached text embeddings + one target, joined by material id per split.
 
 `load_training_data` reads the split JSON, the target column of the structures table, the graph
-shards (graph variants) and one text variant of the embeddings file (text variants), and joins them
+shards (graph variants) and one text view of the embeddings file (variants with text), and joins them
 by material id **after** the split (docs/method.md §1.2): a split member whose target is null, whose graph
 failed or whose text failed upstream (or is missing) is dropped and listed with its reason, never
 silently. An ok material with an empty text section keeps its (empty-string) embedding.
@@ -129,6 +129,7 @@ def _load_targets(structures: Path, target: str) -> tuple[dict[str, float | None
 
 def _drop_reason(
     mid: str,
+    *,
     targets: dict[str, float | None],
     graphs: dict[str, GraphArrays] | None,
     graph_failures: dict[str, str],
@@ -147,14 +148,14 @@ def _drop_reason(
     return None
 
 
-def _load_text(embeddings: Path, variant: str) -> tuple[dict[str, int], np.ndarray, dict[str, str], dict[str, Any]]:
+def _load_text(embeddings: Path, view: str) -> tuple[dict[str, int], np.ndarray, dict[str, str], dict[str, Any]]:
     """(row of every usable id, matrix [N, D], failure reason by id, file attributes).
 
     Rows whose text failed upstream (describe timeout or error) carry a placeholder embedding in the
     file; they are not usable and get their upstream status and error as the reason.
     """
-    ids, matrix, attrs = io.read_embeddings(embeddings, variant)
-    flags = io.read_embedding_flags(embeddings, variant)
+    ids, matrix, attrs = io.read_embeddings(embeddings, view)
+    flags = io.read_embedding_flags(embeddings, view)
     rows, failures = {}, {}
     for row, (mid, status, error) in enumerate(zip(ids, flags["status"], flags["error"], strict=True)):
         if status == "ok":
@@ -171,7 +172,7 @@ def load_training_data(
     target: str,
     graphs: Path | None = None,
     embeddings: Path | None = None,
-    text_variant: str | None = None,
+    text_view: str | None = None,
 ) -> TrainingData:
     """Join targets, graphs and embeddings over the members of a split file.
 
@@ -181,23 +182,23 @@ def load_training_data(
         target: property name (a target column of the structures table).
         graphs: graph shard folder, or None for text-only variants.
         embeddings: embeddings HDF5, or None for graph-only variants.
-        text_variant: `full`, `global` or `local`; required with `embeddings`.
+        text_view: `full`, `global` or `local`; required with `embeddings`.
 
     Raises:
-        ValueError: the split belongs to another target, or `embeddings` is given without a variant.
+        ValueError: the split belongs to another target, or `embeddings` is given without a text view.
         ArtifactError: the split, graphs or embeddings were made from another structures file (stale or
             swapped), or the embeddings do not hold one row per structure.
     """
     split_rec = io.read_json(split)
     if split_rec.get("target") != target:
         raise ValueError(f"{split}: split of target {split_rec.get('target')!r}, not {target!r}")
-    if (embeddings is None) != (text_variant is None):
-        raise ValueError("embeddings and text_variant go together")
+    if (embeddings is None) != (text_view is None):
+        raise ValueError("embeddings and text_view go together")
     targets, source = _load_targets(structures, target)
     graph_arrays, graph_failures, graph_meta = _load_graphs(graphs) if graphs is not None else (None, {}, {})
     text_rows, matrix, text_failures, embed_attrs = None, None, {}, {}
     if embeddings is not None:
-        text_rows, matrix, text_failures, embed_attrs = _load_text(embeddings, text_variant)
+        text_rows, matrix, text_failures, embed_attrs = _load_text(embeddings, text_view)
     hashes = input_hashes(structures, split=split, graphs=graphs, embeddings=embeddings)
     io.check_lineage(structures, {
         split: split_rec.get("structures_sha256"), **({graphs: graph_meta.get("structures_sha256")} if graphs else {}),
@@ -209,7 +210,8 @@ def load_training_data(
     for name in SPLITS:
         keep = []
         for mid in split_rec[f"id_{name}"]:
-            reason = _drop_reason(mid, targets, graph_arrays, graph_failures, text_rows, text_failures)
+            reason = _drop_reason(mid, targets=targets, graphs=graph_arrays, graph_failures=graph_failures,
+                                  text_rows=text_rows, text_failures=text_failures)
             if reason is None:
                 keep.append(mid)
             else:

@@ -9,7 +9,7 @@ import torch
 from train_helpers import build_graph_dir, ingest_first, structure_ids, write_split
 
 from crys_pipeline import io
-from crys_pipeline.data import CrystalDataset, SplitData, load_training_data, make_loader
+from crys_pipeline.train.data import CrystalDataset, SplitData, load_training_data, make_loader
 
 TARGET = "formation_energy_peratom"
 

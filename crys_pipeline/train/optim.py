@@ -1,5 +1,14 @@
-"""AdamW over flat parameter storage: one contiguous buffer per parameter group, a handful of ops per step.
+"""The optimiser and schedule of training: AdamW parameter groups, AdamW on flat buffers, the one-cycle schedule.
 
+``make_optimizer`` and ``make_scheduler`` are the reference recipe (docs/method.md §6): AdamW over
+``param_groups`` and OneCycleLR stepped every iteration.
+
+Parameter groups. Reference rule ("name"): no weight decay for parameters whose *name* contains "bias",
+"bn" or "norm". It misses the BatchNorms inside the embedding MLPs (named ``...layer.1.weight``), so those
+are decayed; reproduced by default. ``decay_filter="type"`` instead exempts every bias and every parameter
+of a normalisation layer (BatchNorm*, LayerNorm, GroupNorm, InstanceNorm).
+
+AdamW over flat parameter storage: one contiguous buffer per parameter group, a handful of ops per step.
 ``FlatAdamW`` moves the parameters of each group into one contiguous buffer (each parameter's
 ``.data`` becomes a view into it) and gives each parameter a ``.grad`` view into one contiguous
 gradient buffer per group. Autograd accumulates into those views in place, and the update is
@@ -30,8 +39,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
+
+DECAY_FILTERS = ("name", "type")
+_NO_DECAY_WORDS = ("bias", "bn", "norm")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 #: Parameters start at multiples of this many elements in their buffer (64-byte aligned float32 views).
 ALIGN = 16
@@ -171,3 +185,68 @@ class FlatAdamW(torch.optim.AdamW):
             merged["step"] = torch.tensor(max(steps, default=0.0))
             state[len(state)] = merged
         return {"state": state, "param_groups": groups}
+
+
+
+def _exempt_by_type(model: nn.Module) -> set[str]:
+    exempt = set()
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            if isinstance(module, _NORM_TYPES) or name == "bias":
+                exempt.add(f"{module_name}.{name}" if module_name else name)
+    return exempt
+
+
+def decay_split(model: nn.Module, decay_filter: str = "name") -> tuple[list[str], list[str]]:
+    """Names of the trainable parameters that are (decayed, not decayed).
+
+    Args:
+        model: any module.
+        decay_filter: "name" (reference) or "type".
+    """
+    if decay_filter not in DECAY_FILTERS:
+        raise ValueError(f"decay_filter must be one of {DECAY_FILTERS}, got {decay_filter!r}")
+    exempt = _exempt_by_type(model) if decay_filter == "type" else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = any(word in name for word in _NO_DECAY_WORDS) if decay_filter == "name" else name in exempt
+        (no_decay if skip else decay).append(name)
+    return decay, no_decay
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_filter: str = "name"
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: [decayed (weight_decay), not decayed (0.0)].
+
+    Args:
+        model: the model to optimise (frozen parameters are left out).
+        weight_decay: decay of the first group (reference 1e-5).
+        decay_filter: "name" (reference rule) or "type".
+    """
+    params = dict(model.named_parameters())
+    decay, no_decay = decay_split(model, decay_filter)
+    return [
+        {"params": [params[n] for n in decay], "weight_decay": weight_decay},
+        {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> FlatAdamW:
+    """AdamW over the reference's parameter groups (bias / bn / norm names not decayed).
+
+    ``FlatAdamW``: each group's parameters and gradients live in one flat buffer, and the update is
+    the fused (else multi-tensor) AdamW kernel on those buffers: the same update to float32 rounding,
+    a handful of ops per step. Build it after ``model.to(device)``.
+    """
+    return FlatAdamW(param_groups(model, weight_decay), lr=lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
+    """OneCycleLR of the reference: pct_start 0.3, cosine, div 25, final div 1e4, momentum cycling on."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.3, anneal_strategy="cos",
+        div_factor=25.0, final_div_factor=1e4, cycle_momentum=True,
+    )

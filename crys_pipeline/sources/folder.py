@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crys_pipeline.ingest import RawRecord
 from crys_pipeline.io import sha256_file, write_json
+from crys_pipeline.sources.records import SPLIT_LABELS, RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ FILE_FORMATS = ("auto", "poscar", "cif", "vasp", "xyz")
 SUFFIX_FORMATS = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".xyz": "xyz", ".extxyz": "xyz"}
 SPLIT_COLUMN = "split"
 HEADERLESS_FIELD = "target"  # the field name of the one target column of a headerless table
-LABELS = ("train", "val", "test")
 MISSING = ("", "na", "nan")  # cells that are a missing value (lower case), in a target or the split column
 
 
@@ -322,8 +321,8 @@ def _row_record(
     values, problem = _target_values(row, fields, single=fields == [HEADERLESS_FIELD])
     if problem:
         return rejected(problem)
-    if label is not None and label not in LABELS:
-        return rejected(f"split {label!r} is not one of {list(LABELS)}")
+    if label is not None and label not in SPLIT_LABELS:
+        return rejected(f"split {label!r} is not one of {list(SPLIT_LABELS)}")
     entry = folder["listed"].get(row.filename)
     if entry is None or not path.is_file():
         return rejected(f"missing file: {path} does not exist")

@@ -18,7 +18,8 @@ from train_helpers import build_graph_dir, structure_ids, write_split
 
 from crys_pipeline import io, splits, tables, train
 from crys_pipeline.cli import main
-from crys_pipeline.settings import SplitSettings
+from crys_pipeline.run_id import RunId
+from crys_pipeline.settings import ModelSettings, SplitSettings
 
 SOURCE, TARGET = "jarvis_dft_3d_2021", "formation_energy_peratom"
 
@@ -40,10 +41,11 @@ def results(jarvis_structures: Path, tmp_path_factory: pytest.TempPathFactory) -
     graphs = build_graph_dir(structures, res / "graphs" / SOURCE, shard_size=40)
     ids = structure_ids(structures, TARGET)
     split = write_split(res / "splits" / "small.json", TARGET, ids[:20], ids[20:25], ids[25:30])
-    run = res / "train" / SOURCE / TARGET / "alignn" / "full" / "seed0"
+    run = RunId(SOURCE, TARGET, "alignn", "full", 0).folder(res)
     train.train(structures, split=split, graphs=graphs, embeddings=None, out_dir=run,
-                cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=1, hidden_features=16,
-                                      alignn_layers=1, gcn_layers=1, batch_size=8, device="cpu", threads=1))
+                cfg=train.TrainConfig(target=TARGET, variant="alignn", seed=0, epochs=1, batch_size=8, device="cpu",
+                                      threads=1, model=ModelSettings(hidden_features=16, alignn_layers=1,
+                                                                     gcn_layers=1)))
     tables.build_table("table1", spec={"source": SOURCE, "targets": [TARGET], "variants": ["alignn"],
                                        "regime": "full"},
                        units={TARGET: "eV/atom"}, runs=[run / "summary.json"], out_csv=res / "table1.csv",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crys_pipeline import io
+from crys_pipeline.run_id import RUN_ID_FIELDS, RunId
 from crys_pipeline.schemas import RUN_SUMMARY
 
 _META_SKIP = ("params",)
@@ -160,9 +161,8 @@ def _rebuild_matches(csv_path: Path, found: list[dict[str, Any]]) -> None:
     spec = {"source": first["source"], "regime": first["regime"],
             "targets": list(dict.fromkeys(r["property"] for r in found)),
             "variants": list(dict.fromkeys(r["variant"] for r in found))}
-    train = csv_path.parent / "train" / spec["source"]
-    runs = [train / r["property"] / r["variant"] / spec["regime"] / f"seed{seed}" / SUMMARY
-            for r in found for seed in r["seeds"].split()]
+    runs = [RunId(spec["source"], r["property"], r["variant"], spec["regime"], int(seed)).folder(csv_path.parent)
+            / SUMMARY for r in found for seed in r["seeds"].split()]
     missing = [str(p) for p in runs if not p.is_file()]
     if missing:
         raise io.ArtifactError(f"{csv_path}: cannot be verified, the summaries of its runs are missing (e.g. "
@@ -199,8 +199,8 @@ def _run_dir(path: Path, rows: int, verify: bool) -> tuple[list[str], str]:
         io.read_parquet(path / "predictions.parquet", "predictions")
         io.read_jsonl(path / "metrics.jsonl")
         checks = f"summary.json, the sha256 of {', '.join(sorted(summary['files']))}, model.pt's load"
-    keys = ("source", "target", "variant", "regime", "seed", "test_mae", "val_mae", "best_epoch", "epochs_run",
-            "stop_reason", "n_train", "n_val", "n_test", "encoder", "split_hash")
+    keys = (*RUN_ID_FIELDS, "test_mae", "val_mae", "best_epoch", "epochs_run", "stop_reason", "n_train", "n_val",
+            "n_test", "encoder", "split_hash")
     out = [f"{path}  (run folder)", *(f"  {k}: {json.dumps(summary.get(k))}" for k in keys)]
     out += [f"  {name}: {(path / name).stat().st_size:,} bytes" for name in sorted(summary["files"])]
     return out, checks
