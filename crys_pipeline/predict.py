@@ -248,35 +248,41 @@ def text_settings(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
 
 
 def describe_texts(crystals: list[Crystal], describe_params: dict[str, Any], global_header: bool,
-                   variant: str) -> list[tuple[str | None, str]]:
-    """(text of `variant` or None, problem) per crystal, with robocrys settings as in training."""
+                   cache: dict) -> list[tuple[dict[str, str] | None, str]]:
+    """(texts {full, global, local} or None, problem) per crystal, with robocrys settings as in training (cached)."""
     from crys_pipeline.describe import describe_structures
     from crys_pipeline.schemas import STATUS_OK
     from crys_pipeline.sections import split_row
     from crys_pipeline.settings import DescribeSettings
 
-    settings = DescribeSettings(**_only_fields(DescribeSettings, describe_params))
-    rows = describe_structures([(c.material_id, c.structure) for c in crystals], settings, workers=1)
-    out: list[tuple[str | None, str]] = []
-    for row in rows:
-        if row["status"] != STATUS_OK:
-            out.append((None, f"description {row['status']}: {row['error']}"))
-        else:
-            out.append((split_row(row, global_header)[variant], ""))
-    return out
+    key = repr(("describe", sorted(describe_params.items()), global_header))
+    if key not in cache:
+        settings = DescribeSettings(**_only_fields(DescribeSettings, describe_params))
+        rows = describe_structures([(c.material_id, c.structure) for c in crystals], settings, workers=1)
+        cache[key] = [(None, f"description {row['status']}: {row['error']}") if row["status"] != STATUS_OK
+                      else (split_row(row, global_header), "") for row in rows]
+    return cache[key]
+
+
+def _encoder(encoder_cfg: dict[str, Any], cache: dict) -> Any:
+    """The run's text encoder on the CPU, loaded once per prediction."""
+    from crys_pipeline.embed import TextEncoder
+    from crys_pipeline.settings import EmbedSettings
+
+    key = repr(("encoder", sorted(encoder_cfg.items())))
+    if key not in cache:
+        cache[key] = TextEncoder(EmbedSettings(**_only_fields(EmbedSettings, {**encoder_cfg, "device": "cpu"})))
+    return cache[key]
 
 
 def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict) -> np.ndarray:
     """float32 [n, D] embeddings (rows of crystals whose description failed are NaN)."""
-    from crys_pipeline.embed import TextEncoder
-    from crys_pipeline.settings import EmbedSettings
-
     encoder_cfg, describe_params, header = text_settings(run.meta)
     key = repr((sorted(encoder_cfg.items()), sorted(describe_params.items()), header, variant))
     if key not in cache:
-        texts = describe_texts(crystals, describe_params, header, variant)
-        encoder = TextEncoder(EmbedSettings(**_only_fields(EmbedSettings, {**encoder_cfg, "device": "cpu"})))
-        emb, _, truncated = encoder.encode([t or "" for t, _ in texts])
+        texts = [(t[variant] if t else None, problem) for t, problem in
+                 describe_texts(crystals, describe_params, header, cache)]
+        emb, _, truncated = _encoder(encoder_cfg, cache).encode([t or "" for t, _ in texts])
         for i, (text, problem) in enumerate(texts):
             if text is None:
                 emb[i] = np.nan
@@ -285,6 +291,27 @@ def _featurize_text(run: Run, crystals: list[Crystal], variant: str, cache: dict
                                          or f"{variant} text truncated at {encoder_cfg.get('max_length')} tokens")
         cache[key] = emb
     return cache[key]
+
+
+def _featurize_tokens(run: Run, crystals: list[Crystal], cache: dict) -> list[np.ndarray | None]:
+    """Per crystal the float16 [T, D] states of the tokens the run reads (None where the description failed).
+
+    The `tokens` stage's own functions on the full text: the same tokens, categories and token set as in training.
+    """
+    from crys_pipeline import tokens
+    from crys_pipeline.attention.tagging import section_text
+
+    encoder_cfg, describe_params, header = text_settings(run.meta)
+    token_set = run.meta["embedding_attrs"]["tokens"]["token_set"]
+    encoder = _encoder(encoder_cfg, cache)
+    texts = describe_texts(crystals, describe_params, header, cache)
+    ok = [i for i, (t, _) in enumerate(texts) if t is not None]
+    items = [section_text({"material_id": crystals[i].material_id, **texts[i][0]}, "full", encoder.normalize)
+             for i in ok]
+    out: list[np.ndarray | None] = [None] * len(crystals)
+    for j, states in tokens.encode(encoder, tokens.tokenize(encoder, items), token_set):
+        out[ok[j]] = states["states"]
+    return out
 
 
 def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
@@ -298,7 +325,9 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
     spec = VARIANTS[run.meta["variant"]]
     usable = [c for c in crystals if c.structure is not None]
     text = _featurize_text(run, usable, spec.text_variant, cache) if spec.text_variant else None
-    keep = [i for i in range(len(usable)) if text is None or np.isfinite(text[i]).all()]
+    states = _featurize_tokens(run, usable, cache) if spec.tokens else None
+    keep = [i for i in range(len(usable)) if (text is None or np.isfinite(text[i]).all())
+            and (states is None or states[i] is not None)]
     for i in set(range(len(usable))) - set(keep):
         usable[i].predictions[run.name] = None
     if not keep:
@@ -309,7 +338,8 @@ def predict_run(run: Run, crystals: list[Crystal], cache: dict) -> None:
         graphs = cache.setdefault(gkey, [graph_arrays(c, run.meta["graph_params"]) for c in usable])
         graphs = [graphs[i] for i in keep]
     data = SplitData(ids=[usable[i].material_id for i in keep], y=np.zeros(len(keep)), graphs=graphs,
-                     text=None if text is None else text[keep])
+                     text=None if text is None else text[keep],
+                     tokens=None if states is None else [states[i] for i in keep])
     _ids, _, preds = predict(run.model, make_loader(data, batch_size=64), torch.device("cpu"))
     for i, value in zip(keep, preds, strict=True):
         usable[i].predictions[run.name] = float(value)

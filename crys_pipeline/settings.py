@@ -135,6 +135,18 @@ class EmbedSettings(Settings):
 
 #: EmbedSettings fields that decide what the encoder computes for one text (the attention analysis uses these).
 ENCODER_FIELDS = ("model", "revision", "max_length", "normalizer", "device")
+#: EmbedSettings fields of the `tokens` stage: the encoder of the [CLS] embeddings, run the same way.
+TOKEN_ENCODER_FIELDS = (*ENCODER_FIELDS, "precision", "token_budget")
+
+
+@dataclass(frozen=True)
+class TokenSettings(Settings):
+    """Token states of the frozen encoder for the cross-attention fusion (its encoder is the embed block's)."""
+
+    keep: str = setting("all", "Tokens stored per text: all (every real token of the full text) | tagged (only "
+                        "those the attention stage tags as formula, mineral, crystal system, space group, "
+                        "dimensionality, site, geometry, bond length or number: the reduction for paper scale, "
+                        "docs/method.md §11.1)", choices=("all", "tagged"))
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,8 @@ class AttentionSettings(Settings):
     sample: int | None = setting(50, "Materials of the summary, drawn from the ok sections rows with `seed`; "
                                  "null = all", minimum=1)
     seed: int = setting(0, "Sampling seed (numpy default_rng)")
+    cross_materials: int = setting(4, "Test materials (the first by id) whose atoms' cross-attention over their text "
+                                   "is drawn for a crysmmnet_xattn run (docs/method.md §11.4)", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,8 @@ class TrainSettings(Settings):
     hidden_features: int = setting(256, "ALIGNN width (paper: 256)", minimum=1)
     alignn_layers: int = setting(4, "ALIGNN layers (paper: 4)", minimum=0)
     gcn_layers: int = setting(4, "Edge-gated GCN layers (paper: 4)", minimum=0)
+    fusion_heads: int = setting(4, "Attention heads of the cross-attention fusion (crysmmnet_xattn*; must divide "
+                                "hidden_features)", minimum=1)
     early_stopping_patience: int | None = setting(None, "Epochs without val-MAE improvement before stopping; "
                                                   "null = off", minimum=1)
     num_workers: int = setting(0, "DataLoader worker processes", minimum=0)
@@ -201,7 +217,7 @@ class TrainSettings(Settings):
 #: config.yaml block -> its settings class.
 STAGES: dict[str, type] = {
     "splits": SplitSettings, "describe": DescribeSettings, "sections": SectionsSettings, "embed": EmbedSettings,
-    "attention": AttentionSettings, "graphs": GraphSettings, "train": TrainSettings,
+    "attention": AttentionSettings, "tokens": TokenSettings, "graphs": GraphSettings, "train": TrainSettings,
 }
 
 

@@ -29,6 +29,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=Path, required=True, help="results/splits/{source}/{target}/{regime}.json")
     p.add_argument("--graphs", type=optional_path, default=None, help="graph shard folder; '' = not used")
     p.add_argument("--embeddings", type=optional_path, default=None, help="embeddings HDF5; '' = not used")
+    p.add_argument("--tokens", type=optional_path, default=None,
+                   help="token-states HDF5 (cross-attention variants); '' = not used")
     p.add_argument("--target", required=True)
     p.add_argument("--variant", required=True, choices=list(VARIANTS), help="model variant")
     p.add_argument("--seed", type=int, required=True, help="model seed (torch, numpy, random)")
@@ -44,7 +46,7 @@ def _run_train(a: argparse.Namespace) -> None:
     cfg = settings.from_arguments(train.TrainConfig, a, {"target": a.target, "variant": a.variant, "seed": a.seed,
                                                          "threads": a.threads})
     train.train(a.structures, split=a.split, graphs=a.graphs, embeddings=a.embeddings, out_dir=a.out_dir,
-                cfg=cfg)
+                cfg=cfg, tokens=a.tokens)
 
 
 # --- predict --------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Heads (documented choices):
 - graph + text, head "code" (reference): PH_G(z_G) ; PH_768(c) -> Lin(128, 64) -> ReLU -> Lin(64, 1).
 - graph + text, head "paper": z_G = pooled vector as is ; Lin(768, 128)-ReLU-Lin(128, 64) -> MLP(G + 64).
 - text only (CrysTextNet, A1): PH_768 (or the paper projection) -> Lin(64, 64) -> ReLU -> Lin(64, 1).
+- text inside the graph (crysmmnet_film, crysmmnet_xattn*, docs/method.md §11): the ALIGNN encoder wrapped by
+  ``fusion.FiLMALIGNN`` or ``fusion.CrossAttentionALIGNN``, then the code/paper head of graph + text.
 - graph only (alignn, cgcnn, megnet, gatgnn): the original model's own head, one Linear(G, 1) on the
   pooled vector (ALIGNN's ``fc``; CGCNN's ``fc_out`` after ``conv_to_fc``; MEGNet's output Dense after
   its Dense(32)-Dense(16); GATGNN's ``out`` after its two extra layers), so the baselines are the published
@@ -26,6 +28,7 @@ from torch import nn
 from crys_pipeline.models.alignn import ALIGNNEncoder
 from crys_pipeline.models.cgcnn import CGCNNEncoder
 from crys_pipeline.models.crysmmnet import PropertyModel, TargetScale
+from crys_pipeline.models.fusion import CrossAttentionALIGNN, FiLMALIGNN
 from crys_pipeline.models.gatgnn import GATGNNEncoder
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
 from crys_pipeline.models.megnet import MEGNetEncoder
@@ -109,6 +112,15 @@ def _text_projection(head: str, text_dim: int) -> nn.Module:
     return PaperTextProjection(text_dim, projection_dim=PROJECTION_DIM)
 
 
+def _with_text(spec: Variant, encoder: nn.Module, text_dim: int, heads: int) -> nn.Module:
+    """The ALIGNN encoder with the text inside it (docs/method.md §11), or as it is for `concat`."""
+    if spec.fusion == "film":
+        return FiLMALIGNN(encoder, text_dim)
+    if spec.fusion == "cross_attention":
+        return CrossAttentionALIGNN(encoder, text_dim, heads)
+    return encoder
+
+
 def _assemble(config: dict, spec: Variant, encoder: nn.Module | None) -> PropertyModel:
     head, text_dim = config["head"], config["text_dim"]
     scale = TargetScale(config["target_scaling"]["shift"], config["target_scaling"]["scale"])
@@ -137,6 +149,7 @@ def build_model(
     head: str = PAPER.head,
     readout: str = "mean",
     target_scaling: dict[str, Any] | None = None,
+    fusion_heads: int = PAPER.fusion_heads,
 ) -> PropertyModel:
     """Build a model variant by name.
 
@@ -151,6 +164,7 @@ def build_model(
         head: "code" (released code, reference) or "paper" (the paper's equations), docs/method.md §4.5.
         readout: per-crystal pooling, "mean" (reference) or "sum" (paper Eq. 5).
         target_scaling: {"method", "shift", "scale"} of the target scaling (``TargetScale``); None = `none`.
+        fusion_heads: attention heads of the cross-attention variants (their token states are `text_dim` wide).
 
     Returns:
         A ``PropertyModel`` whose ``.config`` (these arguments minus atom_table) rebuilds it.
@@ -166,6 +180,7 @@ def build_model(
         "head": head,
         "readout": readout,
         "target_scaling": dict(target_scaling or NO_SCALING),
+        "fusion_heads": fusion_heads,
     }
     encoder = None
     if spec.graph_encoder is not None:
@@ -177,4 +192,5 @@ def build_model(
             gcn_layers=gcn_layers,
             readout=readout,
         )
+        encoder = _with_text(spec, encoder, text_dim, fusion_heads)
     return _assemble(config, spec, encoder)

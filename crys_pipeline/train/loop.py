@@ -205,6 +205,7 @@ def build(cfg: TrainConfig, data: TrainingData) -> torch.nn.Module:
         cfg.variant, atom_table=atom_table, text_dim=int(text.shape[1]) if text is not None else 768,
         hidden_features=cfg.hidden_features, alignn_layers=cfg.alignn_layers, gcn_layers=cfg.gcn_layers,
         head=cfg.head, target_scaling=target_scaling(cfg.target_scaling, data.splits["train"].y),
+        fusion_heads=cfg.fusion_heads,
     )
 
 

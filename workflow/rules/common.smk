@@ -53,7 +53,8 @@ def report_runs(wildcards):
 
 
 def train_inputs(wildcards):
-    """Exactly the artifacts one training job reads: graphs only for graph variants, embeddings only with text."""
+    """Exactly the artifacts one training job reads: graphs only for graph variants, embeddings only with text,
+    token states only for cross-attention variants."""
     inputs = {
         "structures": f"results/structures/{wildcards.source}.parquet",
         "split": f"results/splits/{wildcards.source}/{wildcards.target}/{wildcards.regime}.json",
@@ -63,6 +64,8 @@ def train_inputs(wildcards):
         inputs["graphs"] = f"results/graphs/{wildcards.source}"
     if variant.text_variant:
         inputs["embeddings"] = f"results/embeddings/{wildcards.source}.h5"
+    if variant.tokens:
+        inputs["tokens"] = f"results/tokens/{wildcards.source}.h5"
     return inputs
 
 

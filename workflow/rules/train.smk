@@ -16,6 +16,7 @@ rule train:
     params:
         graphs=lambda w, input: input.get("graphs", ""),
         embeddings=lambda w, input: input.get("embeddings", ""),
+        tokens=lambda w, input: input.get("tokens", ""),
         settings=settings_args("train"),
     threads: 1
     resources:
@@ -29,7 +30,7 @@ rule train:
         "../../envs/torch.yaml"
     shell:
         "crys-pipeline train --structures {input.structures} --split {input.split}"
-        " --graphs '{params.graphs}' --embeddings '{params.embeddings}'"
+        " --graphs '{params.graphs}' --embeddings '{params.embeddings}' --tokens '{params.tokens}'"
         " --target {wildcards.target} --variant {wildcards.variant} --seed {wildcards.seed}"
         " {params.settings} --threads {threads}"
         " --out-dir results/train/{wildcards.source}/{wildcards.target}/{wildcards.variant}/{wildcards.regime}/seed{wildcards.seed}"
