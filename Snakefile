@@ -60,6 +60,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/comparisons.smk"
 include: "workflow/rules/attention.smk"
+include: "workflow/rules/fusion.smk"
 
 
 rule all:

@@ -57,6 +57,8 @@ def _add_fusion(sub: argparse._SubParsersAction) -> None:
                    help="cross-attention summary CSVs (crys-pipeline cross-attention), one per property")
     p.add_argument("--cls-attention", type=optional_path, default=None,
                    help="the [CLS] attention summary CSV of the attention stage (results/attention/{source})")
+    p.add_argument("--cls-layer", type=int, default=settings.AttentionSettings().layer,
+                   help="its layer shown beside the cross-attention (attention.layer)")
     p.add_argument("--out-csv", type=Path, required=True)
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("runs", type=Path, nargs="+", help="summary.json of every run (every seed) of the table")
@@ -67,7 +69,7 @@ def _run_fusion(a: argparse.Namespace) -> None:
     from crys_pipeline import fusion
 
     fusion.build_fusion(a.spec, units=a.units, runs=a.runs, out_csv=a.out_csv, out_md=a.out_md,
-                        cross_attention=a.cross_attention, cls_attention=a.cls_attention)
+                        cross_attention=a.cross_attention, cls_attention=a.cls_attention, cls_layer=a.cls_layer)
 
 
 # --- cross-attention ------------------------------------------------------------------------------

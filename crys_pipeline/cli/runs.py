@@ -141,8 +141,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         description="Per property a parity plot (test split, one panel per variant) and learning curves "
         "(val/test MAE per epoch), and per table a summary of our MAE against the paper's.",
     )
-    p.add_argument("--table", dest="tables", type=Path, action="append", required=True, metavar="CSV",
+    p.add_argument("--table", dest="tables", type=Path, action="append", default=[], metavar="CSV",
                    help="a table CSV written by `crys-pipeline tables` (repeat per table)")
+    p.add_argument("--fusion", type=Path, default=None, help="results/fusion.md, the fusion section to include")
     p.add_argument("--comparisons", type=Path, required=True, help="results/comparisons.csv of those tables")
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--fig-dir", type=Path, required=True, help="folder for the PNGs")
@@ -153,7 +154,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(a: argparse.Namespace) -> None:
     from crys_pipeline import report
 
-    report.build_report(a.tables, comparisons=a.comparisons, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir)
+    report.build_report(a.tables, comparisons=a.comparisons, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir,
+                        fusion=a.fusion)
 
 
 # --- export-leaderboard ---------------------------------------------------------------------------

@@ -173,3 +173,30 @@ def gpu_resources(device, jobs_per_gpu=1):
     if workflow.non_local_exec or jobs_per_gpu == 1:
         return 1, 100
     return 0, 100 // jobs_per_gpu
+
+
+def fusion_runs(wildcards):
+    """summary.json of every run of the `fusion` table."""
+    from types import SimpleNamespace
+
+    return table_runs(SimpleNamespace(table="fusion"))
+
+
+def fusion_attention(wildcards):
+    """The cross-attention summaries of the fusion table: per property, its first seed's run of each variant that
+    reads every token (docs/method.md §11.4)."""
+    block = config["tables"]["fusion"]
+    seed = config["train"]["seeds"][0]
+    return [f"results/fusion/attention/{block['source']}/{t}/{v}/{block['regime']}/seed{seed}/summary.csv"
+            for t in table_targets("fusion") for v in block["variants"] if VARIANTS[v].tokens == "all"]
+
+
+def fusion_cls_attention(wildcards):
+    """The [CLS] attention summary shown beside the cross-attention shares (none without a cross-attention run)."""
+    source = config["tables"]["fusion"]["source"]
+    return [f"results/attention/{source}/summary.csv"] if fusion_attention(wildcards) else []
+
+
+def report_fusion(wildcards):
+    """The fusion section of the report, when the report covers the `fusion` table."""
+    return ["results/fusion.md"] if "fusion" in config["report"]["tables"] else []

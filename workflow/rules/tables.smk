@@ -21,14 +21,16 @@ rule tables:
 
 rule report:
     input:
-        tables=expand("results/{table}.csv", table=config["report"]["tables"]),
+        tables=expand("results/{table}.csv", table=[t for t in config["report"]["tables"] if t != "fusion"]),
+        fusion=report_fusion,
         comparisons="results/comparisons.csv",
         runs=report_runs,
     output:
         md="results/report.md",
         figs=directory("results/report"),
     params:
-        tables=lambda w, input: " ".join(f"--table {path}" for path in input.tables),
+        tables=lambda w, input: " ".join(f"--table {path}" for path in input.tables)
+        + "".join(f" --fusion {path}" for path in input.fusion),
     log:
         "logs/report.log",
     conda:

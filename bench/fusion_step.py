@@ -1,0 +1,105 @@
+"""Cost of the fusion variants beyond [CLS] (docs/method.md §11.3): parameters and training-step time vs crysmmnet.
+
+One AdamW step (forward + backward + update) of alignn, crysmmnet, crysmmnet_film and crysmmnet_xattn on the
+same batch of real JARVIS k-NN graphs (crys_pipeline.graphs), variants interleaved in every round, median over
+rounds, at two sizes: the offline default (width 32, 2 + 2 layers, MiniLM's 384-wide text, batch 32) and the
+paper's (width 256, 4 + 4 layers, MatSciBERT's 768, batch 64). The text inputs are random: a [CLS] vector and
+`--tokens` token states per crystal (295 = the mean number of tokens of the offline default's full texts,
+docs/method.md §11.1). Only the ratios are meaningful on a shared machine.
+
+Usage: .venv/bin/python bench/fusion_step.py [--repeats 5] [--threads 2] [--tokens 295]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Batch, Data
+
+from crys_pipeline.atom_features import cgcnn_feature_table
+from crys_pipeline.graphs import knn_graph
+from crys_pipeline.models import build_model, param_groups
+
+TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"
+REFERENCE = "crysmmnet"
+VARIANTS = ("alignn", "crysmmnet", "crysmmnet_film", "crysmmnet_xattn")
+#: (label, batch size, build_model arguments)
+SIZES = (
+    ("offline default", 32, {"text_dim": 384, "hidden_features": 32, "alignn_layers": 2, "gcn_layers": 2}),
+    ("paper", 64, {"text_dim": 768, "hidden_features": 256, "alignn_layers": 4, "gcn_layers": 4}),
+)
+
+
+def real_batch(n: int, text_dim: int, n_tokens: int) -> Batch:
+    """The first `n` JARVIS tiny structures as one batch with random [CLS] vectors and `n_tokens` token states."""
+    from pymatgen.core import Element
+
+    gen = torch.Generator().manual_seed(0)
+    items = []
+    for line in TINY.read_text().splitlines()[:n]:
+        rec = json.loads(line)
+        graph = knn_graph(rec["lattice_mat"], rec["frac_coords"])
+        items.append(Data(z=torch.tensor([Element(s).Z for s in rec["species"]]),
+                          edge_index=torch.from_numpy(graph.edge_index), edge_vec=torch.from_numpy(graph.edge_vec),
+                          num_nodes=len(rec["species"]), text_emb=torch.randn(1, text_dim, generator=gen),
+                          tokens=torch.randn(n_tokens, text_dim, generator=gen).half(),
+                          n_tokens=torch.tensor([n_tokens])))
+    return Batch.from_data_list(items)
+
+
+def make_step(variant: str, batch: Batch, model_args: dict) -> tuple[Callable[[], None], int]:
+    """(one AdamW step of a fresh model, its trainable parameter count)."""
+    torch.manual_seed(0)
+    model = build_model(variant, atom_table=torch.from_numpy(cgcnn_feature_table()), **model_args).train()
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-5), lr=1e-3)
+    target = torch.zeros(batch.num_graphs)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(batch), target).backward()
+        optimizer.step()
+
+    return step, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def measure(batch: Batch, model_args: dict, repeats: int) -> dict[str, tuple[int, float]]:
+    """{variant: (parameters, median ms per step)}, variants interleaved so that machine load hits all alike."""
+    steps = {v: make_step(v, batch, model_args) for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for round_ in range(repeats + 1):
+        for variant, (step, _) in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_:  # the first round warms up
+                times[variant].append(1e3 * (time.perf_counter() - start))
+    return {v: (steps[v][1], statistics.median(t)) for v, t in times.items()}
+
+
+def main() -> None:
+    """Measure and print one table per size."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=295, help="token states per crystal")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for label, n, model_args in SIZES:
+        batch = real_batch(n, model_args["text_dim"], args.tokens)
+        results = measure(batch, model_args, args.repeats)
+        print(f"{label}: {batch.num_graphs} crystals, {batch.num_nodes} atoms, {batch.edge_index.shape[1]} edges, "
+              f"{args.tokens} tokens each; width {model_args['hidden_features']}, {model_args['alignn_layers']} + "
+              f"{model_args['gcn_layers']} layers, text {model_args['text_dim']}; torch threads {args.threads}")
+        params_ref, ms_ref = results[REFERENCE]
+        for variant, (params, ms) in results.items():
+            print(f"  {variant:16s} {params:>10,d} parameters ({params / params_ref:.3f}x)  {ms:9.1f} ms/step "
+                  f"({ms / ms_ref:.3f}x {REFERENCE})")
+
+
+if __name__ == "__main__":
+    main()
