@@ -2,12 +2,12 @@
 
 One AdamW step (forward + backward + update) of alignn, crysmmnet, crysmmnet_film and crysmmnet_xattn on the
 same batch of real JARVIS k-NN graphs (crys_pipeline.graphs), variants interleaved in every round, median over
-rounds, at two sizes: the offline default (width 32, 2 + 2 layers, MiniLM's 384-wide text, batch 32) and the
-paper's (width 256, 4 + 4 layers, MatSciBERT's 768, batch 64). The text inputs are random: a [CLS] vector and
+rounds, at two sizes: `offline`, the offline default (width 32, 2 + 2 layers, MiniLM's 384-wide text, batch 32), and
+`paper` (width 256, 4 + 4 layers, MatSciBERT's 768, batch 64). The text inputs are random: a [CLS] vector and
 `--tokens` token states per crystal (295 = the mean number of tokens of the offline default's full texts,
 docs/method.md §11.1). Only the ratios are meaningful on a shared machine.
 
-Usage: .venv/bin/python bench/fusion_step.py [--repeats 5] [--threads 2] [--tokens 295]
+Usage: .venv/bin/python bench/fusion_step.py [--repeats 5] [--threads 2] [--tokens 295] [--size offline|paper]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ REFERENCE = "crysmmnet"
 VARIANTS = ("alignn", "crysmmnet", "crysmmnet_film", "crysmmnet_xattn")
 #: (label, batch size, build_model arguments)
 SIZES = (
-    ("offline default", 32, {"text_dim": 384, "hidden_features": 32, "alignn_layers": 2, "gcn_layers": 2}),
+    ("offline", 32, {"text_dim": 384, "hidden_features": 32, "alignn_layers": 2, "gcn_layers": 2}),
     ("paper", 64, {"text_dim": 768, "hidden_features": 256, "alignn_layers": 4, "gcn_layers": 4}),
 )
 
@@ -87,9 +87,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=295, help="token states per crystal")
+    parser.add_argument("--size", choices=[label for label, _, _ in SIZES], action="append",
+                        help="measure this size only (repeatable; default both)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for label, n, model_args in SIZES:
+        if args.size and label not in args.size:
+            continue
         batch = real_batch(n, model_args["text_dim"], args.tokens)
         results = measure(batch, model_args, args.repeats)
         print(f"{label}: {batch.num_graphs} crystals, {batch.num_nodes} atoms, {batch.edge_index.shape[1]} edges, "

@@ -266,7 +266,7 @@ class CrystalDataset(Dataset):
         if self.data.text is not None:
             item["text_emb"] = torch.from_numpy(self.data.text[index : index + 1])  # [1, D]
         if self.data.tokens is not None:  # ragged: the collation concatenates them, n_tokens says whose they are
-            states = self.data.tokens[index]
+            states = np.array(self.data.tokens[index])  # a copy: a view of the read-only memory-mapped file
             item.update(tokens=torch.from_numpy(states), n_tokens=torch.tensor([states.shape[0]]))
         if self.data.graphs is not None:
             z, edge_index, edge_vec = self.data.graphs[index]

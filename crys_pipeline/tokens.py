@@ -232,18 +232,18 @@ def read_token_states(path: Path, token_set: str | None,
         ArtifactError: the file is damaged, made from other texts or with another encoder than the embeddings,
             or holds only the tagged tokens when all are asked for.
     """
-    file_set = "tagged" if token_set == "tagged" else None
     states = io.read_tokens(path, items=("states", "category"))
-    if token_set == "all" and states.attrs["params"].get("keep") != "all":
+    file_set = states.attrs["params"].get("keep")
+    if token_set == "all" and file_set != "all":
         raise io.ArtifactError(f"{path}: holds only the {states.attrs['params'].get('keep')} tokens, the model reads "
                                "all: set tokens.keep: all and rerun the tokens stage")
     _check_against_embeddings(path, states.attrs, embed_attrs)
     rows = {mid: i for i, (mid, status) in enumerate(zip(states.ids, states.rows["status"], strict=True))
             if status == STATUS_OK}
 
-    def of(row: int) -> np.ndarray:
+    def of(row: int) -> np.ndarray:  # a view into the memory-mapped file unless tokens are left out
         values = states.of(row, "states")
-        return values[keep_mask(states.of(row, "category"), file_set)] if file_set else values
+        return values[keep_mask(states.of(row, "category"), token_set)] if token_set != file_set else values
 
     attrs = {k: states.attrs[k] for k in ("params", "inputs", "model", "revision", "max_length", "normalizer",
                                           "dim", "keep", "stats") if k in states.attrs}

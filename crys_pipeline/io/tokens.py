@@ -191,9 +191,30 @@ def _verified(handle: Any, name: str, digests: dict[str, str], path: Path) -> np
     return values
 
 
+def _mapped(handle: Any, name: str, digests: dict[str, str], path: Path) -> np.ndarray:
+    """A large numeric dataset checked chunk by chunk against its sha256, then memory-mapped read-only.
+
+    The states of a paper-scale file (tens of GB, docs/method.md §11.1) are never loaded whole: a training job
+    touches the pages of the materials it batches. A dataset HDF5 did not store contiguously is read instead.
+    """
+    dset = handle[name]
+    try:
+        digest, offset = _digest(dset), dset.id.get_offset()
+    except (OSError, ValueError) as exc:
+        raise corrupt(path, exc) from exc
+    if digests.get(name) != digest:
+        raise corrupt(path, f"dataset {name!r} differs from its recorded sha256: the file changed after it was "
+                      "written")
+    if offset is None or dset.size == 0:
+        return dset[()]
+    return np.memmap(path, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape)
+
+
 def read_tokens(path: str | Path, *, items: tuple[str, ...] = ("states",),
                 expect: dict[str, Any] | None = None) -> TokenStates:
     """Read a token-states file: every row dataset and the item datasets `items`, each checked against its sha256.
+
+    `states` is memory-mapped (float16, read-only) rather than loaded; the other datasets are read into memory.
 
     Args:
         path: `results/tokens/{source}.h5`.
@@ -213,7 +234,7 @@ def read_tokens(path: str | Path, *, items: tuple[str, ...] = ("states",),
         except (KeyError, ValueError) as exc:
             raise corrupt(path, exc) from exc
         rows = {name: _verified(handle, name, digests, path) for name in TOKENS.row_datasets}
-        data = {name: _verified(handle, name, digests, path) for name in items}
+        data = {name: (_mapped if name == "states" else _verified)(handle, name, digests, path) for name in items}
         attrs = {k: v for k, v in _h5_attrs_dict(handle.attrs).items() if k not in (META_KEY, DIGESTS)}
         meta = json.loads(handle.attrs[META_KEY])
     attrs["params"], attrs["inputs"] = meta["params"], meta.get("inputs", {})
