@@ -71,6 +71,13 @@ def test_tagged_file_holds_exactly_the_tagged_tokens(mp_tokens: dict, tmp_path: 
     assert set(small.items["category"]) <= {tokens.CODES[c] for c in tokens.TAGGED}
 
 
+def test_inspect_verifies_the_token_file(mp_tokens: dict, capsys: pytest.CaptureFixture) -> None:
+    from crys_pipeline.cli import main
+
+    assert main(["inspect", str(mp_tokens["tokens"])]) == 0
+    assert "verified (layout and the sha256 of all 13 datasets)" in capsys.readouterr().out
+
+
 def test_flipped_bytes_in_the_token_states_are_refused(mp_tokens: dict, tmp_path: Path) -> None:
     import h5py
 
@@ -85,6 +92,9 @@ def test_flipped_bytes_in_the_token_states_are_refused(mp_tokens: dict, tmp_path
         io.read_tokens(path)
     with pytest.raises(io.ArtifactError, match=r"\['states'\] differ from their recorded sha256"):
         io.verify_tokens(path)
+    from crys_pipeline.cli import main
+
+    assert main(["inspect", str(path)]) == 1
 
 
 def _load(mp_tokens: dict, token_file: Path, token_set: str = "all", embeddings: Path | None = None):
