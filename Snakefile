@@ -54,11 +54,13 @@ include: "workflow/rules/splits.smk"
 include: "workflow/rules/describe.smk"
 include: "workflow/rules/sections.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/tokens.smk"
 include: "workflow/rules/graphs.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/comparisons.smk"
 include: "workflow/rules/attention.smk"
+include: "workflow/rules/fusion.smk"
 
 
 rule all:

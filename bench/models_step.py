@@ -30,8 +30,9 @@ from crys_pipeline.variants import VARIANTS as ALL_VARIANTS
 
 TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "jarvis_dft3d_2021_tiny.jsonl"
 REFERENCE = "alignn"
-#: Every variant except the text-view ablations (same model as crysmmnet, another cached text).
-VARIANTS = tuple(name for name, v in ALL_VARIANTS.items() if v.text_view in (None, "full"))
+#: Every variant except the text-view ablations (same model as crysmmnet, another cached text) and the fusion
+#: variants of docs/method.md §11 (bench/fusion_step.py measures those, with token states).
+VARIANTS = tuple(name for name, v in ALL_VARIANTS.items() if v.text_view in (None, "full") and v.fusion == "concat")
 
 
 def real_batch(n: int) -> Batch:

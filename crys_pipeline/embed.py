@@ -283,7 +283,24 @@ class TextEncoder:
             out[batch] = self._forward([input_ids[i] for i in batch])
         return out
 
-    def _forward(self, seqs: list[Sequence[int]]) -> np.ndarray:
+    def token_states(self, input_ids: Sequence[Sequence[int]]) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        """Last-layer states of every real token (no padding), in token-budget batches of length-sorted texts.
+
+        Yields:
+            (indices into `input_ids`, per index a float16 [T_i, D] array of its T_i tokens' states), the same
+            forward pass as `encode_ids` (so row 0 of a text is its `pooling: cls` embedding, rounded to float16).
+        """
+        import torch
+
+        lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)
+        for batch in plan_batches(lengths, self.token_budget):
+            with torch.inference_mode():
+                hidden, _ = self._last_hidden([input_ids[i] for i in batch])
+                states = hidden.to(torch.float16).cpu().numpy()  # [B, T, D]
+            yield batch, [states[row, : lengths[i]] for row, i in enumerate(batch)]
+
+    def _last_hidden(self, seqs: list[Sequence[int]]) -> tuple[Any, Any]:
+        """(last_hidden_state [B, T, D], attention mask [B, T]) of padded sequences, under `compute_dtype`."""
         import torch
 
         width = max(len(s) for s in seqs)
@@ -295,8 +312,16 @@ class TextEncoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         use_amp = self.compute_dtype != "float32"
         amp_dtype = getattr(torch, self.compute_dtype)
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+            return self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def _forward(self, seqs: list[Sequence[int]]) -> np.ndarray:
+        import torch
+
+        use_amp = self.compute_dtype != "float32"
+        amp_dtype = getattr(torch, self.compute_dtype)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, D]
+            hidden, mask = self._last_hidden(seqs)  # [B, T, D], [B, T]
             if self.settings.pooling == "cls":
                 pooled = hidden[:, 0]  # [B, D]
             else:

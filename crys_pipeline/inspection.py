@@ -69,9 +69,10 @@ def _parquet(path: Path, rows: int, verify: bool) -> tuple[list[str], str]:
 
 
 def _h5(path: Path, rows: int, verify: bool) -> tuple[list[str], str]:
-    checked = io.verify_embeddings(path) if verify else 0
     attrs, items = io.h5_summary(path, rows)
     meta = json.loads(attrs.pop(io.META_KEY)) if io.META_KEY in attrs else {}
+    verifier = io.verify_tokens if meta.get("kind") == "tokens" else io.verify_embeddings
+    checked = verifier(path) if verify else 0
     out = [f"{path}  (HDF5, {len(items)} datasets)", "datasets:"]
     out += [f"  {name}: shape {shape}, {dtype}" for name, shape, dtype, _ in items]
     out += ["attributes:"] + [f"  {k}: {v}" for k, v in sorted(attrs.items())] + _format_meta(meta)

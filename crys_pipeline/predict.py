@@ -255,43 +255,70 @@ def text_settings(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
 
 
 def describe_texts(crystals: list[Crystal], describe_params: dict[str, Any], global_header: bool,
-                   variant: str) -> list[tuple[str | None, str]]:
-    """(text of `variant` or None, problem) per crystal, with robocrys settings as in training."""
+                   cache: dict) -> list[tuple[dict[str, str] | None, str]]:
+    """(texts {full, global, local} or None, problem) per crystal, with robocrys settings as in training (cached)."""
     from crys_pipeline.describe import describe_structures
     from crys_pipeline.schemas import STATUS_OK
     from crys_pipeline.sections import split_row
     from crys_pipeline.settings import DescribeSettings
 
-    settings = DescribeSettings(**_only_fields(DescribeSettings, describe_params))
-    rows = describe_structures([(c.material_id, c.structure) for c in crystals], settings, workers=1)
-    out: list[tuple[str | None, str]] = []
-    for row in rows:
-        if row["status"] != STATUS_OK:
-            out.append((None, f"description {row['status']}: {row['error']}"))
-        else:
-            out.append((split_row(row, global_header)[variant], ""))
-    return out
+    key = repr(("describe", sorted(describe_params.items()), global_header))
+    if key not in cache:
+        settings = DescribeSettings(**_only_fields(DescribeSettings, describe_params))
+        rows = describe_structures([(c.material_id, c.structure) for c in crystals], settings, workers=1)
+        cache[key] = [(None, f"description {row['status']}: {row['error']}") if row["status"] != STATUS_OK
+                      else (split_row(row, global_header), "") for row in rows]
+    return cache[key]
 
 
-def _featurize_text(trained: TrainedModel, crystals: list[Crystal], variant: str, cache: dict) -> np.ndarray:
-    """float32 [n, D] embeddings (rows of crystals whose description failed are NaN)."""
+def _encoder(encoder_cfg: dict[str, Any], cache: dict) -> Any:
+    """The run's text encoder on the CPU, loaded once per prediction."""
     from crys_pipeline.embed import TextEncoder
     from crys_pipeline.settings import EmbedSettings
 
-    encoder_cfg, describe_params, header = text_settings(trained.meta)
-    key = repr((sorted(encoder_cfg.items()), sorted(describe_params.items()), header, variant))
+    key = repr(("encoder", sorted(encoder_cfg.items())))
     if key not in cache:
-        texts = describe_texts(crystals, describe_params, header, variant)
-        encoder = TextEncoder(EmbedSettings(**_only_fields(EmbedSettings, {**encoder_cfg, "device": "cpu"})))
-        emb, _, truncated = encoder.encode([t or "" for t, _ in texts])
+        cache[key] = TextEncoder(EmbedSettings(**_only_fields(EmbedSettings, {**encoder_cfg, "device": "cpu"})))
+    return cache[key]
+
+
+def _featurize_text(trained: TrainedModel, crystals: list[Crystal], text_view: str, cache: dict) -> np.ndarray:
+    """float32 [n, D] embeddings (rows of crystals whose description failed are NaN)."""
+    encoder_cfg, describe_params, header = text_settings(trained.meta)
+    key = repr((sorted(encoder_cfg.items()), sorted(describe_params.items()), header, text_view))
+    if key not in cache:
+        texts = [(t[text_view] if t else None, problem) for t, problem in
+                 describe_texts(crystals, describe_params, header, cache)]
+        emb, _, truncated = _encoder(encoder_cfg, cache).encode([t or "" for t, _ in texts])
         for i, (text, problem) in enumerate(texts):
             if text is None:
                 emb[i] = np.nan
             if problem or truncated[i]:
                 crystals[i].flags.append(problem
-                                         or f"{variant} text truncated at {encoder_cfg.get('max_length')} tokens")
+                                         or f"{text_view} text truncated at {encoder_cfg.get('max_length')} tokens")
         cache[key] = emb
     return cache[key]
+
+
+def _featurize_tokens(trained: TrainedModel, crystals: list[Crystal], cache: dict) -> list[np.ndarray | None]:
+    """Per crystal the float16 [T, D] states of the tokens the model reads (None where the description failed).
+
+    The `tokens` stage's own functions on the full text: the same tokens, categories and token set as in training.
+    """
+    from crys_pipeline import tokens
+    from crys_pipeline.attention.tagging import section_text
+
+    encoder_cfg, describe_params, header = text_settings(trained.meta)
+    token_set = trained.meta["embedding_attrs"]["tokens"]["token_set"]
+    encoder = _encoder(encoder_cfg, cache)
+    texts = describe_texts(crystals, describe_params, header, cache)
+    ok = [i for i, (t, _) in enumerate(texts) if t is not None]
+    items = [section_text({"material_id": crystals[i].material_id, **texts[i][0]}, "full", encoder.normalize)
+             for i in ok]
+    out: list[np.ndarray | None] = [None] * len(crystals)
+    for j, states in tokens.encode(encoder, tokens.tokenize(encoder, items), token_set):
+        out[ok[j]] = states["states"]
+    return out
 
 
 def predict_crystals(trained: TrainedModel, crystals: list[Crystal], cache: dict) -> None:
@@ -305,7 +332,9 @@ def predict_crystals(trained: TrainedModel, crystals: list[Crystal], cache: dict
     spec = VARIANTS[trained.meta["variant"]]
     usable = [c for c in crystals if c.structure is not None]
     text = _featurize_text(trained, usable, spec.text_view, cache) if spec.text_view else None
-    keep = [i for i in range(len(usable)) if text is None or np.isfinite(text[i]).all()]
+    states = _featurize_tokens(trained, usable, cache) if spec.tokens else None
+    keep = [i for i in range(len(usable)) if (text is None or np.isfinite(text[i]).all())
+            and (states is None or states[i] is not None)]
     for i in set(range(len(usable))) - set(keep):
         usable[i].predictions[trained.name] = None
     if not keep:
@@ -316,7 +345,8 @@ def predict_crystals(trained: TrainedModel, crystals: list[Crystal], cache: dict
         graphs = cache.setdefault(gkey, [graph_arrays(c, trained.meta["graph_params"]) for c in usable])
         graphs = [graphs[i] for i in keep]
     data = SplitData(ids=[usable[i].material_id for i in keep], y=np.zeros(len(keep)), graphs=graphs,
-                     text=None if text is None else text[keep])
+                     text=None if text is None else text[keep],
+                     tokens=None if states is None else [states[i] for i in keep])
     _ids, _, preds = predict_loader(trained.model, make_loader(data, batch_size=64), torch.device("cpu"))
     for i, value in zip(keep, preds, strict=True):
         usable[i].predictions[trained.name] = float(value)

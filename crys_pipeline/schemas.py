@@ -266,7 +266,54 @@ EMBEDDINGS = H5Layout(
     required_attrs=("model", "revision", "pooling", "max_length", "normalizer", "dtype", "dim", "versions", "digests"),
 )
 
-H5: dict[str, H5Layout] = {EMBEDDINGS.kind: EMBEDDINGS}
+
+@dataclass(frozen=True)
+class RaggedH5Layout:
+    """Datasets of an HDF5 artifact holding a variable number of items per material (the token states).
+
+    Material i owns items ``start[i] : start[i] + count[i]`` of every item dataset, ``start`` being the running
+    sum of the row dataset named by `count`: only real items are stored, never padding.
+
+    Attributes:
+        kind: artifact kind name stamped in the metadata.
+        description: one line for `crys-pipeline inspect` and the docs.
+        row_datasets: dataset name -> dtype ("str" = UTF-8 strings) of the [N] per-material datasets.
+        item_datasets: dataset name -> (dtype, width): [M] for width 1, [M, width] otherwise, [M, D] for width
+            ``WIDTH_DIM`` (D the file's `dim` attribute); M = the sum of `count`.
+        count: the row dataset holding each material's number of items.
+        required_attrs: root attributes every file must carry (besides META_KEY).
+    """
+
+    kind: str
+    description: str
+    row_datasets: dict[str, str]
+    item_datasets: dict[str, tuple[str, int]]
+    count: str
+    required_attrs: tuple[str, ...] = field(default_factory=tuple)
+
+    def datasets(self) -> list[str]:
+        """Every dataset name, rows first."""
+        return [*self.row_datasets, *self.item_datasets]
+
+
+#: `RaggedH5Layout.item_datasets` width meaning "the file's `dim` attribute".
+WIDTH_DIM = -1
+
+TOKENS = RaggedH5Layout(
+    kind="tokens",
+    description="one row per material of the sections table: the frozen encoder's last-layer state of every real "
+    "token of the full text (float16, no padding; the attention mask of a padded batch is t < n_tokens), with its "
+    "id, character span and word in the normalised text and its attention-stage category (docs/method.md §11.1)",
+    row_datasets={"material_id": "str", "status": "str", "error": "str", "text": "str", "global_len": "int32",
+                  "n_tokens": "int32", "token_count": "int32", "truncated": "bool"},
+    item_datasets={"states": ("float16", WIDTH_DIM), "input_ids": ("int32", 1), "offsets": ("int32", 2),
+                   "word_ids": ("int32", 1), "category": ("int8", 1)},
+    count="n_tokens",
+    required_attrs=("model", "revision", "max_length", "normalizer", "dim", "keep", "categories", "versions",
+                    "digests"),
+)
+
+H5: dict[str, H5Layout | RaggedH5Layout] = {EMBEDDINGS.kind: EMBEDDINGS, TOKENS.kind: TOKENS}
 
 #: JSON value types of a `JsonLayout` key: type name -> accepted Python types (bool is never an int or number).
 JSON_TYPES: dict[str, tuple[type, ...]] = {

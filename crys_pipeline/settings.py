@@ -27,6 +27,7 @@ from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
 from crys_pipeline.schemas import TEXT_VIEWS
+from crys_pipeline.variants import TOKEN_SETS
 
 JOB = "job"
 WORKFLOW = "workflow"
@@ -137,6 +138,18 @@ class EmbedSettings(Settings):
 
 #: EmbedSettings fields that decide what the encoder computes for one text (the attention analysis uses these).
 ENCODER_FIELDS = ("model", "revision", "max_length", "normalizer", "device")
+#: EmbedSettings fields of the `tokens` stage: the encoder of the [CLS] embeddings, run the same way.
+TOKEN_ENCODER_FIELDS = (*ENCODER_FIELDS, "precision", "token_budget")
+
+
+@dataclass(frozen=True)
+class TokenSettings(Settings):
+    """Token states of the frozen encoder for the cross-attention fusion (its encoder is the embed block's)."""
+
+    keep: str = setting("all", "Tokens stored per text: all (every real token of the full text) | tagged (only "
+                        "those the attention stage tags as formula, mineral, crystal system, space group, "
+                        "dimensionality, site, geometry, bond length or number: the reduction for paper scale, "
+                        "docs/method.md §11.1)", choices=TOKEN_SETS)
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,8 @@ class AttentionSettings(Settings):
     sample: int | None = setting(50, "Materials of the summary, drawn from the ok sections rows with `seed`; "
                                  "null = all", minimum=1)
     seed: int = setting(0, "Sampling seed (numpy default_rng)")
+    cross_materials: int = setting(4, "Test materials (the first by id) whose atoms' cross-attention over their text "
+                                   "is drawn for a crysmmnet_xattn run (docs/method.md §11.4)", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,8 @@ class ModelSettings(Settings):
     gcn_layers: int = setting(4, "Edge-gated GCN layers (paper: 4)", minimum=0)
     readout: str = setting("mean", "Per-crystal pooling of the ALIGNN and CGCNN encoders: mean (the released code) | "
                            "sum (paper Eq. 5); MEGNet and GATGNN keep their own", choices=READOUTS)
+    fusion_heads: int = setting(4, "Attention heads of the cross-attention fusion (crysmmnet_xattn*; must divide "
+                                "hidden_features)", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -219,7 +236,8 @@ class TrainSettings(Settings):
 #: config.yaml block -> its settings class.
 STAGES: dict[str, type] = {
     "splits": SplitSettings, "describe": DescribeSettings, "sections": SectionsSettings, "embed": EmbedSettings,
-    "attention": AttentionSettings, "graphs": GraphSettings, "model": ModelSettings, "train": TrainSettings,
+    "attention": AttentionSettings, "tokens": TokenSettings, "graphs": GraphSettings, "model": ModelSettings,
+    "train": TrainSettings,
 }
 
 

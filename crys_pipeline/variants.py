@@ -4,6 +4,11 @@ A variant is a graph encoder (or none), a cached text view (or none) and the hea
 - graph + text (CrysMMNet and its Table 5/6 ablations): the fusion head of ``model.head`` (code | paper);
 - text only (CrysTextNet): the projection of the text vector and a small MLP;
 - graph only (the baselines): the original model's own output layer, so they are the published architectures.
+
+Beyond CrysMMNet's late concatenation, ``fusion`` says how else the text reaches the ALIGNN graph
+(docs/method.md §11): `film` (the [CLS] vector scales and shifts the node and edge features before every layer)
+or `cross_attention` (the atoms attend to the text's token states, cached by the `tokens` stage; ``tokens`` says
+which of them the model reads).
 """
 
 from __future__ import annotations
@@ -11,6 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GRAPH_ENCODERS = ("alignn", "cgcnn", "megnet", "gatgnn")
+#: How the text reaches the graph besides the late concatenation (docs/method.md §11).
+FUSIONS = ("concat", "film", "cross_attention")
+#: Which cached token states a cross-attention variant reads: every real token, or those the attention stage
+#: tags as naming something (`crys_pipeline.tokens.TAGGED`; the reduction of docs/method.md §11.1).
+TOKEN_SETS = ("all", "tagged")
 
 
 @dataclass(frozen=True)
@@ -21,10 +31,23 @@ class Variant:
         graph_encoder: one of ``GRAPH_ENCODERS``, or None for text only.
         text_view: the cached text embedding it reads, one of ``schemas.TEXT_VIEWS`` ("full" | "global" |
             "local"), or None for graph only.
+        fusion: one of ``FUSIONS``; `film` and `cross_attention` need the ALIGNN encoder and a text view.
+        tokens: one of ``TOKEN_SETS`` for `cross_attention` (the token states it reads), else None.
     """
 
     graph_encoder: str | None
     text_view: str | None
+    fusion: str = "concat"
+    tokens: str | None = None
+
+    def __post_init__(self) -> None:
+        """Raise ValueError for a combination no model implements."""
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+        if self.fusion != "concat" and (self.graph_encoder != "alignn" or self.text_view is None):
+            raise ValueError(f"fusion {self.fusion!r} needs the ALIGNN encoder and a text view")
+        if (self.tokens is not None) != (self.fusion == "cross_attention") or self.tokens not in (None, *TOKEN_SETS):
+            raise ValueError(f"tokens {self.tokens!r}: one of {TOKEN_SETS} for cross_attention, else None")
 
 
 VARIANTS: dict[str, Variant] = {
@@ -39,6 +62,9 @@ VARIANTS: dict[str, Variant] = {
     "crysmmnet_megnet": Variant("megnet", "full"),
     "gatgnn": Variant("gatgnn", None),
     "crysmmnet_gatgnn": Variant("gatgnn", "full"),
+    "crysmmnet_film": Variant("alignn", "full", fusion="film"),
+    "crysmmnet_xattn": Variant("alignn", "full", fusion="cross_attention", tokens="all"),
+    "crysmmnet_xattn_tagged": Variant("alignn", "full", fusion="cross_attention", tokens="tagged"),
 }
 
 @dataclass(frozen=True)
@@ -66,6 +92,11 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("crysmmnet", "crystextnet", "the ALIGNN graph added to text"),
     Comparison("crysmmnet_global", "crysmmnet", "global text instead of the full text"),
     Comparison("crysmmnet_local", "crysmmnet", "local text instead of the full text"),
+    Comparison("crysmmnet_film", "crysmmnet", "the [CLS] vector steering every graph layer, added to CrysMMNet"),
+    Comparison("crysmmnet_film", "alignn", "text steering every graph layer and joining the head, added to ALIGNN"),
+    Comparison("crysmmnet_xattn", "crysmmnet", "atoms attending to the text's tokens, added to CrysMMNet"),
+    Comparison("crysmmnet_xattn", "alignn", "text as tokens the atoms attend to and as [CLS], added to ALIGNN"),
+    Comparison("crysmmnet_xattn_tagged", "crysmmnet_xattn", "only the tagged tokens (the reduction) instead of all"),
 )
 
 

@@ -17,7 +17,7 @@ from conftest import REPO, absolute_snapshots, snakemake_in
 from test_folder import make_example
 
 DOCS = ["README.md", "config.yaml", "config/tiny.yaml", "config/paper.yaml", "config/example_folder.yaml",
-        "profiles/slurm/config.yaml", "profiles/default/config.yaml"]
+        "config/fusion_gpu.yaml", "profiles/slurm/config.yaml", "profiles/default/config.yaml"]
 
 
 def documented(tool: str) -> list[str]:

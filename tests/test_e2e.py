@@ -1,4 +1,4 @@
-"""End to end: a tiny real-data config through every stage to all six tables (slow; CI runs it).
+"""End to end: a tiny real-data config through every stage to all six tables and the fusion table (slow; CI).
 
 A few dozen real JARVIS and MP structures (the ../shared/data tiny files as the local snapshot), the
 offline text model, 2 epochs of a small model. Checks every artifact against its schema and that every
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 SUBSET = {"train": 12, "val": 4, "test": 4}
 TABLE5 = ["cgcnn", "crysmmnet_cgcnn", "megnet", "crysmmnet_megnet", "gatgnn", "crysmmnet_gatgnn"]
+FUSION = ["alignn", "crysmmnet", "crysmmnet_film", "crysmmnet_xattn"]
 
 
 def tiny_config(snapshot: Path) -> dict:
@@ -41,6 +42,7 @@ def tiny_config(snapshot: Path) -> dict:
         "table5": {**jarvis, "targets": ["formation_energy_peratom"], "variants": TABLE5},
         "table6": {**jarvis, "targets": ["formation_energy_peratom"],
                    "variants": ["crysmmnet_global", "crysmmnet_local"]},
+        "fusion": {**jarvis, "targets": ["formation_energy_peratom"], "variants": FUSION},
     }
     return cfg
 
@@ -107,6 +109,10 @@ def test_all_six_tables_and_second_run_does_nothing(finished_run: Path) -> None:
         assert (finished_run / f"results/table{n}.md").read_text().count("|") > 10
         if n == 5:
             assert [row["variant"] for row in rows] == TABLE5 and all(row["paper_mae"] for row in rows)
+    with open(finished_run / "results/fusion.csv") as handle:
+        fusion = list(csv.DictReader(handle))
+    assert {row["variant"] for row in fusion} == set(FUSION) and all(row["verdict"] for row in fusion)
+    assert (finished_run / "results/fusion.md").read_text().startswith("## Fusion beyond one [CLS] vector")
     again = run_snakemake(finished_run, "all", "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -82,7 +82,7 @@ def test_paper_config_plans_through_snakemake_validation(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("overlays", [(), ("config/paper.yaml",), ("config/tiny.yaml",),
-                                      ("config/example_folder.yaml",)])
+                                      ("config/example_folder.yaml",), ("config/fusion_gpu.yaml",)])
 def test_shipped_configs_validate_merged(overlays: tuple[str, ...], tmp_path: Path) -> None:
     from test_folder import make_example
 
@@ -97,7 +97,7 @@ def test_shipped_configs_validate_merged(overlays: tuple[str, ...], tmp_path: Pa
 
 def test_overlays_hold_only_what_differs() -> None:
     base = yaml.safe_load((REPO / "config.yaml").read_text())
-    for overlay in ("config/paper.yaml", "config/tiny.yaml", "config/example_folder.yaml"):
+    for overlay in ("config/paper.yaml", "config/tiny.yaml", "config/example_folder.yaml", "config/fusion_gpu.yaml"):
         same = [path for path, value in leaves(yaml.safe_load((REPO / overlay).read_text())).items()
                 if leaves(base).get(path, object()) == value]
         assert not same, f"{overlay} repeats config.yaml's values at {same}"

@@ -72,7 +72,12 @@ def _draw_boxes(
     ax.add_collection(LineCollection(segments, colors="tab:blue", linewidths=1.2))
 
 
-def _draw_colour_bar(fig: Any, norm: Any, cmap: Any, wrap: int, size_in: tuple[float, float]) -> None:
+#: The colour bar's label of a [CLS] attention word plot.
+CLS_LABEL = "[CLS] attention per word (sum over its pieces, mean over heads)"
+
+
+def _draw_colour_bar(fig: Any, norm: Any, cmap: Any, wrap: int, size_in: tuple[float, float],
+                     label: str = CLS_LABEL) -> None:
     """Horizontal colour bar of the word weights below the text of a `plot_words` figure."""
     from matplotlib.cm import ScalarMappable
 
@@ -84,7 +89,7 @@ def _draw_colour_bar(fig: Any, norm: Any, cmap: Any, wrap: int, size_in: tuple[f
     bar = fig.colorbar(
         ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal", ticks=ticks, format="%.2g"
     )
-    bar.set_label("[CLS] attention per word (sum over its pieces, mean over heads)", fontsize=8)
+    bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
 
 
@@ -98,6 +103,7 @@ def plot_words(
     title: str,
     path: Path,
     wrap: int = 110,
+    bar_label: str = CLS_LABEL,
 ) -> None:
     """Draw the text word by word, each word's box coloured by its attention weight.
 
@@ -110,6 +116,7 @@ def plot_words(
         title: figure title (names the material, layer and encoder).
         path: PNG to write.
         wrap: characters per line.
+        bar_label: what the colour scale shows.
     """
     from matplotlib import colormaps
     from matplotlib.colors import PowerNorm
@@ -136,7 +143,7 @@ def plot_words(
     ax.set_ylim(n_lines - 0.5, -0.5)
     ax.axis("off")
     _draw_boxes(ax, boxes, underlines)
-    _draw_colour_bar(fig, norm, cmap, wrap, (width_in, height_in))
+    _draw_colour_bar(fig, norm, cmap, wrap, (width_in, height_in), bar_label)
     legend = "blue underline: global section; grey: special tokens (value shown, off the colour scale)"
     fig.suptitle(
         f"{title}\n{legend}", fontsize=9, x=0.3 / width_in, ha="left", y=1 - 0.08 / height_in, va="top"

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from crys_pipeline.cli import attention, data, runs
+from crys_pipeline.cli import attention, data, fusion, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for add in (*data.SUBCOMMANDS, *runs.SUBCOMMANDS, *attention.SUBCOMMANDS):
+    for add in (*data.SUBCOMMANDS, *runs.SUBCOMMANDS, *attention.SUBCOMMANDS, *fusion.SUBCOMMANDS):
         add(sub)
     return parser
 

@@ -30,6 +30,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=Path, required=True, help="results/splits/{source}/{target}/{regime}.json")
     p.add_argument("--graphs", type=optional_path, default=None, help="graph shard folder; '' = not used")
     p.add_argument("--embeddings", type=optional_path, default=None, help="embeddings HDF5; '' = not used")
+    p.add_argument("--tokens", type=optional_path, default=None,
+                   help="token-states HDF5 (cross-attention variants); '' = not used")
     p.add_argument("--target", required=True)
     p.add_argument("--variant", required=True, choices=list(VARIANTS), help="model variant")
     p.add_argument("--seed", type=int, required=True, help="model seed (torch, numpy, random)")
@@ -47,7 +49,7 @@ def _run_train(a: argparse.Namespace) -> None:
     cfg = settings.from_arguments(train.TrainConfig, a, {"target": a.target, "variant": a.variant, "seed": a.seed,
                                                          "model": model, "threads": a.threads})
     train.train(a.structures, split=a.split, graphs=a.graphs, embeddings=a.embeddings, out_dir=a.out_dir,
-                cfg=cfg)
+                cfg=cfg, tokens=a.tokens)
 
 
 # --- predict --------------------------------------------------------------------------------------
@@ -142,8 +144,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         description="Per property a parity plot (test split, one panel per variant) and learning curves "
         "(val/test MAE per epoch), and per table a summary of our MAE against the paper's.",
     )
-    p.add_argument("--table", dest="tables", type=Path, action="append", required=True, metavar="CSV",
+    p.add_argument("--table", dest="tables", type=Path, action="append", default=[], metavar="CSV",
                    help="a table CSV written by `crys-pipeline tables` (repeat per table)")
+    p.add_argument("--fusion", type=Path, default=None, help="results/fusion.md, the fusion section to include")
     p.add_argument("--comparisons", type=Path, required=True, help="results/comparisons.csv of those tables")
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--fig-dir", type=Path, required=True, help="folder for the PNGs")
@@ -154,7 +157,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(a: argparse.Namespace) -> None:
     from crys_pipeline import report
 
-    report.build_report(a.tables, comparisons=a.comparisons, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir)
+    report.build_report(a.tables, comparisons=a.comparisons, summaries=a.runs, out_md=a.out_md, fig_dir=a.fig_dir,
+                        fusion=a.fusion)
 
 
 # --- export-leaderboard ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ half-written artifact under its final name. Readers validate the layout declared
 the checksums and, when asked, that the file was made with the expected parameters: a stale, foreign
 or damaged file is one ArtifactError naming the path and the fix, never a silent wrong value.
 Modules: `core` (stamps, atomic writes, JSON, text, torch), `parquet`, `graph_shards` (the graph
-layout's row codec and shard-folder reader), `hdf5`.
+layout's row codec and shard-folder reader), `hdf5` (the embeddings), `tokens` (the token states).
 """
 
 from crys_pipeline.io.core import (
@@ -47,13 +47,15 @@ from crys_pipeline.io.parquet import (
     read_parquet,
     write_parquet,
 )
+from crys_pipeline.io.tokens import TokenFileWriter, TokenStates, read_tokens, verify_tokens, write_token_file
 from crys_pipeline.schemas import META_KEY
 
 __all__ = [
     "CHECKSUM_KEY", "META_KEY", "ArtifactError", "DiskFullError", "EmbeddingsPartial", "GraphArrays",
+    "TokenFileWriter", "TokenStates",
     "check_lineage", "check_meta", "corrupt", "decode_graphs", "encode_graphs", "h5_summary", "naming_a_full_disk",
     "np_dtype", "open_embeddings_partial", "parquet_head", "partial_path", "read_embedding_flags", "read_embeddings",
-    "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_torch",
-    "sha256_file", "verify_embeddings", "verify_files", "write_atomic", "write_json", "write_parquet", "write_text",
-    "write_torch",
+    "read_graph_dir", "read_json", "read_jsonl", "read_meta", "read_model_json", "read_parquet", "read_tokens",
+    "read_torch", "sha256_file", "verify_embeddings", "verify_files", "verify_tokens", "write_atomic", "write_json",
+    "write_parquet", "write_text", "write_token_file", "write_torch",
 ]

@@ -9,6 +9,7 @@ of each graph are built once per forward (``fused.EdgePlan``) and shared by all 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,6 +18,8 @@ from crys_pipeline.models.fused import EdgePlan, edge_plan, eggc
 from crys_pipeline.models.layers import AtomFeatures, MLPLayer, RBFExpansion, readout
 from crys_pipeline.models.line_graph import line_graph
 
+#: A per-layer hook of ``ALIGNNEncoder.atom_states``: (layer index, h [N, H], e [E, H]) -> (h, e).
+Condition = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 #: Reference names of the node-side maps, in the order of ``EdgeGatedGraphConv.node_linear``'s blocks.
 NODE_BLOCKS = ("src_gate", "dst_update", "dst_gate", "src_update")
 
@@ -177,6 +180,10 @@ class ALIGNNEncoder(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """Encode a torch_geometric Batch into pooled crystal vectors [B, H]."""
+        return readout(self.atom_states(batch), batch=batch.batch, num_graphs=batch.num_graphs, reduce=self.reduce)
+
+    def atom_states(self, batch, condition: Condition | None = None) -> torch.Tensor:
+        """Atom features [N, H] after every layer; `condition(l, h, e) -> (h, e)` runs before layer l (FiLM, §11)."""
         edge_index, edge_vec = batch.edge_index, batch.edge_vec
         h = self.atom_embedding(self.atom_features(batch.z))
         e = self.edge_embedding(torch.linalg.vector_norm(edge_vec, dim=1))
@@ -185,8 +192,10 @@ class ALIGNNEncoder(nn.Module):
             lg_index, cos = line_graph(edge_index, edge_vec, h.shape[0])
             t = self.angle_embedding(cos)
             angles = edge_plan(lg_index, e.shape[0])
-            for layer in self.alignn_layers:
+            for i, layer in enumerate(self.alignn_layers):
+                h, e = condition(i, h, e) if condition else (h, e)
                 h, e, t = layer(h, e, t, crystal, angles)
-        for layer in self.gcn_layers:
+        for i, layer in enumerate(self.gcn_layers, start=len(self.alignn_layers)):
+            h, e = condition(i, h, e) if condition else (h, e)
             h, e = layer(h, e, crystal)
-        return readout(h, batch=batch.batch, num_graphs=batch.num_graphs, reduce=self.reduce)
+        return h

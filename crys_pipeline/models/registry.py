@@ -11,6 +11,8 @@ Heads (documented choices):
 - graph + text, head "code" (reference): PH_G(z_G) ; PH_768(c) -> Lin(128, 64) -> ReLU -> Lin(64, 1).
 - graph + text, head "paper": z_G = pooled vector as is ; Lin(768, 128)-ReLU-Lin(128, 64) -> MLP(G + 64).
 - text only (CrysTextNet, A1): PH_768 (or the paper projection) -> Lin(64, 64) -> ReLU -> Lin(64, 1).
+- text inside the graph (crysmmnet_film, crysmmnet_xattn*, docs/method.md §11): the ALIGNN encoder wrapped by
+  ``fusion.FiLMALIGNN`` or ``fusion.CrossAttentionALIGNN``, then the code/paper head of graph + text.
 - graph only (alignn, cgcnn, megnet, gatgnn): the original model's own head, one Linear(G, 1) on the
   pooled vector (ALIGNN's ``fc``; CGCNN's ``fc_out`` after ``conv_to_fc``; MEGNet's output Dense after
   its Dense(32)-Dense(16); GATGNN's ``out`` after its two extra layers), so the baselines are the published
@@ -29,6 +31,7 @@ from torch import nn
 from crys_pipeline.models.alignn import ALIGNNEncoder
 from crys_pipeline.models.cgcnn import CGCNNEncoder
 from crys_pipeline.models.crysmmnet import PropertyModel, TargetScale
+from crys_pipeline.models.fusion import CrossAttentionALIGNN, FiLMALIGNN
 from crys_pipeline.models.gatgnn import GATGNNEncoder
 from crys_pipeline.models.layers import FusionMLP, PaperTextProjection, ProjectionHead
 from crys_pipeline.models.megnet import MEGNetEncoder
@@ -101,6 +104,15 @@ def _text_projection(head: str, text_dim: int) -> nn.Module:
     return PaperTextProjection(text_dim, projection_dim=PROJECTION_DIM)
 
 
+def _with_text(spec: Variant, encoder: nn.Module, settings: ModelSettings, text_dim: int) -> nn.Module:
+    """The ALIGNN encoder with the text inside it (docs/method.md §11), or as it is for `concat`."""
+    if spec.fusion == "film":
+        return FiLMALIGNN(encoder, text_dim)
+    if spec.fusion == "cross_attention":
+        return CrossAttentionALIGNN(encoder, text_dim, settings.fusion_heads)
+    return encoder
+
+
 def _heads(spec: Variant, settings: ModelSettings, encoder: nn.Module | None,
            text_dim: int) -> tuple[nn.Module | None, nn.Module | None, nn.Module]:
     """(graph projection, text projection, head) that join the variant's inputs, built in this order (seeded init)."""
@@ -143,7 +155,9 @@ def build_model(
     spec = lookup_variant(variant)
     scaling = dict(target_scaling or NO_SCALING)
     config = {"variant": variant, "text_dim": text_dim, **asdict(settings), "target_scaling": scaling}
-    encoder = ENCODERS[spec.graph_encoder](atom_table, settings) if spec.graph_encoder is not None else None
+    encoder = None
+    if spec.graph_encoder is not None:
+        encoder = _with_text(spec, ENCODERS[spec.graph_encoder](atom_table, settings), settings, text_dim)
     return PropertyModel(config, encoder, *_heads(spec, settings, encoder, text_dim),
                          TargetScale(scaling["shift"], scaling["scale"]))
 

@@ -105,6 +105,7 @@ def train(
     embeddings: Path | None,
     out_dir: Path,
     cfg: TrainConfig,
+    tokens: Path | None = None,
 ) -> dict[str, Any]:
     """Run one training job end to end; returns the summary written to `out_dir/summary.json`.
 
@@ -115,6 +116,7 @@ def train(
         embeddings: embeddings HDF5 (variants with text) or None.
         out_dir: run folder; holds the checkpoint while training.
         cfg: hyper-parameters and run settings.
+        tokens: token-states HDF5 (cross-attention variants) or None.
 
     Raises:
         ValueError: the inputs do not fit the variant, or nothing is left to train on.
@@ -123,9 +125,12 @@ def train(
     from crys_pipeline.devices import keep_cpu_memory, resolve_device, set_threads
 
     spec = variant(cfg.variant)
-    if (graphs is None) != (spec.graph_encoder is None) or (embeddings is None) != (spec.text_view is None):
-        raise ValueError(f"variant {cfg.variant} needs graphs={spec.graph_encoder is not None} and "
-                         f"embeddings={spec.text_view is not None}; got graphs={graphs}, embeddings={embeddings}")
+    needs = {"graphs": spec.graph_encoder is not None, "embeddings": spec.text_view is not None,
+             "tokens": spec.tokens is not None}
+    given = {"graphs": graphs, "embeddings": embeddings, "tokens": tokens}
+    if any((given[k] is not None) != need for k, need in needs.items()):
+        raise ValueError(f"variant {cfg.variant} needs {', '.join(f'{k}={v}' for k, v in needs.items())}; got "
+                         f"{', '.join(f'{k}={v}' for k, v in given.items())}")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
@@ -133,7 +138,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = load_training_data(structures, split=split, target=cfg.target, graphs=graphs,
-                              embeddings=embeddings, text_view=spec.text_view)
+                              embeddings=embeddings, text_view=spec.text_view, tokens=tokens,
+                              token_set=spec.tokens)
     load_seconds = time.perf_counter() - start
     session, state = fit(data, cfg, out_dir, device)
     summary = write_outputs(session, state, cfg=cfg, data=data, out_dir=out_dir, wall=load_seconds + state.wall_seconds)

@@ -6,9 +6,10 @@ by material id **after** the split (docs/method.md §1.2): a split member whose 
 failed or whose text failed upstream (or is missing) is dropped and listed with its reason, never
 silently. An ok material with an empty text section keeps its (empty-string) embedding.
 `CrystalDataset` turns one split into torch_geometric `Data` items (z, edge_index, edge_vec, y,
-text_emb, material_id); the standard PyG collation batches them (the model builds the line graph
-inside its forward pass). Text-only variants yield items without nodes. Material ids travel with
-every batch (`batch.material_id`), so predictions can never be misaligned with their targets.
+text_emb, material_id, and for cross-attention variants the token states `tokens` [T, D] with `n_tokens`); the
+standard PyG collation batches them (the model builds the line graph inside its forward pass). Text-only
+variants yield items without nodes. Material ids travel with every batch (`batch.material_id`), so predictions
+can never be misaligned with their targets.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 
 from crys_pipeline import io
 from crys_pipeline.io import GraphArrays
+from crys_pipeline.tokens import read_token_states
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,14 @@ class SplitData:
         y: float64 [n] target values.
         graphs: per-material graph arrays, or None for text-only variants.
         text: float32 [n, D] cached text embeddings, or None for graph-only variants.
+        tokens: per material its float16 [T_i, D] token states (cross-attention variants), else None.
     """
 
     ids: list[str]
     y: np.ndarray
     graphs: list[GraphArrays] | None
     text: np.ndarray | None
+    tokens: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -80,7 +84,7 @@ def _graph_shards(graphs: Path) -> list[Path]:
 
 
 def input_hashes(
-    structures: Path, *, split: Path, graphs: Path | None, embeddings: Path | None
+    structures: Path, *, split: Path, graphs: Path | None, embeddings: Path | None, tokens: Path | None = None
 ) -> dict[str, str]:
     """sha256 of every input; the graph shards are combined (sorted by name) into one digest."""
     hashes = {"structures": io.sha256_file(structures), "split": io.sha256_file(split)}
@@ -91,6 +95,8 @@ def input_hashes(
         hashes["graphs"] = digest.hexdigest()
     if embeddings is not None:
         hashes["embeddings"] = io.sha256_file(embeddings)
+    if tokens is not None:
+        hashes["tokens"] = io.sha256_file(tokens)
     return hashes
 
 
@@ -173,8 +179,10 @@ def load_training_data(
     graphs: Path | None = None,
     embeddings: Path | None = None,
     text_view: str | None = None,
+    tokens: Path | None = None,
+    token_set: str | None = None,
 ) -> TrainingData:
-    """Join targets, graphs and embeddings over the members of a split file.
+    """Join targets, graphs, embeddings and token states over the members of a split file.
 
     Args:
         structures: results/structures/{source}.parquet (target values).
@@ -183,6 +191,8 @@ def load_training_data(
         graphs: graph shard folder, or None for text-only variants.
         embeddings: embeddings HDF5, or None for graph-only variants.
         text_view: `full`, `global` or `local`; required with `embeddings`.
+        tokens: token-states HDF5 (cross-attention variants; needs `embeddings` of the same texts and encoder).
+        token_set: which of its tokens to use, `all` or `tagged` (``tokens.read_token_states``).
 
     Raises:
         ValueError: the split belongs to another target, or `embeddings` is given without a text view.
@@ -199,7 +209,10 @@ def load_training_data(
     text_rows, matrix, text_failures, embed_attrs = None, None, {}, {}
     if embeddings is not None:
         text_rows, matrix, text_failures, embed_attrs = _load_text(embeddings, text_view)
-    hashes = input_hashes(structures, split=split, graphs=graphs, embeddings=embeddings)
+    token_rows, token_states = None, None
+    if tokens is not None:
+        token_rows, token_states, embed_attrs["tokens"] = read_token_states(tokens, token_set, embed_attrs)
+    hashes = input_hashes(structures, split=split, graphs=graphs, embeddings=embeddings, tokens=tokens)
     io.check_lineage(structures, {
         split: split_rec.get("structures_sha256"), **({graphs: graph_meta.get("structures_sha256")} if graphs else {}),
         **({embeddings: (embed_attrs.get("inputs") or {}).get("structures_sha256")} if embeddings else {}),
@@ -212,6 +225,8 @@ def load_training_data(
         for mid in split_rec[f"id_{name}"]:
             reason = _drop_reason(mid, targets=targets, graphs=graph_arrays, graph_failures=graph_failures,
                                   text_rows=text_rows, text_failures=text_failures)
+            if reason is None and token_rows is not None and mid not in token_rows:
+                reason = "token states missing"
             if reason is None:
                 keep.append(mid)
             else:
@@ -221,6 +236,7 @@ def load_training_data(
             y=np.array([targets[m] for m in keep], dtype=np.float64),
             graphs=[graph_arrays[m] for m in keep] if graph_arrays is not None else None,
             text=matrix[[text_rows[m] for m in keep]] if text_rows is not None else None,
+            tokens=[token_states(token_rows[m]) for m in keep] if token_rows is not None else None,
         )
     if dropped:
         log.warning("dropped %d split members after the split (reasons in the run summary)", len(dropped))
@@ -251,6 +267,9 @@ class CrystalDataset(Dataset):
         }
         if self.data.text is not None:
             item["text_emb"] = torch.from_numpy(self.data.text[index : index + 1])  # [1, D]
+        if self.data.tokens is not None:  # ragged: the collation concatenates them, n_tokens says whose they are
+            states = np.array(self.data.tokens[index])  # a copy: a view of the read-only memory-mapped file
+            item.update(tokens=torch.from_numpy(states), n_tokens=torch.tensor([states.shape[0]]))
         if self.data.graphs is not None:
             z, edge_index, edge_vec = self.data.graphs[index]
             # copies: the arrays are read-only views of the Arrow buffers

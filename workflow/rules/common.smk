@@ -76,7 +76,8 @@ def report_runs(wildcards):
 
 
 def train_inputs(wildcards):
-    """Exactly the artifacts one training job reads: graphs only for graph variants, embeddings only with text."""
+    """Exactly the artifacts one training job reads: graphs only for graph variants, embeddings only with text,
+    token states only for cross-attention variants."""
     inputs = {
         "structures": f"results/structures/{wildcards.source}.parquet",
         "split": f"results/splits/{wildcards.source}/{wildcards.target}/{wildcards.regime}.json",
@@ -86,6 +87,8 @@ def train_inputs(wildcards):
         inputs["graphs"] = f"results/graphs/{wildcards.source}"
     if variant.text_view:
         inputs["embeddings"] = f"results/embeddings/{wildcards.source}.h5"
+    if variant.tokens:
+        inputs["tokens"] = f"results/tokens/{wildcards.source}.h5"
     return inputs
 
 
@@ -193,3 +196,44 @@ def gpu_resources(device, jobs_per_gpu=1):
     if workflow.non_local_exec or jobs_per_gpu == 1:
         return 1, 100
     return 0, 100 // jobs_per_gpu
+
+
+def fusion_runs(wildcards):
+    """summary.json of every run of the `fusion` table."""
+    from types import SimpleNamespace
+
+    return table_runs(SimpleNamespace(table="fusion"))
+
+
+def fusion_spec(wildcards):
+    """The `fusion` table block as one JSON string (a rule param)."""
+    return json.dumps(config["tables"]["fusion"], sort_keys=True)
+
+
+def fusion_units(wildcards):
+    """{target: unit} of the `fusion` table's source as one JSON string (a rule param; the config's target order)."""
+    return json.dumps(units_of(config["tables"]["fusion"]["source"]))
+
+
+def fusion_attention(wildcards):
+    """The cross-attention summaries of the fusion table: per property, its first seed's run of each variant that
+    reads every token (docs/method.md §11.4), in the run's folder below results/fusion/attention/."""
+    block = config["tables"]["fusion"]
+    seed = config["train"]["seeds"][0]
+    return [
+        f"results/fusion/attention/{RunId(block['source'], t, v, block['regime'], seed).key}/summary.csv"
+        for t in table_targets("fusion")
+        for v in block["variants"]
+        if VARIANTS[v].tokens == "all"
+    ]
+
+
+def fusion_cls_attention(wildcards):
+    """The [CLS] attention summary shown beside the cross-attention shares (none without a cross-attention run)."""
+    source = config["tables"]["fusion"]["source"]
+    return [f"results/attention/{source}/summary.csv"] if fusion_attention(wildcards) else []
+
+
+def report_fusion(wildcards):
+    """The fusion section of the report, when the report covers the `fusion` table."""
+    return ["results/fusion.md"] if "fusion" in config["report"]["tables"] else []

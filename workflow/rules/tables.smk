@@ -21,7 +21,8 @@ rule tables:
 
 rule report:
     input:
-        tables=expand("results/{table}.csv", table=config["report"]["tables"]),
+        tables=expand("results/{table}.csv", table=[t for t in config["report"]["tables"] if t != "fusion"]),
+        fusion=report_fusion,
         comparisons="results/comparisons.csv",
         runs=report_runs,
     output:
@@ -33,6 +34,7 @@ rule report:
         "../../envs/torch.yaml"
     params:
         tables=lambda w, input: " ".join(f"--table {path}" for path in input.tables),
+        fusion=lambda w, input: " ".join(f"--fusion {path}" for path in input.fusion),
     shell:
-        "crys-pipeline report {params.tables} --comparisons {input.comparisons} --out-md {output.md}"
+        "crys-pipeline report {params.tables} {params.fusion} --comparisons {input.comparisons} --out-md {output.md}"
         " --fig-dir {output.figs} {input.runs} 2> {log}"

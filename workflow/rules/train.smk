@@ -28,11 +28,12 @@ rule train:
         out_dir=lambda w: RunId.of(w).folder(),
         graphs=lambda w, input: input.get("graphs", ""),
         embeddings=lambda w, input: input.get("embeddings", ""),
+        tokens=lambda w, input: input.get("tokens", ""),
         settings=settings_args("train"),
         model=settings_args("model"),
     shell:
         "crys-pipeline train --structures {input.structures} --split {input.split}"
-        " --graphs '{params.graphs}' --embeddings '{params.embeddings}'"
+        " --graphs '{params.graphs}' --embeddings '{params.embeddings}' --tokens '{params.tokens}'"
         " --target {wildcards.target} --variant {wildcards.variant} --seed {wildcards.seed}"
         " {params.settings} {params.model} --threads {threads}"
         " --out-dir {params.out_dir}"
