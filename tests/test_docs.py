@@ -17,7 +17,7 @@ from conftest import REPO, absolute_snapshots, snakemake_in
 from test_folder import make_example
 
 GUIDES = ["README.md", "CHANGELOG.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
-DOCS = [*GUIDES, "config.yaml", "config/tiny.yaml", "config/paper.yaml", "config/example_folder.yaml",
+DOCS = [*GUIDES, "config.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yaml")),
         "profiles/slurm/config.yaml", "profiles/default/config.yaml"]
 DOC_PAGES = ["docs/results.md", "docs/performance.md", "docs/artifacts.md", "docs/configuration.md", "docs/cluster.md",
              "docs/method.md"]
