@@ -118,7 +118,7 @@ def consumers(art: dict[str, Path], run: Path, encoder, scratch: Path) -> dict[s
         "embeddings": lambda: load_data(art), "graph shard": lambda: load_data(art),
         "summary.json": lambda: tables.assemble_table("table1", spec=spec, units={TARGET: "eV/atom"},
                                                       runs=[run / "summary.json"]),
-        "model.json": lambda: predict.load_trained_model(run), "model.pt": lambda: predict.load_run(run),
+        "model.json": lambda: predict.load_trained_model(run), "model.pt": lambda: predict.load_trained_model(run),
         "metrics.jsonl": lambda: run_results.load_run_result(run / "summary.json"),
         "predictions.parquet": lambda: run_results.load_run_result(run / "summary.json"),
     }

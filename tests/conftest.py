@@ -34,7 +34,7 @@ def default_config(*overlays: str) -> dict:
 
 def absolute_snapshots(cfg: dict) -> dict:
     """`cfg` with every relative `snapshot_dir` resolved against the repository (as if run from it)."""
-    for source in cfg["sources"].values():
+    for source in cfg.get("sources", {}).values():  # an overlay may leave the sources alone
         if source.get("snapshot_dir") and not Path(source["snapshot_dir"]).is_absolute():
             source["snapshot_dir"] = str((REPO / source["snapshot_dir"]).resolve())
     return cfg

@@ -16,8 +16,14 @@ import yaml
 from conftest import REPO, absolute_snapshots, snakemake_in
 from test_folder import make_example
 
-DOCS = ["README.md", "config.yaml", "config/tiny.yaml", "config/paper.yaml", "config/example_folder.yaml",
-        "config/fusion_gpu.yaml", "profiles/slurm/config.yaml", "profiles/default/config.yaml"]
+GUIDES = ["README.md", "CHANGELOG.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
+DOCS = [*GUIDES, "config.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yaml")),
+        "profiles/slurm/config.yaml", "profiles/default/config.yaml"]
+DOC_PAGES = ["docs/results.md", "docs/performance.md", "docs/artifacts.md", "docs/configuration.md", "docs/cluster.md",
+             "docs/method.md"]
+HISTORY = re.compile(r"\b(this round|earlier|once printed|previously|no longer|used to be|(?:was|were) (?:now|once)|"
+                     r"before (?:this|the last|these) (?:round|change|work))\b", re.IGNORECASE)
+LINK = re.compile(r"\[[^\]]+\]\(([^)\s]+)\)")
 
 
 def documented(tool: str) -> list[str]:
@@ -119,3 +125,41 @@ def test_citation_parser() -> None:
     text = "(docs/method.md §4.1-4.5, §7.3), docs/method.md\n§6), docs/method.md §2. Then 3.1"
     assert cited_sections(text) == ["4.1", "4.5", "7.3", "6", "2"]
     assert "2.8" not in method_sections() and "8" in method_sections()
+
+
+# --- the README and the guides (issue 25) -----------------------------------------------------------------
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.+)$", markdown, re.MULTILINE)}
+
+
+def test_readme_is_short_and_every_guide_exists() -> None:
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+    assert all((REPO / page).is_file() for page in DOC_PAGES) and (REPO / "LICENSE").is_file()
+    assert set(DOC_PAGES) <= set(GUIDES)
+
+
+def test_guides_read_as_guides_not_as_history() -> None:
+    found = [f"{name}:{n}: {line.strip()}" for name in GUIDES if name != "CHANGELOG.md"
+             for n, line in enumerate((REPO / name).read_text().splitlines(), 1) if HISTORY.search(line)]
+    assert not found, "history belongs in CHANGELOG.md: " + "; ".join(found)
+    assert HISTORY.search("the 3.75x once printed here") and not HISTORY.search("checked before anything runs")
+
+
+def test_every_link_of_the_guides_resolves() -> None:
+    broken = []
+    for name in GUIDES:
+        for target in LINK.findall((REPO / name).read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            page = (REPO / name).parent / path if path else REPO / name
+            if not page.exists():
+                broken.append(f"{name}: {target} (no such file)")
+            elif anchor and page.suffix == ".md" and anchor not in anchors(page.read_text()):
+                broken.append(f"{name}: {target} (no such heading)")
+    assert not broken, broken
+    assert "table-1-the-main-command" in anchors((REPO / "docs" / "results.md").read_text())
