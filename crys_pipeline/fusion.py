@@ -37,6 +37,8 @@ TABLE = "fusion"
 #: The reference name of the constant baseline in results/fusion.csv.
 CONSTANT = "constant"
 QUESTION = f"better than a constant ({evidence.BASELINE})"
+#: Probability that a two-sided 95 % interval lies wholly below 0 when the true difference is 0.
+CHANCE_GAIN = 0.025
 
 
 def baseline_row(variant: str, runs: dict[int, RunResult]) -> dict[str, Any]:
@@ -132,7 +134,9 @@ def gain_resolved(rows: list[dict[str, Any]], new_variants: list[str]) -> str:
     over = [r for r in rows if r["variant"] in new_variants and r["reference"] == "crysmmnet"]
     gains = [f"{r['variant']} on {r['property']}" for r in over if r["verdict"] == evidence.LOWER]
     if gains:
-        return f"A gain over CrysMMNet is resolved for {', '.join(gains)} ({_verdict_counts(over)} in all)."
+        return (f"A gain over CrysMMNet is resolved for {', '.join(gains)} ({_verdict_counts(over)} in all); with no "
+                f"true difference, 95 % intervals would call a gain in about {CHANCE_GAIN * len(over):.1f} of "
+                f"{len(over)} comparisons by chance (no correction for multiple comparisons).")
     return (f"No new variant resolves a gain over CrysMMNet at this scale ({_verdict_counts(over)} over "
             f"{len(over)} comparisons); config/fusion_gpu.yaml runs the same comparison where a gain of the size "
             "CAST reports could be resolved (docs/method.md §11.5).")

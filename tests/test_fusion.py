@@ -92,6 +92,8 @@ def test_section_is_generated_from_the_rows(built: tuple[list[dict], Path]) -> N
     md = (out / "fusion.md").read_text()
     assert md.startswith("## Fusion beyond one [CLS] vector")
     assert "A gain over CrysMMNet is resolved for crysmmnet_film on mbj_bandgap" in md
+    over = [r for r in rows if r["reference"] == "crysmmnet" and r["variant"].startswith("crysmmnet_")]
+    assert f"call a gain in about {0.025 * len(over):.1f} of {len(over)} comparisons by chance" in md
     for sentence in fusion.conclusions(rows):
         assert sentence in md
     line = next(x for x in md.splitlines() if x.startswith("| mbj_bandgap | crysmmnet_film |"))
