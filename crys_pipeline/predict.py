@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ class Crystal:
 
     Attributes:
         path: the file it came from.
-        material_id: its id in the output: the file name, as the folder source names a material (so
-            predictions join with an `id_prop.csv` and a run's predictions.parquet).
+        material_id: its id in the output: the file's path relative to the folder given (its name when given
+            directly), as the folder source names a material (so predictions join with an `id_prop.csv` and a
+            run's predictions.parquet).
         structure: the pymatgen Structure, or None when the file could not be used.
         error: why the file could not be used ("" when fine).
         flags: notes (description failed or truncated, far from the training data, a non-physical value).
@@ -66,47 +68,61 @@ class TrainedModel:
         return self.run.label
 
 
-def collect_files(paths: list[Path]) -> list[Path]:
-    """The structure files named by `paths`, folders expanded (sorted); unknown paths are kept to fail clearly.
+def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(file, material id) of the structure files named by `paths`, folders expanded; unknown paths kept to fail.
 
-    A folder's files are taken by name as the folder source takes them (`folder.file_format_of`: POSCAR /
-    CONTCAR / *.vasp / *.poscar, *.cif, *.xyz / *.extxyz); the others are named in the log, never silently
-    dropped.
+    A folder is read as the folder source reads its root: every file below it, subfolders included (not
+    following links to other folders, hidden files and folders left out), taken by name (`folder.file_format_of`:
+    POSCAR / CONTCAR / *.vasp / *.poscar, *.cif, *.xyz / *.extxyz); the others are named in the log, never
+    silently dropped. A file's id is its path relative to the folder (`cif/x.cif`), as an `id_prop.csv` row names
+    it; a file named directly has its file name as id.
 
     Raises:
         ValueError: a folder without any structure file.
     """
-    from crys_pipeline.sources.folder import file_format_of
-
-    out: list[Path] = []
+    out: list[tuple[Path, str]] = []
     for path in paths:
         if not path.is_dir():
-            out.append(path)
+            out.append((path, path.name))
             continue
-        found, other = [], []
-        for item in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+        found = _structure_files(path)
+        if not found:
+            raise ValueError(f"{path}: no structure files in the folder or its subfolders (POSCAR*, CONTCAR*, *.vasp, "
+                             "*.poscar, *.cif, *.xyz, *.extxyz)")
+        out += [(item, item.relative_to(path).as_posix()) for item in found]
+    return out
+
+
+def _structure_files(root: Path) -> list[Path]:
+    """The structure files below `root` (sorted by relative path); the other files are named in the log."""
+    from crys_pipeline.sources.folder import file_format_of
+
+    found, other = [], []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in files:
+            if name.startswith("."):
+                continue
+            item = Path(folder) / name
             try:
                 file_format_of(item, "auto")
                 found.append(item)
             except ValueError:
-                other.append(item.name)
-        if other:
-            log.warning("%s: not read, not structure files by their name: %s", path, ", ".join(other[:10])
-                        + (f" and {len(other) - 10} more" if len(other) > 10 else ""))
-        if not found:
-            raise ValueError(f"{path}: no structure files in the folder (POSCAR*, CONTCAR*, *.vasp, *.poscar, "
-                             "*.cif, *.xyz, *.extxyz)")
-        out += found
-    return out
+                other.append(item.relative_to(root).as_posix())
+    if other:
+        other.sort()
+        log.warning("%s: not read, not structure files by their name: %s", root, ", ".join(other[:10])
+                    + (f" and {len(other) - 10} more" if len(other) > 10 else ""))
+    return sorted(found, key=lambda item: item.relative_to(root).as_posix())
 
 
-def read_crystal(path: Path) -> Crystal:
+def read_crystal(path: Path, material_id: str) -> Crystal:
     """Read and validate one structure file as the folder source does; problems become `Crystal.error`."""
     from crys_pipeline.ingest import validate
     from crys_pipeline.sources.folder import read_structure
     from crys_pipeline.sources.records import RawRecord
 
-    crystal = Crystal(path=path, material_id=path.name)
+    crystal = Crystal(path=path, material_id=material_id)
     if not path.is_file():
         crystal.error = "no such file"
         return crystal
@@ -399,7 +415,7 @@ def predict_files(run_dirs: list[Path], *, paths: list[Path]) -> tuple[list[Crys
     """
     models = [load_trained_model(d) for d in run_dirs]
     check_one_model(models)
-    crystals = [read_crystal(p) for p in collect_files(paths)]
+    crystals = [read_crystal(p, material_id) for p, material_id in collect_files(paths)]
     for c in crystals:
         if c.error:
             log.error("%s: %s", c.path, c.error)

@@ -126,7 +126,11 @@ def test_predict_with_runs_trained_on_the_folder(finished_run: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     with open(finished_run / "pred.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) >= 8 and all(r["mean"] not in ("", "nan") for r in rows), rows  # the 8 POSCARs at the top
+    with open(finished_run / "my_crystals" / "id_prop.csv", newline="", encoding="utf-8-sig") as handle:
+        listed = {row["file"] for row in csv.DictReader(handle)}
+    assert {r["id"] for r in rows} == listed  # every file, subfolders included, under the id_prop.csv name
+    assert {"cif", "xyz"} <= {name.split("/")[0] for name in listed}
+    assert all(r["mean"] not in ("", "nan") for r in rows), rows
 
 
 def test_leaderboard_export_says_it_does_not_apply(finished_run: Path) -> None:

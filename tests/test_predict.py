@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -271,7 +272,8 @@ def _table_lines(out: str) -> tuple[str, dict[str, str]]:
 
 def test_ids_are_file_names_that_join_with_id_prop_and_xyz_is_read(alignn_runs: dict, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture, caplog) -> None:
-    """The header names the unit; ids keep the suffix, as the folder source's; extended XYZ as it reads it."""
+    """The header names the unit; ids keep the suffix and the subfolder, as the folder source's; extended XYZ as it
+    reads it; hidden folders are left out."""
     import ase.io
     from pymatgen.io.ase import AseAtomsAdaptor
     from test_folder import make_example
@@ -279,16 +281,19 @@ def test_ids_are_file_names_that_join_with_id_prop_and_xyz_is_read(alignn_runs: 
     folder = tmp_path / "my_crystals"
     listed = [name for name, _ in make_example(folder, 4)]
     crystal = read_structure(folder / listed[0], "auto")
-    ase.io.write(folder / "cell.xyz", AseAtomsAdaptor.get_atoms(crystal), format="extxyz")
+    (folder / "xyz").mkdir()
+    ase.io.write(folder / "xyz" / "cell.xyz", AseAtomsAdaptor.get_atoms(crystal), format="extxyz")
+    (folder / ".ipynb_checkpoints").mkdir()
+    shutil.copy(folder / listed[0], folder / ".ipynb_checkpoints" / listed[0])
     (folder / "molecule.xyz").write_text("2\nno lattice\nH 0 0 0\nH 0 0 0.74\n")
     code = main(["predict", "--model", str(alignn_runs["runs"][0]), str(folder), "--out", str(tmp_path / "p.csv")])
     header, lines = _table_lines(capsys.readouterr().out)
     assert code == 1  # the molecule: its own error, the others predicted
     assert header.split()[:4] == ["id", "alignn/full/seed0", "mean", "[eV/atom]"]
-    assert sorted(lines) == sorted([*listed, "cell.xyz", "molecule.xyz"])
+    assert sorted(lines) == sorted([*listed, "xyz/cell.xyz", "molecule.xyz"])
     assert lines["molecule.xyz"].endswith("unreadable structure file: ValueError: an xyz file without a lattice "
                                           "(extended XYZ needs Lattice=\"...\" on line 2)")
-    assert lines["cell.xyz"].split()[1] == lines[listed[0]].split()[1]  # the same crystal, the same prediction
+    assert lines["xyz/cell.xyz"].split()[1] == lines[listed[0]].split()[1]  # the same crystal, the same prediction
     with open(tmp_path / "p.csv") as handle:
         assert {row["id"] for row in csv.DictReader(handle)} >= set(listed)  # joins with id_prop.csv's names
     assert f"{folder}: not read, not structure files by their name: id_prop.csv" in caplog.text
@@ -298,8 +303,8 @@ def test_an_empty_folder_is_an_error(alignn_runs: dict, tmp_path: Path, caplog) 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not a structure")
     assert main(["predict", "--model", str(alignn_runs["runs"][0]), str(tmp_path / "empty")]) == 1
-    assert (f"{tmp_path / 'empty'}: no structure files in the folder (POSCAR*, CONTCAR*, *.vasp, *.poscar, *.cif, "
-            "*.xyz, *.extxyz)") in caplog.text
+    assert (f"{tmp_path / 'empty'}: no structure files in the folder or its subfolders (POSCAR*, CONTCAR*, *.vasp, "
+            "*.poscar, *.cif, *.xyz, *.extxyz)") in caplog.text
 
 
 def test_inputs_far_from_the_training_data_carry_a_note(alignn_runs: dict, tmp_path: Path,
