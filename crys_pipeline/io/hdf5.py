@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,6 @@ def np_dtype(name: str) -> Any:
 
 def _open_embeddings(path: str | Path, view: str, expect: dict[str, Any] | None) -> Any:
     """Open an embeddings HDF5 read-only after checking kind, version, params and layout."""
-    import h5py
-
     from crys_pipeline.schemas import EMBEDDINGS
 
     path = Path(path)
@@ -254,18 +253,31 @@ def _open_embeddings(path: str | Path, view: str, expect: dict[str, Any] | None)
         raise ArtifactError(f"{path}: no such artifact")
     if view not in EMBEDDINGS.views:
         raise ValueError(f"unknown text view {view!r}; choose one of {EMBEDDINGS.views}")
+    return open_checked(path, EMBEDDINGS.kind, expect, _check_embeddings_layout)
+
+
+def open_checked(path: Path, kind: str, expect: dict[str, Any] | None,
+                 check_layout: Callable[[Any, str], Any]) -> Any:
+    """An HDF5 artifact of `kind` open read-only after its kind, version, params (`expect`) and layout are checked.
+
+    A file that h5py cannot read, or whose metadata or layout cannot be read, is `corrupt`; the handle is closed
+    on any error.
+    """
+    import h5py
+
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such artifact")
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise corrupt(path, exc) from exc
     try:
         try:
-            check_meta(json.loads(handle.attrs.get(META_KEY, "{}")), kind=EMBEDDINGS.kind, where=str(path),
-                       expect=expect)
-            _check_embeddings_layout(handle, str(path))
+            check_meta(json.loads(handle.attrs.get(META_KEY, "{}")), kind=kind, where=str(path), expect=expect)
+            check_layout(handle, str(path))
         except ArtifactError:
             raise
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise corrupt(path, exc) from exc
     except BaseException:
         handle.close()

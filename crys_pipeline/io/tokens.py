@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from crys_pipeline.io.core import ArtifactError, corrupt, naming_a_full_disk, stamp, write_atomic
-from crys_pipeline.io.hdf5 import DIGESTS, _h5_attr, _h5_attrs_dict, array_digest, np_dtype
-from crys_pipeline.io.parquet import check_meta
+from crys_pipeline.io.hdf5 import DIGESTS, _h5_attr, _h5_attrs_dict, array_digest, np_dtype, open_checked
 from crys_pipeline.schemas import META_KEY, TOKENS, WIDTH_DIM
 
 log = logging.getLogger(__name__)
@@ -155,27 +154,7 @@ def _check_layout(handle: Any, where: str) -> None:
 
 def _open(path: Path, expect: dict[str, Any] | None) -> Any:
     """The file open read-only after its kind, version, params and layout are checked."""
-    import h5py
-
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such artifact")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise corrupt(path, exc) from exc
-    try:
-        try:
-            check_meta(json.loads(handle.attrs.get(META_KEY, "{}")), kind=TOKENS.kind, where=str(path),
-                       expect=expect)
-            _check_layout(handle, str(path))
-        except ArtifactError:
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            raise corrupt(path, exc) from exc
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+    return open_checked(path, TOKENS.kind, expect, _check_layout)
 
 
 def _verified(handle: Any, name: str, digests: dict[str, str], path: Path) -> np.ndarray:
