@@ -117,3 +117,35 @@ def batch():
     from train_reference import real_batch
 
     return real_batch(16)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small graphs; avoids oversubscribing a loaded machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def overfit_mae(model, batch, y, steps: int) -> float:
+    """MAE on `batch` (eval mode) after `steps` Adam steps of L1 loss on it alone, lr 5e-3 cosine-decayed.
+
+    Cosine decay lets the fit settle: at a constant rate the last step's MAE jumps by 2-4x between steps, and
+    where it lands differed between machines (OpenBLAS kernels break shell ties differently).
+    """
+    import torch
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.l1_loss(model(batch), y).backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        return (model.eval()(batch) - y).abs().mean().item()
+

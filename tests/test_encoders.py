@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_records
+from conftest import overfit_mae, tiny_records
 from test_models import knn_data, n_params, permuted, warmed
 from torch_geometric.data import Batch, Data
 
@@ -254,15 +254,6 @@ def test_settings_mark_project_choices(atom_table: torch.Tensor) -> None:
     assert encoder_settings(build_model("crystextnet", atom_table=None)) is None
 
 
-@pytest.fixture
-def one_thread():
-    """Run a test on one torch thread (small graphs; avoids oversubscribing a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("variant", ["megnet", "gatgnn"])
 def test_overfits_real_crystals(variant: str, atom_table: torch.Tensor, one_thread: None) -> None:
     """Trained on 12 real JARVIS crystals alone for 120 Adam steps (cosine-decayed rate), the encoder fits their
@@ -271,18 +262,7 @@ def test_overfits_real_crystals(variant: str, atom_table: torch.Tensor, one_thre
     batch = Batch.from_data_list([knn_data(r) for r in recs])
     y = torch.tensor([r["formation_energy_peratom"] for r in recs], dtype=torch.float32)
     torch.manual_seed(0)
-    model = build_model(variant, atom_table=atom_table).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-    # cosine decay lets the fit settle: at a constant rate the last step's MAE jumps by 2-4x between
-    # steps, and where it lands differed between machines (OpenBLAS kernels break shell ties differently)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=120)
-    for _ in range(120):
-        optimizer.zero_grad()
-        torch.nn.functional.l1_loss(model(batch), y).backward()
-        optimizer.step()
-        schedule.step()
-    with torch.no_grad():
-        fitted = (model.eval()(batch) - y).abs().mean().item()
+    fitted = overfit_mae(build_model(variant, atom_table=atom_table), batch, y, steps=120)
     baseline = (y - y.mean()).abs().mean().item()
     assert len(recs) == 12 and baseline > 0.5
     assert fitted < 0.1 * baseline, (fitted, baseline)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import SHARED_DATA, tiny_records
+from conftest import SHARED_DATA, overfit_mae, tiny_records
 from test_models import knn_data, n_params, warmed
 from torch_geometric.data import Batch, Data
 
@@ -193,26 +193,12 @@ def dozen_with_text() -> tuple[Batch, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", FUSED)
 def test_overfits_a_dozen_real_crystals(variant: str, atom_table: torch.Tensor,
-                                        dozen_with_text: tuple[Batch, torch.Tensor]) -> None:
+                                        dozen_with_text: tuple[Batch, torch.Tensor], one_thread: None) -> None:
     """150 Adam steps on 12 real crystals alone fit their formation energies (MAE below 15 % of the mean's)."""
     batch, y = dozen_with_text
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        settings = ModelSettings(hidden_features=32, alignn_layers=1, gcn_layers=1)
-        model = build_model(variant, settings, atom_table=atom_table, text_dim=384).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=150)
-        for _ in range(150):
-            optimizer.zero_grad()
-            torch.nn.functional.l1_loss(model(batch), y).backward()
-            optimizer.step()
-            schedule.step()
-        with torch.no_grad():
-            fitted = (model.eval()(batch) - y).abs().mean().item()
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    settings = ModelSettings(hidden_features=32, alignn_layers=1, gcn_layers=1)
+    fitted = overfit_mae(build_model(variant, settings, atom_table=atom_table, text_dim=384), batch, y, steps=150)
     baseline = (y - y.mean()).abs().mean().item()
     assert batch.num_graphs == 12 and baseline > 0.3
     assert fitted < 0.15 * baseline, (fitted, baseline)

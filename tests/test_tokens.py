@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from train_helpers import mp_text_dataset, write_split
+from train_helpers import killed_after_checkpoint, mp_text_dataset, write_split
 
 from crys_pipeline import io, predict, tokens, train
 from crys_pipeline.attention.tagging import CATEGORIES
@@ -144,10 +144,6 @@ def test_tagged_variant_reads_the_tagged_tokens_of_a_full_file(mp_tokens: dict) 
     assert full.splits["train"].tokens[0].shape[1] == 384
 
 
-class _Killed(Exception):
-    """Stands in for the job being killed right after a checkpoint."""
-
-
 def test_cross_attention_variant_trains_resumes_and_predicts(mp_tokens: dict, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = train.TrainConfig(target="e_form", variant="crysmmnet_xattn", seed=0, **SMALL)
@@ -158,17 +154,8 @@ def test_cross_attention_variant_trains_resumes_and_predicts(mp_tokens: dict, tm
     meta = io.read_model_json(tmp_path / "whole")
     assert meta["embedding_attrs"]["tokens"]["token_set"] == "all" and "tokens" in meta["data_hashes"]
     assert meta["graph_encoder"]["fusion"] == "cross_attention" and meta["config"]["fusion_heads"] == 4
-    save = train.save_checkpoint
-
-    def save_then_die(path, state, *a, **kw):
-        save(path, state, *a, **kw)
-        if state.epoch == 1:
-            raise _Killed
-
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_checkpoint(monkeypatch, epoch=1):
         train.train(mp_tokens["structures"], out_dir=tmp_path / "resumed", **args)
-    monkeypatch.setattr(train, "save_checkpoint", save)
     train.train(mp_tokens["structures"], out_dir=tmp_path / "resumed", **args)
     a, b = torch.load(tmp_path / "whole/model.pt"), torch.load(tmp_path / "resumed/model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -16,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from train_helpers import build_graph_dir, ingest_first, mp_text_dataset, structure_ids, write_split
+from train_helpers import (
+    build_graph_dir,
+    ingest_first,
+    killed_after_checkpoint,
+    mp_text_dataset,
+    structure_ids,
+    write_split,
+)
 
 from crys_pipeline import io, train
 from crys_pipeline.schemas import RUN_MODEL, RUN_SUMMARY
@@ -229,26 +236,13 @@ def test_optimizer_groups_and_schedule_follow_the_reference() -> None:
     assert (betas[0], betas[29]) == pytest.approx((0.95, 0.85))  # momentum cycles inversely to the lr
 
 
-class _Killed(Exception):
-    """Stands in for the job being killed right after a checkpoint."""
-
-
 def test_killed_run_resumes_to_the_same_result(run3: Path, jarvis40, split30, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    save = train.save_checkpoint
-
-    def save_then_die(path, state, *args, **kw):
-        save(path, state, *args, **kw)
-        if state.epoch == 2:
-            raise _Killed
-
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_checkpoint(monkeypatch, epoch=2):
         _run(jarvis40, split30, tmp_path)
     assert (tmp_path / train.CHECKPOINT).exists() and not (tmp_path / "summary.json").exists()
     # killed between the checkpoint and the metrics write: the resumed run rewrites metrics from the checkpoint
     assert io.read_torch(tmp_path / train.CHECKPOINT)["run"]["epoch"] == 2 and len(_metrics(tmp_path)) == 1
-    monkeypatch.setattr(train, "save_checkpoint", save)
     torch.manual_seed(12345)  # the global RNG must come from the checkpoint, not from the process
     _run(jarvis40, split30, tmp_path)
     assert _metrics(tmp_path) == _metrics(run3)
@@ -262,16 +256,8 @@ def test_killed_run_resumes_to_the_same_result(run3: Path, jarvis40, split30, tm
 
 def test_checkpoint_of_other_settings_is_not_resumed(jarvis40, split30, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    save = train.save_checkpoint
-
-    def save_then_die(path, state, *args, **kw):
-        save(path, state, *args, **kw)
-        raise _Killed
-
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_checkpoint(monkeypatch):
         _run(jarvis40, split30, tmp_path, epochs=2)
-    monkeypatch.setattr(train, "save_checkpoint", save)
     summary = _run(jarvis40, split30, tmp_path, epochs=2, learning_rate=5e-4)
     assert summary["epochs_run"] == 2
     assert _metrics(tmp_path)[-1]["lr"] == pytest.approx(5e-4 / 25 / 1e4, rel=1e-6)

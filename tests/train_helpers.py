@@ -7,9 +7,11 @@ what the pipeline produces.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from pathlib import Path
 
+import pytest
 from conftest import SHARED_DATA, default_config
 
 from crys_pipeline import io
@@ -109,3 +111,26 @@ def mp_text_dataset(workdir: Path, n_failed: int = 1) -> dict[str, Path]:
                          settings=EmbedSettings(max_length=128, token_budget=4096, device="cpu"))
     return {"structures": structures, "graphs": build_graph_dir(structures, workdir / "graphs"),
             "embeddings": embeddings, "ids": [r["material_id"] for r in recs]}
+
+
+class Killed(Exception):
+    """Stands in for the job being killed right after a checkpoint."""
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int | None = None):
+    """Training run inside the block dies (`Killed`, which the block expects) right after it saves the checkpoint
+    of `epoch` (None: the first one); the real `save_checkpoint` is back after the block."""
+    from crys_pipeline import train
+
+    save = train.save_checkpoint
+
+    def save_then_die(path, state, *args, **kw):
+        save(path, state, *args, **kw)
+        if epoch is None or state.epoch == epoch:
+            raise Killed
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        yield
+    monkeypatch.setattr(train, "save_checkpoint", save)
