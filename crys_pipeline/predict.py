@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -95,25 +94,19 @@ def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
 
 def _structure_files(root: Path) -> list[Path]:
     """The structure files below `root` (sorted by relative path); the other files are named in the log."""
-    from crys_pipeline.sources.folder import file_format_of
+    from crys_pipeline.sources.folder import file_format_of, files_below
 
     found, other = [], []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        for name in files:
-            if name.startswith("."):
-                continue
-            item = Path(folder) / name
-            try:
-                file_format_of(item, "auto")
-                found.append(item)
-            except ValueError:
-                other.append(item.relative_to(root).as_posix())
+    for name in files_below(root):
+        try:
+            file_format_of(root / name, "auto")
+            found.append(root / name)
+        except ValueError:
+            other.append(name)
     if other:
-        other.sort()
         log.warning("%s: not read, not structure files by their name: %s", root, ", ".join(other[:10])
                     + (f" and {len(other) - 10} more" if len(other) > 10 else ""))
-    return sorted(found, key=lambda item: item.relative_to(root).as_posix())
+    return found
 
 
 def read_crystal(path: Path, material_id: str) -> Crystal:

@@ -163,11 +163,19 @@ def has_split_labels(root_dir: Path, id_prop: str, split_ids: dict[str, list[str
 def _unlisted(root_dir: Path, table: Path, rows: list[IdPropRow]) -> list[str]:
     """Files under `root_dir` (subfolders included, hidden ones not) that the table does not list."""
     names = {os.path.normpath(r.filename) for r in rows if r.filename} | {os.path.relpath(table, root_dir)}
+    return [f for f in files_below(root_dir) if f not in names]
+
+
+def files_below(root_dir: Path) -> list[str]:
+    """Every file under `root_dir` as a sorted path relative to it.
+
+    Subfolders are included (links to folders are not followed); hidden files and folders are left out.
+    """
     found = []
     for folder, subfolders, files in os.walk(root_dir):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         found += [os.path.relpath(os.path.join(folder, f), root_dir) for f in files if not f.startswith(".")]
-    return sorted(f for f in found if f not in names)
+    return sorted(found)
 
 
 def _listed(source: str, root_dir: Path, table: Path, rows: list[IdPropRow]) -> dict[str, dict[str, Any]]:
